@@ -1,0 +1,126 @@
+"""The `hap` command line.
+
+    hap data simulate --out DIR [--requests N] [--seed S] [--format csv|tfrecord]
+    hap data validate DIR
+    hap schema derive --features features.yaml --out schema.pbtxt
+    hap demo [--out DIR]
+
+Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
+CSV simulation start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import hap  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+from hap.data import contract
+from hap.data.simulator import SimulationConfig
+
+
+def _simulate(args) -> int:
+    from hap.data import simulator
+
+    cfg = SimulationConfig(requests=args.requests, seed=args.seed, days=args.days,
+                                     funnel_requests=args.funnel_requests)
+    start = time.time()
+    counts = simulator.simulate(args.out, cfg, fmt=args.format, overwrite=args.overwrite,
+                                progress=not args.quiet)
+    print(f"wrote {counts['samples']} samples of {counts['requests']} requests and "
+          f"{counts['funnel_rows']} funnel rows of {counts['funnel_requests']} requests "
+          f"to {args.out} in {time.time() - start:.1f}s")
+    return 0
+
+
+def _validate(args) -> int:
+    from hap.data import validator
+
+    report = validator.validate(args.dataset, rank_cutoff=args.rank_cutoff,
+                                prerank_cutoff=args.prerank_cutoff, max_per_check=args.max_per_check)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for e in report.errors:
+        print(f"error: {e}")
+    print(("OK: " if report.ok else "INVALID: ") + report.summary())
+    return 0 if report.ok else 1
+
+
+def _derive_schema(args) -> int:
+    from hap.schema import derive
+
+    try:
+        features = contract.parse_features(derive.load_yaml(args.features), args.features)
+    except contract.ContractError as e:
+        print(e, file=sys.stderr)
+        return 1
+    derive.write_schema(derive.derive_schema(features), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _demo(args) -> int:
+    from hap.data import simulator, validator
+
+    data = os.path.join(args.out, "data")
+    if not os.path.exists(data):
+        print(f"simulating the default dataset into {data}")
+        simulator.simulate(data, SimulationConfig())
+    report = validator.validate(data)
+    print(("OK: " if report.ok else "INVALID: ") + report.summary())
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hap", description="Heterogeneity-Aware Adaptive Pre-ranking.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="simulate or validate hybrid-sample datasets").add_subparsers(
+        dest="data_command", required=True)
+    sim = data.add_parser("simulate", help="write a simulated dataset that follows the contract")
+    defaults = SimulationConfig()
+    sim.add_argument("--out", required=True, help="output dataset directory")
+    sim.add_argument("--requests", type=int, default=defaults.requests, help="training requests over all days")
+    sim.add_argument("--seed", type=int, default=defaults.seed)
+    sim.add_argument("--days", type=int, default=defaults.days)
+    sim.add_argument("--funnel-requests", type=int, default=defaults.funnel_requests,
+                     help="held-out full-funnel requests on the last day (0: no funnel/)")
+    sim.add_argument("--format", choices=["csv", "tfrecord"], default="csv")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=_simulate)
+
+    val = data.add_parser("validate", help="check a dataset against the contract")
+    val.add_argument("dataset", help="dataset directory (features.yaml, samples/, optional funnel/)")
+    val.add_argument("--rank-cutoff", type=int, default=contract.RANK_CUTOFF,
+                     help="ranking negatives have rank_pos >= this")
+    val.add_argument("--prerank-cutoff", type=int, default=contract.PRERANK_CUTOFF,
+                     help="pre-ranking negatives have prerank_pos >= this")
+    val.add_argument("--max-per-check", type=int, default=20,
+                     help="print at most this many findings of one check in one file (all are counted)")
+    val.set_defaults(func=_validate)
+
+    schema = sub.add_parser("schema", help="TFDV schemas").add_subparsers(dest="schema_command", required=True)
+    der = schema.add_parser("derive", help="derive a TFDV schema from a features.yaml")
+    der.add_argument("--features", required=True, help="path to features.yaml")
+    der.add_argument("--out", required=True, help="schema.pbtxt to write")
+    der.set_defaults(func=_derive_schema)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default data")
+    demo.add_argument("--out", default="demo", help="working directory")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (contract.ContractError, FileExistsError, ValueError) as e:
+        print(f"hap: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The hybrid-sample dataset: its contract, readers, simulator and validator."""

@@ -1,0 +1,39 @@
+"""HAP: Heterogeneity-Aware Adaptive Pre-ranking, a TFX pipeline.
+
+The repository keeps one folder per role (pipeline/, components/, models/, serving/, schema/) as
+in the TFX template; they install as subpackages of `hap` so that no generic top-level name such
+as `models` or `pipeline` lands in site-packages.
+"""
+from setuptools import setup
+
+ROLE_PACKAGES = ["pipeline", "components", "models", "serving", "schema"]
+
+setup(
+    name="hap-preranking",
+    version="0.1.0",
+    description="Heterogeneity-Aware Adaptive Pre-ranking: a TFX pipeline for recommender pre-ranking",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.12",
+    packages=["hap", "hap.data"] + [f"hap.{p}" for p in ROLE_PACKAGES],
+    package_dir={"hap": "hap", **{f"hap.{p}": p for p in ROLE_PACKAGES}},
+    package_data={"hap.schema": ["*.pbtxt", "*.yaml"]},
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "tensorflow-transform==1.16.0",
+        "tensorflow-data-validation==1.16.1",
+        "tensorflow-model-analysis==0.47.1",
+        "tensorflow-recommenders==0.7.3",
+        "tensorflow-serving-api==2.16.1",
+        "tf-keras==2.16.0",
+        "apache-beam==2.60.0",
+        "numpy==1.26.4",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+    entry_points={"console_scripts": ["hap=hap.cli:main"]},
+)
