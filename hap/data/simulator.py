@@ -224,17 +224,28 @@ class FeedWorld:
             self.histories.append([int(rng.choice(self.items_by_cat[k])) for k in cats])
         self.seen: list[set[int]] = [set() for _ in range(nu)]
 
-    def truth_logit(self, user: int, history: list[int], hour: int, day: int, items: np.ndarray) -> np.ndarray:
-        s = (self.cfg.base_logit + self.user_bias[user] + self.item_q[items] @ self.user_p[user]
-             + W_CROSS * self.user_cat_taste[user, self.item_cat[items]]
-             + W_QUALITY * self.item_quality[items] + W_POP * self.item_pop[items]
-             + self.user_ctype_taste[user, self.item_ctype[items]]
-             + self.daypart_ctype[hour // 6, self.item_ctype[items]]
-             - W_AGE * np.log1p(self.item_age_hours(items, day, hour) / 24.0))
+    def truth_terms(self, user: int, history: list[int], hour: int, day: int,
+                    items: np.ndarray) -> dict[str, np.ndarray]:
+        """The additive terms of the truth logit; `cross` and `history` are the ones a two-tower
+        dot product cannot represent."""
+        n = len(items)
+        ctype = self.item_ctype[items]
+        terms = {
+            "base": np.full(n, self.cfg.base_logit + self.user_bias[user]),
+            "dot": self.item_q[items] @ self.user_p[user],
+            "cross": W_CROSS * self.user_cat_taste[user, self.item_cat[items]],
+            "history": np.zeros(n),
+            "item": (W_QUALITY * self.item_quality[items] + W_POP * self.item_pop[items]
+                     - W_AGE * np.log1p(self.item_age_hours(items, day, hour) / 24.0)),
+            "content_type": self.user_ctype_taste[user, ctype] + self.daypart_ctype[hour // 6, ctype],
+        }
         if history:
             sims = self.item_qn[history[:HISTORY_WINDOW]] @ self.item_qn[items].T
-            s = s + W_HISTORY * sims.max(axis=0)
-        return s
+            terms["history"] = W_HISTORY * sims.max(axis=0)
+        return terms
+
+    def truth_logit(self, user: int, history: list[int], hour: int, day: int, items: np.ndarray) -> np.ndarray:
+        return sum(self.truth_terms(user, history, hour, day, items).values())
 
     def item_age_hours(self, items: np.ndarray, day: int, hour: int) -> np.ndarray:
         return self.item_base_age_h[items] + 24.0 * day + hour

@@ -1,0 +1,50 @@
+import os
+
+import pytest
+
+from hap import cli
+from hap.data import contract as c
+from hap.data import writer
+
+
+def test_simulate_then_validate(tmp_path, capsys):
+    out = str(tmp_path / "d")
+    assert cli.main(["data", "simulate", "--out", out, "--requests", "20", "--funnel-requests", "1",
+                     "--format", "tfrecord", "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == [c.FEATURES_FILE, c.FUNNEL_DIR, c.SAMPLES_DIR]
+    assert all(name.endswith(".tfrecord.gz") for name in os.listdir(os.path.join(out, c.SAMPLES_DIR)))
+    assert cli.main(["data", "validate", out]) == 0
+    assert "OK:" in capsys.readouterr().out
+
+
+def test_simulate_refuses_to_overwrite_without_the_flag(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli.main(["data", "simulate", "--out", str(out), "--requests", "5", "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert os.listdir(out) == ["keep.txt"]
+    assert cli.main(["data", "simulate", "--out", str(out), "--requests", "5", "--funnel-requests", "0",
+                     "--quiet", "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == [c.FEATURES_FILE, c.SAMPLES_DIR]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "d"
+    with pytest.raises(RuntimeError):
+        with writer.atomic_directory(str(out)) as tmp:
+            with open(os.path.join(tmp, "half.csv"), "w") as f:
+                f.write("request_id\n")
+            raise RuntimeError("disk full")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "old.csv").write_text("x")
+    with pytest.raises(RuntimeError):
+        with writer.atomic_directory(str(out), overwrite=True):
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(out) == ["old.csv"]
