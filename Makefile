@@ -10,7 +10,7 @@ DEMO_DIR ?= demo
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: constraints.txt setup.py
+$(VENV)/.installed: constraints.txt setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade 'pip==24.2'
 	$(BIN)/pip install --progress-bar off --ignore-requires-python -c constraints.txt -e '.[dev]'

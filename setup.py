@@ -4,7 +4,7 @@ The repository keeps one folder per role (pipeline/, components/, models/, servi
 in the TFX template; they install as subpackages of `hap` so that no generic top-level name such
 as `models` or `pipeline` lands in site-packages.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROLE_PACKAGES = ["pipeline", "components", "models", "serving", "schema"]
 
@@ -16,7 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["hap", "hap.data"] + [f"hap.{p}" for p in ROLE_PACKAGES],
+    packages=["hap", "hap.data"] + [f"hap.{p}" for p in ROLE_PACKAGES] + [
+        f"hap.{p}.{sub}" for p in ROLE_PACKAGES for sub in find_packages(where=p)],
     package_dir={"hap": "hap", **{f"hap.{p}": p for p in ROLE_PACKAGES}},
     package_data={"hap.schema": ["*.pbtxt", "*.yaml"]},
     install_requires=[

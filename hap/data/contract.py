@@ -70,8 +70,9 @@ def sample_group(source: str, click: int) -> str:
 class ContractError(ValueError):
     """A dataset breaks the contract; `problems` lists every finding, one line each."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+    def __init__(self, problems: list[str] | str):
+        # A str too: Beam re-raises a worker's exception as type(e)(message).
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
 
 

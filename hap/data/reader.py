@@ -206,6 +206,19 @@ def parse_row(raw: RawRow, kinds: dict[str, str]) -> tuple[dict, list[tuple[str 
     return row, problems
 
 
+def file_rows(path: str, kinds: dict[str, str]) -> Iterator[dict]:
+    """Typed rows of one data file; ContractError at the first malformed row."""
+    for raw in iter_raw(path):
+        row, problems = parse_row(raw, kinds)
+        bad = {column for column, _ in problems}
+        messages = [message for _, message in problems]
+        messages += [f"{raw.location}: missing required column {k!r}"
+                     for k in c.REQUIRED_COLUMNS if k not in row and k not in bad]
+        if messages:
+            raise c.ContractError(messages + ["(`hap data validate` reports every problem of a dataset)"])
+        yield row
+
+
 def read_rows(dataset_dir: str, part: str = c.SAMPLES_DIR,
               features: c.FeatureSet | None = None) -> Iterator[dict]:
     """Typed rows of `samples/` or `funnel/`; ContractError at the first malformed row."""
@@ -213,11 +226,4 @@ def read_rows(dataset_dir: str, part: str = c.SAMPLES_DIR,
     kinds = features.column_kinds(funnel=part == c.FUNNEL_DIR)
     _, files = data_files(os.path.join(dataset_dir, part))
     for path in files:
-        for raw in iter_raw(path):
-            row, problems = parse_row(raw, kinds)
-            messages = [message for _, message in problems]
-            messages += [f"{raw.location}: missing required column {k!r}"
-                         for k in c.REQUIRED_COLUMNS if k not in row]
-            if messages:
-                raise c.ContractError(messages)
-            yield row
+        yield from file_rows(path, kinds)

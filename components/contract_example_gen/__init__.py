@@ -1,0 +1,1 @@
+"""ContractExampleGen: ingests a hybrid-sample contract dataset into canonical tf.Examples."""

@@ -1,0 +1,33 @@
+"""ContractExampleGen: a FileBasedExampleGen whose input is a hybrid-sample contract dataset.
+
+Being a FileBasedExampleGen keeps TFX's input fingerprinting, so a re-run over unchanged files
+is served from cache.
+"""
+from __future__ import annotations
+
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+
+from hap.components.contract_example_gen import executor
+from hap.data import contract as c
+
+
+class ContractExampleGen(FileBasedExampleGen):
+    """Canonical tf.Examples of `<input_base>/samples/`, split into train and the last
+    `eval_days` days as eval."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(self, input_base: str, eval_days: int = 1):
+        if eval_days < 1:
+            raise ValueError(f"eval_days must be >= 1, got {eval_days}")
+        pattern = f"{c.SAMPLES_DIR}/*"
+        super().__init__(
+            input_base=input_base,
+            input_config=example_gen_pb2.Input(splits=[
+                example_gen_pb2.Input.Split(name=executor.TRAIN, pattern=pattern),
+                example_gen_pb2.Input.Split(name=executor.EVAL, pattern=pattern),
+            ]),
+            custom_config=executor.custom_config_proto(eval_days),
+        )

@@ -1,0 +1,65 @@
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+
+from hap.components.contract_example_gen import component, executor
+from hap.data import reader
+
+
+def _read_examples(split_dir):
+    files = tf.io.gfile.glob(os.path.join(split_dir, "*.gz"))
+    return [tf.train.Example.FromString(r)
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator()]
+
+
+def _run(dataset_dir, out_dir, eval_days=1):
+    examples = standard_artifacts.Examples()
+    examples.uri = out_dir
+    gen = component.ContractExampleGen(input_base=dataset_dir, eval_days=eval_days)
+    exec_properties = {key: gen.exec_properties[key] for key in (
+        standard_component_specs.INPUT_CONFIG_KEY, standard_component_specs.OUTPUT_CONFIG_KEY,
+        standard_component_specs.CUSTOM_CONFIG_KEY)}
+    exec_properties[standard_component_specs.INPUT_BASE_KEY] = dataset_dir
+    executor.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
+    return examples
+
+
+def _day(example):
+    return example.features.feature["day"].int64_list.value[0]
+
+
+def test_splits_by_day_into_canonical_examples(tmp_path, tiny_csv):
+    examples = _run(tiny_csv, str(tmp_path / "out"))
+    assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
+    train = _read_examples(os.path.join(examples.uri, "Split-train"))
+    evaluation = _read_examples(os.path.join(examples.uri, "Split-eval"))
+    rows = list(reader.read_rows(tiny_csv))
+    assert len(train) + len(evaluation) == len(rows)
+    assert {_day(e) for e in evaluation} == {2} and {_day(e) for e in train} == {0, 1}
+    feature = evaluation[0].features.feature
+    assert feature["item_id"].bytes_list.value and feature["source"].bytes_list.value
+    assert all(v.decode().isdigit() for v in feature["u_click_seq"].bytes_list.value)
+
+
+def test_eval_days_moves_more_days_to_eval(tmp_path, tiny_tfrecord):
+    examples = _run(tiny_tfrecord, str(tmp_path / "out"), eval_days=2)
+    evaluation = _read_examples(os.path.join(examples.uri, "Split-eval"))
+    assert {_day(e) for e in evaluation} == {1, 2}
+
+
+def test_a_malformed_row_fails_with_its_location(tmp_path, tiny_csv):
+    ds = str(tmp_path / "ds")
+    shutil.copytree(tiny_csv, ds)
+    path = os.path.join(ds, "samples", "day-1.csv")
+    with open(path) as f:
+        lines = f.readlines()
+    fields = lines[3].split(",")
+    fields[3] = "tuesday"  # the day column
+    lines[3] = ",".join(fields)
+    with open(path, "w") as f:
+        f.writelines(lines)
+    with pytest.raises(Exception, match=r"day-1\.csv:4: column 'day': not an integer: 'tuesday'"):
+        _run(ds, str(tmp_path / "out"))

@@ -1,0 +1,83 @@
+"""What Transform hands to the models: the names, dtypes and shapes of its outputs.
+
+This module is the interface between `models/preprocessing.py` (which produces these tensors)
+and the light and heavy models (which consume them). Every model input keeps its raw feature's
+name:
+
+- categorical feature (including user_id, item_id, content_type): int64 [B], an index into the
+  feature's vocabulary table: 0 = missing, 1..V = vocabulary entries (most frequent first),
+  V + 1 = out of vocabulary. Its embedding table has `vocab_size` = V + 2 rows.
+- numeric feature: float32 [B], z-scored over the training data; a missing value becomes 0.0
+  (the mean).
+- sequence feature: int64 [B, max_len], indices into the vocabulary of its `target` feature (a
+  history of item ids shares item_id's table, so the heavy model can attend from the candidate
+  to the history), most recent first, padded with 0. Without a target it has its own vocabulary.
+
+Training-only outputs, computed from the contract columns that serving never sees (source,
+click, positions); Transform prunes them from a serving graph fed only model inputs:
+
+- `label`: float32 [B], the click.
+- `sample_group`: int64 [B], index into `contract.SAMPLE_GROUPS` (0 EP, 1 EN, 2 RN, 3 PRN, 4 GN).
+- `is_hard`: int64 [B], 1 for EN and RN.
+- `difficulty`: float32 [B] in [0, 1], from the stage positions (see preprocessing.difficulty).
+- `request_key`: string [B], the raw request_id, to keep requests whole in batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from hap.data import contract as c
+
+LABEL = "label"
+SAMPLE_GROUP = "sample_group"
+IS_HARD = "is_hard"
+DIFFICULTY = "difficulty"
+REQUEST_KEY = "request_key"
+TRAINING_ONLY = (LABEL, SAMPLE_GROUP, IS_HARD, DIFFICULTY, REQUEST_KEY)
+
+GROUP_INDEX = {g: i for i, g in enumerate(c.SAMPLE_GROUPS)}
+HARD_GROUPS = (c.EN, c.RN)
+PAD = 0
+
+
+def vocabulary_name(feature: c.Feature) -> str:
+    """The vocabulary a categorical or sequence feature indexes into."""
+    if feature.kind == c.SEQUENCE and feature.target:
+        return f"vocab_{feature.target}"
+    return f"vocab_{feature.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The feature set and vocabulary sizes a model is built from.
+
+    `vocab_sizes` maps a vocabulary name (see `vocabulary_name`) to its table size V + 2.
+    """
+
+    features: c.FeatureSet
+    vocab_sizes: dict
+
+    def table_size(self, feature: c.Feature) -> int:
+        return self.vocab_sizes[vocabulary_name(feature)]
+
+    def select(self, roles: tuple[str, ...], kinds: tuple[str, ...] = c.KINDS) -> tuple[c.Feature, ...]:
+        return tuple(f for f in self.features.features if f.role in roles and f.kind in kinds)
+
+    @property
+    def user_side(self) -> tuple[c.Feature, ...]:
+        """What the light model's user tower may use: user and context features."""
+        return self.select((c.USER, c.CONTEXT))
+
+    @property
+    def item_side(self) -> tuple[c.Feature, ...]:
+        """What the light model's item tower may use: item features only."""
+        return self.select((c.ITEM,))
+
+    @property
+    def all_features(self) -> tuple[c.Feature, ...]:
+        return self.features.features
+
+    @classmethod
+    def from_transform_output(cls, features: c.FeatureSet, tft_output) -> "ModelSpec":
+        names = {vocabulary_name(f) for f in features.features if f.kind in (c.CATEGORICAL, c.SEQUENCE)}
+        return cls(features, {n: tft_output.vocabulary_size_by_name(n) + 2 for n in sorted(names)})
