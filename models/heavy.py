@@ -1,0 +1,87 @@
+"""The heavy pre-ranking model: every feature, target attention and DCN-v2 feature crosses.
+
+It re-scores the candidates the light model finds hard, so it may spend per-candidate work the
+two towers cannot: cross-role features (user x item statistics), attention from the candidate
+to the user's histories, and explicit crosses between all feature embeddings.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from hap.models import layers
+from hap.models import spec as model_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class HeavyConfig:
+    """Hyper-parameters of the heavy model.
+
+    embedding_dim: width of every embedding table.
+    attention_units: hidden layer widths of each target attention's scoring MLP.
+    cross_layers: number of DCN-v2 Cross layers over the concatenated features.
+    cross_projection_dim: rank of each Cross layer's weight matrix; None for full rank (the
+        default input is ~300 wide, so a full-rank matrix is still cheap).
+    deep_units: the N hidden layer widths of the MLP after the crosses (N = len(deep_units));
+        N must exceed the light head's M, or the heavy model is not the stronger scorer.
+    """
+
+    embedding_dim: int = 16
+    attention_units: tuple[int, ...] = (32,)
+    cross_layers: int = 2
+    cross_projection_dim: int | None = None
+    deep_units: tuple[int, ...] = (256, 128, 64, 32)
+
+    def __post_init__(self):
+        widths = (self.embedding_dim, self.cross_layers) + self.attention_units + self.deep_units
+        if min(widths) < 1 or (self.cross_projection_dim is not None and self.cross_projection_dim < 1):
+            raise ValueError(f"every width and the number of cross layers must be positive: {self}")
+
+
+@tf.keras.utils.register_keras_serializable(package="hap")
+class HeavyModel(layers.FeatureDictModel):
+    """Cross-feature pre-ranking model; `call(features)` returns click logits, float32 [B].
+
+    Every categorical feature is embedded; a sequence with a `target` is summarised by target
+    attention of the candidate's target embedding over it (the two share a table), a sequence
+    without one is mean-pooled; numeric features join as they are. Extra keys in `features` are
+    ignored.
+    """
+
+    config_class = HeavyConfig
+
+    def __init__(self, spec: model_spec.ModelSpec, config: HeavyConfig = HeavyConfig(), **kwargs):
+        features = spec.all_features
+        super().__init__(spec, config, [f.name for f in features], **kwargs)
+        self.embed = layers.FeatureEmbedding(spec, features, config.embedding_dim)
+        self.attention = {
+            f.name: layers.TargetAttention(config.attention_units, name=f"attention_{f.name}")
+            for f in self.embed.sequences if f.target
+        }
+        self.pools = {
+            f.name: layers.MaskedMeanPool(name=f"pool_{f.name}") for f in self.embed.sequences if not f.target
+        }
+        self.crosses = [
+            tfrs.layers.dcn.Cross(projection_dim=config.cross_projection_dim, name=f"cross_{i}")
+            for i in range(config.cross_layers)
+        ]
+        self.deep = layers.MLP(config.deep_units, name="deep")
+        self.logit = tf.keras.layers.Dense(1, name="logit")
+
+    def call(self, features, training=None):
+        e = self.embed(features)
+        parts = [e["categorical"][f.name] for f in self.embed.categorical]
+        for f in self.embed.sequences:
+            seq, mask = e["sequence"][f.name], e["sequence_mask"][f.name]
+            if f.target:
+                parts.append(self.attention[f.name](e["categorical"][f.target], seq, mask))
+            else:
+                parts.append(self.pools[f.name](seq, mask))
+        parts.append(e["numeric"])
+        x0 = tf.concat(parts, axis=-1)
+        x = x0
+        for cross in self.crosses:
+            x = cross(x0, x)
+        return tf.squeeze(self.logit(self.deep(x)), axis=-1)

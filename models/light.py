@@ -1,0 +1,99 @@
+"""The light pre-ranking model: a TFRS-style two tower network with a small head.
+
+The user tower reads user and context features only, so a request computes it once; the item
+tower reads item features only, so item embeddings can be precomputed for the whole pool. The
+head scores a (user, item) pair from the two embeddings alone. Cross-role features and attention
+from the candidate to the history would tie the towers together per candidate, which is what
+the heavy model is for, so the light model uses neither: it mean-pools every sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from hap.models import layers
+from hap.models import spec as model_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LightConfig:
+    """Hyper-parameters of the light model.
+
+    embedding_dim: width of every embedding table (shared by the two towers).
+    tower_units: hidden layer widths of each tower's MLP.
+    output_dim: D, the width of the user and item embeddings the towers end in.
+    head_units: the head's M hidden layer widths over [u, v, u * v] (M = len(head_units)); the
+        heavy model's MLP must be deeper.
+    """
+
+    embedding_dim: int = 16
+    tower_units: tuple[int, ...] = (64,)
+    output_dim: int = 32
+    head_units: tuple[int, ...] = (32, 16)
+
+    def __post_init__(self):
+        if min((self.embedding_dim, self.output_dim) + self.tower_units + self.head_units) < 1:
+            raise ValueError(f"every width must be positive: {self}")
+
+
+class Tower(tf.keras.layers.Layer):
+    """Embeds one feature group, mean-pools its sequences, and maps the concatenation to D dims.
+
+    The last layer is linear so the embedding is not confined to the positive orthant, where
+    the head's u * v term could not express a negative affinity.
+    """
+
+    def __init__(self, spec: model_spec.ModelSpec, features, tables, config: LightConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = layers.FeatureEmbedding(spec, features, config.embedding_dim, tables=tables)
+        self.pools = {f.name: layers.MaskedMeanPool(name=f"pool_{f.name}") for f in self.embed.sequences}
+        self.mlp = layers.MLP(config.tower_units)
+        self.project = tf.keras.layers.Dense(config.output_dim)
+
+    def call(self, inputs):
+        e = self.embed(inputs)
+        parts = [e["categorical"][f.name] for f in self.embed.categorical]
+        parts += [self.pools[f.name](e["sequence"][f.name], e["sequence_mask"][f.name]) for f in self.embed.sequences]
+        parts.append(e["numeric"])
+        return self.project(self.mlp(tf.concat(parts, axis=-1)))
+
+
+@tf.keras.utils.register_keras_serializable(package="hap")
+class LightModel(layers.FeatureDictModel):
+    """Two tower pre-ranking model; `call(features)` returns click logits, float32 [B].
+
+    `features` is a dict of the tensors described in `models/spec.py`; keys the model does not
+    use (training-only outputs, cross features) are ignored.
+    """
+
+    config_class = LightConfig
+
+    def __init__(self, spec: model_spec.ModelSpec, config: LightConfig = LightConfig(), **kwargs):
+        user_side, item_side = spec.user_side, spec.item_side
+        super().__init__(spec, config, [f.name for f in user_side + item_side], **kwargs)
+        self.user_names = tuple(f.name for f in user_side)
+        self.item_names = tuple(f.name for f in item_side)
+        # One table per vocabulary across both towers: the user's click history and the
+        # candidate's item_id then live in one space.
+        tables = layers.embedding_tables(spec, user_side + item_side, config.embedding_dim)
+        self.user_tower = Tower(spec, user_side, tables, config, name="user_tower")
+        self.item_tower = Tower(spec, item_side, tables, config, name="item_tower")
+        self.head = layers.MLP(config.head_units, name="head")
+        self.logit = tf.keras.layers.Dense(1, name="logit")
+
+    def user_embedding(self, features) -> tf.Tensor:
+        """u [B, D], from user and context features only."""
+        return self.user_tower({n: features[n] for n in self.user_names})
+
+    def item_embedding(self, features) -> tf.Tensor:
+        """v [B, D], from item features only."""
+        return self.item_tower({n: features[n] for n in self.item_names})
+
+    def score_from_embeddings(self, u, v) -> tf.Tensor:
+        """Logits [B] of pairs (u[i], v[i]); u may be [1, D] to score one user against B items."""
+        u = tf.broadcast_to(u, tf.shape(v))
+        return tf.squeeze(self.logit(self.head(tf.concat([u, v, u * v], axis=-1))), axis=-1)
+
+    def call(self, features, training=None):
+        return self.score_from_embeddings(self.user_embedding(features), self.item_embedding(features))

@@ -1,0 +1,215 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from hap.data import contract, simulator
+from hap.models import heavy, layers, light
+from hap.models import spec as model_spec
+
+VOCAB = 50
+BATCH = 16
+
+
+def _spec(features: contract.FeatureSet) -> model_spec.ModelSpec:
+    names = {model_spec.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
+    return model_spec.ModelSpec(features, {n: VOCAB for n in names})
+
+
+def _column(feature: contract.Feature, rng: np.random.Generator) -> tf.Tensor:
+    if feature.kind == contract.CATEGORICAL:
+        return tf.constant(rng.integers(0, VOCAB, BATCH), tf.int64)
+    if feature.kind == contract.NUMERIC:
+        return tf.constant(rng.normal(size=BATCH), tf.float32)
+    # Random lengths, padded at the end (most recent first); row 0 is a new user's empty history.
+    ids = rng.integers(1, VOCAB, (BATCH, feature.max_len))
+    lengths = rng.integers(0, feature.max_len + 1, BATCH)
+    lengths[0] = 0
+    ids[np.arange(feature.max_len) >= lengths[:, None]] = model_spec.PAD
+    return tf.constant(ids, tf.int64)
+
+
+def _batch(features: contract.FeatureSet, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {f.name: _column(f, rng) for f in features.features}
+    # Training-only keys the models must ignore.
+    batch[model_spec.LABEL] = tf.constant(rng.integers(0, 2, BATCH), tf.float32)
+    batch[model_spec.SAMPLE_GROUP] = tf.constant(rng.integers(0, 5, BATCH), tf.int64)
+    batch[model_spec.REQUEST_KEY] = tf.constant([f"r{i // 4}" for i in range(BATCH)])
+    return batch
+
+
+def _redraw(batch: dict, features, seed: int) -> dict:
+    """`batch` with the given features drawn anew."""
+    rng = np.random.default_rng(seed)
+    return {**batch, **{f.name: _column(f, rng) for f in features}}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return _spec(simulator.FEATURE_SET)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return _batch(simulator.FEATURE_SET)
+
+
+@pytest.fixture(scope="module")
+def light_model(spec):
+    return light.LightModel(spec)
+
+
+@pytest.fixture(scope="module")
+def heavy_model(spec):
+    return heavy.HeavyModel(spec)
+
+
+def test_output_and_embedding_shapes(light_model, heavy_model, batch):
+    d = light_model.config.output_dim
+    for logits in (light_model(batch), heavy_model(batch)):
+        assert logits.shape == (BATCH,) and logits.dtype == tf.float32
+        assert np.isfinite(logits.numpy()).all()
+    assert light_model.user_embedding(batch).shape == (BATCH, d)
+    assert light_model.item_embedding(batch).shape == (BATCH, d)
+
+
+def test_item_embedding_reads_item_features_only(light_model, spec, batch):
+    v = light_model.item_embedding(batch).numpy()
+    others = spec.select((contract.USER, contract.CONTEXT, contract.CROSS))
+    np.testing.assert_array_equal(light_model.item_embedding(_redraw(batch, others, seed=1)).numpy(), v)
+    # Precomputing the pool's embeddings needs no user at all.
+    items_only = {f.name: batch[f.name] for f in spec.item_side}
+    np.testing.assert_array_equal(light_model.item_embedding(items_only).numpy(), v)
+
+
+def test_user_embedding_reads_user_and_context_features_only(light_model, spec, batch):
+    u = light_model.user_embedding(batch).numpy()
+    others = spec.select((contract.ITEM, contract.CROSS))
+    np.testing.assert_array_equal(light_model.user_embedding(_redraw(batch, others, seed=1)).numpy(), u)
+    user_only = {f.name: batch[f.name] for f in spec.user_side}
+    np.testing.assert_array_equal(light_model.user_embedding(user_only).numpy(), u)
+
+
+def test_light_logits_are_the_head_over_the_tower_embeddings(light_model, batch):
+    u, v = light_model.user_embedding(batch), light_model.item_embedding(batch)
+    np.testing.assert_allclose(light_model(batch).numpy(), light_model.score_from_embeddings(u, v).numpy(), rtol=1e-6)
+
+
+def test_one_user_embedding_scores_many_items(light_model, batch):
+    u, v = light_model.user_embedding(batch)[:1], light_model.item_embedding(batch)
+    tiled = tf.tile(u, [BATCH, 1])
+    np.testing.assert_allclose(
+        light_model.score_from_embeddings(u, v).numpy(),
+        light_model.score_from_embeddings(tiled, v).numpy(), rtol=1e-6)
+
+
+def test_cross_features_reach_the_heavy_model_only(light_model, heavy_model, spec, batch):
+    changed = _redraw(batch, spec.select((contract.CROSS,)), seed=2)
+    assert not np.allclose(heavy_model(changed).numpy(), heavy_model(batch).numpy())
+    np.testing.assert_array_equal(light_model(changed).numpy(), light_model(batch).numpy())
+    assert not any(isinstance(m, layers.TargetAttention) for m in light_model.submodules)
+
+
+def test_sequence_shares_its_target_table(spec, batch):
+    embed = layers.FeatureEmbedding(spec, spec.all_features, dim=8)
+    assert "vocab_item_id" in embed.tables and "vocab_u_click_seq" not in embed.tables
+    history = batch["u_click_seq"].numpy()
+    history[:, 0] = batch["item_id"].numpy()
+    out = embed({**batch, "u_click_seq": tf.constant(history)})
+    np.testing.assert_array_equal(out["sequence"]["u_click_seq"][:, 0].numpy(), out["categorical"]["item_id"].numpy())
+
+
+def test_heavy_attends_over_histories_with_a_target_only(heavy_model, spec):
+    targeted = {f.name for f in spec.all_features if f.kind == contract.SEQUENCE and f.target}
+    assert set(heavy_model.attention) == targeted == {"u_click_seq", "u_cat_seq"}
+    assert not heavy_model.pools
+
+
+def test_heavy_is_deeper_than_the_light_head_and_crosses_features(light_model, heavy_model):
+    n, m = len(heavy_model.deep.dense_layers), len(light_model.head.dense_layers)
+    assert n == len(heavy.HeavyConfig().deep_units) == 4 and m == len(light.LightConfig().head_units) == 2
+    assert n > m
+    crosses = [s for s in heavy_model.submodules if isinstance(s, tfrs.layers.dcn.Cross)]
+    assert len(crosses) == heavy_model.config.cross_layers == 2
+
+
+def _attention_inputs(seed=0, batch=4, length=6, dim=8):
+    rng = np.random.default_rng(seed)
+    query = tf.constant(rng.normal(size=(batch, dim)), tf.float32)
+    keys = rng.normal(size=(batch, length, dim)).astype(np.float32)
+    mask = np.arange(length)[None, :] < np.array([0, 1, 3, length])[:, None]
+    return query, keys, tf.constant(mask)
+
+
+def test_target_attention_of_an_empty_history_is_zero():
+    attention = layers.TargetAttention()
+    query, keys, mask = _attention_inputs()
+    keys = tf.constant(keys)
+    with tf.GradientTape() as tape:
+        tape.watch(keys)
+        out = attention(query, keys, mask)
+    grad = tape.gradient(out, keys)
+    np.testing.assert_array_equal(out[0].numpy(), 0.0)
+    assert np.isfinite(out.numpy()).all() and np.isfinite(grad.numpy()).all()
+
+
+def test_target_attention_ignores_padded_positions():
+    attention = layers.TargetAttention()
+    query, keys, mask = _attention_inputs()
+    garbage = np.where(mask.numpy()[..., None], keys, 1e3 * np.ones_like(keys))
+    out = attention(query, tf.constant(keys), mask)
+    np.testing.assert_array_equal(attention(query, tf.constant(garbage), mask).numpy(), out.numpy())
+    weights = attention.attention_weights(query, tf.constant(keys), mask).numpy()
+    np.testing.assert_array_equal(weights[~mask.numpy()], 0.0)
+    np.testing.assert_allclose(weights.sum(axis=1), [0.0, 1.0, 1.0, 1.0], rtol=1e-6)
+
+
+def test_masked_mean_pool_averages_real_positions_only():
+    _, keys, mask = _attention_inputs()
+    pooled = layers.MaskedMeanPool()(tf.constant(keys), mask).numpy()
+    np.testing.assert_array_equal(pooled[0], 0.0)
+    np.testing.assert_allclose(pooled[1], keys[1, 0], rtol=1e-6)
+    np.testing.assert_allclose(pooled[2], keys[2, :3].mean(axis=0), rtol=1e-6)
+
+
+SMALL_FEATURE_SETS = {
+    # No sequences, no cross, no context, no numeric user feature.
+    "flat": [{"name": "u_tier", "role": "user", "kind": "categorical"},
+             {"name": "i_score", "role": "item", "kind": "numeric"}],
+    # No numeric features at all; a history without target has its own table and is pooled.
+    "categorical_only": [{"name": "u_tags", "role": "user", "kind": "sequence", "max_len": 5},
+                         {"name": "c_slot", "role": "context", "kind": "categorical"}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_FEATURE_SETS))
+def test_models_build_on_feature_sets_with_empty_groups(name):
+    features = contract.parse_features({"version": 1, "features": SMALL_FEATURE_SETS[name]}, name)
+    spec = _spec(features)
+    batch = _batch(features)
+    light_model, heavy_model = light.LightModel(spec), heavy.HeavyModel(spec)
+    for logits in (light_model(batch), heavy_model(batch)):
+        assert logits.shape == (BATCH,) and np.isfinite(logits.numpy()).all()
+    # The listed user feature, a plain categorical or a history pooled for want of a target,
+    # reaches both models.
+    changed = _redraw(batch, [spec.features.listed[0]], seed=3)
+    for model in (light_model, heavy_model):
+        assert not np.allclose(model(changed).numpy(), model(batch).numpy())
+
+
+@pytest.mark.parametrize("kind", ["light", "heavy"])
+def test_save_and_reload_give_the_same_logits(kind, light_model, heavy_model, spec, batch, tmp_path):
+    model = {"light": light_model, "heavy": heavy_model}[kind]
+    expected = model(batch).numpy()
+    path = str(tmp_path / kind)
+    model.save(path, save_format="tf")
+    inputs = {f.name: batch[f.name] for f in spec.all_features if f.name in model.feature_names}
+    # Without the Python class, as TF Serving sees it: the signature takes the features only.
+    np.testing.assert_allclose(tf.saved_model.load(path)(inputs).numpy(), expected, rtol=1e-5, atol=1e-6)
+    rebuilt = tf.keras.models.load_model(path)
+    assert type(rebuilt) is type(model)
+    np.testing.assert_allclose(rebuilt(batch).numpy(), expected, rtol=1e-5, atol=1e-6)
+    if kind == "light":
+        np.testing.assert_allclose(rebuilt.item_embedding(batch).numpy(), model.item_embedding(batch).numpy(),
+                                   rtol=1e-5, atol=1e-6)
