@@ -3,6 +3,8 @@
     hap data simulate --out DIR [--requests N] [--seed S] [--format csv|tfrecord]
     hap data validate DIR
     hap schema derive --features features.yaml --out schema.pbtxt
+    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--epochs E] [--beam-arg ARG ...]
+    hap tensorboard OUT
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -60,6 +62,33 @@ def _derive_schema(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from hap.pipeline import local_runner
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    start = time.time()
+    local_runner.run(args.data, args.out,
+                     light_trainer={**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
+                     heavy_trainer={**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
+                     beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
+    print(f"pipeline finished in {time.time() - start:.0f}s; outputs under {os.path.abspath(args.out)}")
+    print(f"TensorBoard: hap tensorboard {args.out}")
+    return 0
+
+
+def _tensorboard(args) -> int:
+    from hap.pipeline import local_runner
+
+    dirs = local_runner.tensorboard_logdirs(args.out)
+    spec = ",".join(f"{role}:{path}" for role, path in dirs.items() if os.path.isdir(path))
+    if not spec:
+        print(f"no training logs under {args.out}; run `hap run --out {args.out}` first", file=sys.stderr)
+        return 1
+    print(f"tensorboard --logdir_spec {spec}")
+    print("then open http://localhost:6006 (loss terms per group, per_source_auc, gradient_conflict)")
+    return 0
+
+
 def _demo(args) -> int:
     from hap.data import simulator, validator
 
@@ -69,7 +98,10 @@ def _demo(args) -> int:
         simulator.simulate(data, SimulationConfig())
     report = validator.validate(data)
     print(("OK: " if report.ok else "INVALID: ") + report.summary())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), epochs=None, light_loss=None,
+                                   heavy_loss=None, beam_arg=None, no_cache=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     der.add_argument("--features", required=True, help="path to features.yaml")
     der.add_argument("--out", required=True, help="schema.pbtxt to write")
     der.set_defaults(func=_derive_schema)
+
+    run = sub.add_parser("run", help="run the TFX pipeline on a contract dataset (LocalDagRunner)")
+    run.add_argument("--data", required=True, help="contract dataset directory")
+    run.add_argument("--out", required=True, help="output directory (artifacts, ML Metadata, pushed models)")
+    run.add_argument("--light-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
+    run.add_argument("--heavy-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
+    run.add_argument("--epochs", type=int, help="training epochs of both models")
+    run.add_argument("--beam-arg", action="append",
+                     help="a Beam pipeline argument, e.g. --beam-arg=--direct_running_mode=multi_processing")
+    run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.set_defaults(func=_run)
+
+    tb = sub.add_parser("tensorboard", help="print how to open the training logs of a run in TensorBoard")
+    tb.add_argument("out", help="the --out directory of `hap run`")
+    tb.set_defaults(func=_tensorboard)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo", help="working directory")

@@ -21,6 +21,8 @@ click, positions); Transform prunes them from a serving graph fed only model inp
 - `is_hard`: int64 [B], 1 for EN and RN.
 - `difficulty`: float32 [B] in [0, 1], from the stage positions (see preprocessing.difficulty).
 - `request_key`: string [B], the raw request_id, to keep requests whole in batches.
+- `contrast`: string [B, None], the contrast groups of a sample (EP: EN, RN, PRN, GN; a negative:
+  its own group), so an evaluation slice `contrast: RN` holds the positives and the RN samples.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ SAMPLE_GROUP = "sample_group"
 IS_HARD = "is_hard"
 DIFFICULTY = "difficulty"
 REQUEST_KEY = "request_key"
-TRAINING_ONLY = (LABEL, SAMPLE_GROUP, IS_HARD, DIFFICULTY, REQUEST_KEY)
+CONTRAST = "contrast"
+TRAINING_ONLY = (LABEL, SAMPLE_GROUP, IS_HARD, DIFFICULTY, REQUEST_KEY, CONTRAST)
 
 GROUP_INDEX = {g: i for i, g in enumerate(c.SAMPLE_GROUPS)}
 HARD_GROUPS = (c.EN, c.RN)

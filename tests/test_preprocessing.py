@@ -49,9 +49,9 @@ ROWS = [
     _sample("r2", "u2", "b", c.RANKING, 0, (20, 10, -1), "s2", "c1", 7.0, ["a", "z"], 0.7),
     _sample("r3", "u3", "f", c.GLOBAL, 0, (799, -1, -1), "s3", "c2", 8.0, [], 0.8),
 ]
-# Counts over item_id and the u_click_seq tokens together: a 8, b 6, c 5, d 5, z 2, e 1, f 1;
-# tft breaks ties by reverse lexicographic order, so d before c and f before e.
-ITEM_VOCAB = [b"a", b"b", b"d", b"c", b"z", b"f", b"e"]
+# Counts over item_id and the u_click_seq tokens kept by max_len together: a 8, b 6, c 5, z 2,
+# d e f 1 (d's 4 tokens past max_len do not count); tft breaks ties by reverse lexicographic order.
+ITEM_VOCAB = [b"a", b"b", b"c", b"z", b"f", b"e", b"d"]
 
 
 def _mixed_spec(features):
@@ -130,8 +130,8 @@ def test_sequence_shares_the_item_vocabulary(transformed):
     index = {token.decode(): i + 1 for i, token in enumerate(ITEM_VOCAB)}
     np.testing.assert_array_equal(col["item_id"], [index[r["item_id"]] for r in ROWS])
     # Truncated to the 3 most recent tokens, 0-padded at the end.
-    recent = [index["b"], index["c"], index["a"]]
-    np.testing.assert_array_equal(col["u_click_seq"], [recent] * 4 + [[0, 0, 0], [1, 5, 0], [1, 5, 0], [0, 0, 0]])
+    recent, az = [index["b"], index["c"], index["a"]], [index["a"], index["z"], 0]
+    np.testing.assert_array_equal(col["u_click_seq"], [recent] * 4 + [[0, 0, 0], az, az, [0, 0, 0]])
     model = spec.ModelSpec.from_transform_output(FEATURES, out)
     assert model.vocab_sizes == {"vocab_item_id": 9, "vocab_user_id": 5, "vocab_content_type": 4,
                                  "vocab_u_segment": 5, "vocab_i_category": 4}
@@ -173,6 +173,19 @@ def test_unseen_values_are_out_of_vocabulary(transformed):
     assert row["i_quality"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_serving_needs_only_the_raw_features(transformed):
+    # Fed without source, click or positions, Transform prunes the training-only outputs.
+    names = preprocessing.raw_serving_features(FEATURES)
+    types = canonical.canonical_types(FEATURES)
+    serialized = [canonical.to_example({k: v for k, v in row.items() if k in names}, types).SerializeToString()
+                  for row in ROWS]
+    parsed = tf.io.parse_example(serialized, {n: transformed["feature_spec"][n] for n in names})
+    served = transformed["output"].transform_features_layer()(parsed)
+    assert set(served) == set(names)
+    for name in names:
+        np.testing.assert_allclose(served[name].numpy(), transformed["columns"][name], rtol=1e-6, err_msg=name)
+
+
 def test_every_input_sparse_gives_the_same_outputs(transformed, tmp_path):
     data, _ = _analyze_and_transform(ROWS, FEATURES, _derived_spec(FEATURES), tmp_path)
     sparse = _columns(data)
@@ -197,7 +210,7 @@ def test_no_sequence_and_string_ids(tmp_path):
                 ("bob", "recipe 7", c.EXPOSED, 0, 3, "cy"),
             ])]
     data, transform_fn = _analyze_and_transform(rows, features, _derived_spec(features), tmp_path,
-                                                   prerank_cutoff=99)
+                                                prerank_cutoff=99)
     col = _columns(data, key=lambda r: (r[spec.DIFFICULTY], r[spec.LABEL]))  # GN, PRN, EN, EP
     assert set(col) == set(features.names) | set(spec.TRAINING_ONLY)
     np.testing.assert_array_equal(col["i_author"], [1, 0, 2, 1])
@@ -218,7 +231,7 @@ def test_difficulty_rule():
     got = preprocessing.difficulty(source, click, prerank, rank, expose, rank_cutoff=50, prerank_cutoff=200)
     np.testing.assert_allclose(got.numpy(), [
         1.0, 1.0,
-        0.625, 0.5 + 25 / 51, 0.5 + 25 / 51,  # at and above the cut-off, the highest ranking value
+        0.625, 0.5 + 25 / 51, 0.5 + 25 / 51,  # at the cut-off, or unknown: the stage's highest value
         0.375, 0.25 + 50 / 201,
         0.0, 0.3125,  # a retrieved random item counts as preranking
         0.0,
@@ -245,3 +258,19 @@ def test_custom_config_round_trip():
         "x_user_cat_ctr")
     with pytest.raises(TypeError, match="rank_cut"):
         preprocessing.make_custom_config(FEATURES, rank_cut=5)
+
+
+def test_dense_and_sparse_columns_read_alike(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\nb\n")
+    history = tf.constant([["b", "x", "a", "a"], ["a", "", "", ""]])
+    expected = [[2, 3, 1], [1, 0, 0]]  # "x" out of vocabulary, "" padding
+    for x in (history, tf.sparse.from_dense(history)):
+        np.testing.assert_array_equal(preprocessing._sequence(preprocessing._truncated(x, 3), 3, str(vocab)),
+                                      expected)
+    # A batch where an optional column is missing everywhere arrives as a [B, 0] SparseTensor.
+    nothing = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.constant([], tf.string), [2, 0])
+    np.testing.assert_array_equal(preprocessing._sequence(preprocessing._truncated(nothing, 3), 3, str(vocab)),
+                                  [[0, 0, 0]] * 2)
+    np.testing.assert_array_equal(preprocessing._dense(nothing, b""), [b"", b""])
+    np.testing.assert_array_equal(preprocessing._dense(tf.constant([[1.5], [2.5]]), 0.0), [1.5, 2.5])

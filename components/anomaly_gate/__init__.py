@@ -1,0 +1,1 @@
+"""AnomalyGate: stops a pipeline before Transform when ExampleValidator found anomalies."""

@@ -1,0 +1,163 @@
+"""Training a scorer with a sample-routing loss, and what it logs to TensorBoard.
+
+`RoutedTrainer` wraps a light or heavy scorer: each step scores a batch of whole requests and
+minimises the configured loss (GHCL or a baseline, see losses.make_loss), tracking every loss
+term. Two callbacks write what a recommender engineer wants to see in TensorBoard:
+
+- `PerSourceAUC`: after each epoch, the AUC of exposed positives against each negative source
+  (EN, RN, PRN, GN) on the eval split, and their mean.
+- `GradientConflict`: every `every_n_steps` steps, on a fixed probe batch, the cosine similarity
+  between the gradients, with respect to the scorer's parameters (all shared by the sources),
+  of the per-source losses. The per-source loss of source g is the training loss restricted to
+  the positives and the negatives of g, so the same signal is defined for every loss and the
+  baselines can be compared with GHCL: negative cosines are the gradient conflict GHCL is meant
+  to remove.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import tensorflow as tf
+
+from hap.data import contract as c
+from hap.models import losses, spec
+
+
+class RoutedTrainer(tf.keras.Model):
+    """A scorer trained with a per-request loss; `call` is the scorer's logits."""
+
+    def __init__(self, scorer: tf.keras.Model, loss_fn, **kwargs):
+        super().__init__(**kwargs)
+        self.scorer = scorer
+        self.loss_fn = loss_fn
+        self._trackers: dict[str, tf.keras.metrics.Mean] = {}
+
+    def call(self, features, training=False):
+        return self.scorer(features, training=training)
+
+    def _terms(self, features, training: bool):
+        ids, num_requests = losses.dense_request_ids(features[spec.REQUEST_KEY])
+        logits = self.scorer(features, training=training)
+        return self.loss_fn(logits, features[spec.LABEL], features[spec.SAMPLE_GROUP], ids, num_requests,
+                            update=training)
+
+    def _track(self, terms: dict) -> dict:
+        for name, value in terms.items():
+            if name not in self._trackers:
+                self._trackers[name] = tf.keras.metrics.Mean(name)
+            self._trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def train_step(self, features):
+        with tf.GradientTape() as tape:
+            terms = self._terms(features, training=True)
+        variables = self.scorer.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(terms["loss"], variables), variables))
+        return self._track(terms)
+
+    def test_step(self, features):
+        return self._track(self._terms(features, training=False))
+
+
+def auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    if len(positive_scores) == 0 or len(negative_scores) == 0:
+        return float("nan")
+    scores = np.concatenate([positive_scores, negative_scores])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    n_pos, n_neg = len(positive_scores), len(negative_scores)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def per_source_auc(scores: np.ndarray, groups: np.ndarray,
+                   negative_groups=(c.EN, c.RN, c.PRN, c.GN)) -> dict[str, float]:
+    """AUC of exposed positives against each negative source, and their mean."""
+    positives = scores[groups == spec.GROUP_INDEX[c.EP]]
+    result = {f"auc_EP_vs_{g}": auc(positives, scores[groups == spec.GROUP_INDEX[g]]) for g in negative_groups}
+    result["auc_mean"] = float(np.nanmean(list(result.values())))
+    return result
+
+
+def predict_logits(scorer: tf.keras.Model, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+    n = len(arrays[spec.REQUEST_KEY])
+    outputs = []
+    for start in range(0, n, batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in arrays.items() if k != spec.REQUEST_KEY}
+        outputs.append(scorer(batch, training=False).numpy())
+    return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+
+
+class PerSourceAUC(tf.keras.callbacks.Callback):
+    def __init__(self, scorer, eval_arrays: dict[str, np.ndarray], log_dir: str):
+        super().__init__()
+        self.scorer = scorer
+        self.eval_arrays = eval_arrays
+        self.writer = tf.summary.create_file_writer(f"{log_dir}/per_source_auc")
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = per_source_auc(predict_logits(self.scorer, self.eval_arrays), self.eval_arrays[spec.SAMPLE_GROUP])
+        self.history.append(result)
+        with self.writer.as_default(step=epoch):
+            for name, value in result.items():
+                tf.summary.scalar(name, value)
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in result.items()})
+
+
+class GradientConflict(tf.keras.callbacks.Callback):
+    def __init__(self, scorer, loss_fn, probe: dict[str, np.ndarray], log_dir: str, every_n_steps: int = 20,
+                 negative_groups=(c.EN, c.RN, c.PRN, c.GN)):
+        super().__init__()
+        self.scorer = scorer
+        self.loss_fn = loss_fn
+        self.every_n_steps = every_n_steps
+        self.writer = tf.summary.create_file_writer(f"{log_dir}/gradient_conflict")
+        groups = probe[spec.SAMPLE_GROUP]
+        self.sub_batches = {}
+        for g in negative_groups:
+            keep = (groups == spec.GROUP_INDEX[c.EP]) | (groups == spec.GROUP_INDEX[g])
+            if (groups[keep] == spec.GROUP_INDEX[g]).any() and (groups[keep] == spec.GROUP_INDEX[c.EP]).any():
+                self.sub_batches[g] = {k: tf.constant(v[keep]) for k, v in probe.items()}
+        self.history: list[dict[str, float]] = []
+        self._step = 0
+
+    def _gradient(self, batch) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            ids, num_requests = losses.dense_request_ids(batch[spec.REQUEST_KEY])
+            logits = self.scorer(batch, training=False)
+            loss = self.loss_fn(logits, batch[spec.LABEL], batch[spec.SAMPLE_GROUP], ids, num_requests,
+                                update=False)["loss"]
+        grads = tape.gradient(loss, self.scorer.trainable_variables)
+        return tf.concat([tf.reshape(g, [-1]) for g in grads if g is not None], axis=0)
+
+    def measure(self) -> dict[str, float]:
+        grads = {g: self._gradient(b) for g, b in self.sub_batches.items()}
+        result = {}
+        for a, b in itertools.combinations(grads, 2):
+            cos = tf.reduce_sum(grads[a] * grads[b]) / (tf.norm(grads[a]) * tf.norm(grads[b]) + 1e-12)
+            result[f"cos_{a}_{b}"] = float(cos)
+        if result:
+            result["cos_mean"] = float(np.mean(list(result.values())))
+        return result
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._step % self.every_n_steps == 0 and len(self.sub_batches) > 1:
+            result = self.measure()
+            self.history.append({"step": self._step, **result})
+            with self.writer.as_default(step=self._step):
+                for name, value in result.items():
+                    tf.summary.scalar(name, value)
+        self._step += 1

@@ -1,0 +1,24 @@
+"""Default settings of the HAP pipeline; every one can be overridden through create_pipeline()'s
+arguments or the `hap run` command line."""
+from hap.data import contract as c
+
+PIPELINE_NAME = "hap"
+EVAL_DAYS = 1                     # the last day is the eval split
+VOCAB_TOP_K = 100_000             # larger vocabularies keep their most frequent ids, the rest are OOV
+
+# Each Evaluator blesses its model only if, on the eval split, the AUC of exposed positives against
+# each negative source clears these floors, and (once a blessed model exists) does not fall more
+# than AUC_TOLERANCE below it. The floors are sanity floors (0.5 is a random scorer); the heavy
+# model is judged only on the hard sources it is trained on.
+AUC_FLOORS = {
+    "light": {c.EN: 0.55, c.RN: 0.60, c.PRN: 0.70, c.GN: 0.75},
+    "heavy": {c.EN: 0.55, c.RN: 0.60},
+}
+AUC_TOLERANCE = 0.01
+
+LIGHT_TRAINER = {"role": "light", "loss": "ghcl", "epochs": 3, "batch_size": 1024, "learning_rate": 2e-3}
+HEAVY_TRAINER = {"role": "heavy", "loss": "ghcl", "epochs": 3, "batch_size": 1024, "learning_rate": 2e-3}
+
+# Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
+# hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.
+BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

@@ -1,0 +1,66 @@
+"""Runs the HAP pipeline with TFX's LocalDagRunner; ML Metadata lives in SQLite under the
+output directory, so a re-run with unchanged inputs is served from cache.
+
+Layout of an output directory:
+    OUT/metadata.sqlite          ML Metadata
+    OUT/pipeline_root/...        every component's artifacts (Trainer_light/model_run/... holds
+                                 the TensorBoard logs)
+    OUT/schema/schema.pbtxt      the schema derived for a dataset whose features.yaml is not the
+                                 default one
+    OUT/serving/{light,heavy}/   blessed models pushed by the Pushers
+"""
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+
+from hap import schema as default_schema
+from hap.data import contract as c
+from hap.pipeline import configs
+from hap.pipeline.pipeline import create_pipeline
+from hap.schema import derive
+
+
+def schema_for(features: c.FeatureSet, out_dir: str) -> str:
+    """The curated schema for the default feature set, else one derived from features.yaml."""
+    if features.listed == c.load_features(default_schema.DEFAULT_DIR).listed:
+        return default_schema.DEFAULT_SCHEMA
+    path = os.path.join(out_dir, "schema", "schema.pbtxt")
+    derived = derive.derive_schema(features)
+    # Rewriting an identical file would change its fingerprint and defeat the cache.
+    if not os.path.exists(path) or derive.load_schema(path) != derived:
+        derive.write_schema(derived, path)
+    return path
+
+
+def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
+    root = os.path.join(out_dir, "pipeline_root")
+    return {role: os.path.join(root, f"Trainer_{role}", "model_run") for role in ("light", "heavy")}
+
+
+def run(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
+        auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
+        enable_cache: bool = True, eval_days: int = configs.EVAL_DAYS) -> None:
+    data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
+    features = c.load_features(data_root)
+    os.makedirs(out_dir, exist_ok=True)
+    pipeline = create_pipeline(
+        pipeline_name=configs.PIPELINE_NAME,
+        pipeline_root=os.path.join(out_dir, "pipeline_root"),
+        data_root=data_root,
+        schema_path=schema_for(features, out_dir),
+        serving_model_dir=os.path.join(out_dir, "serving"),
+        features=features,
+        light_trainer={**configs.LIGHT_TRAINER, **(light_trainer or {})},
+        heavy_trainer={**configs.HEAVY_TRAINER, **(heavy_trainer or {})},
+        auc_floors=auc_floors or configs.AUC_FLOORS,
+        auc_tolerance=configs.AUC_TOLERANCE,
+        eval_days=eval_days,
+        vocab_top_k=configs.VOCAB_TOP_K,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(out_dir, "metadata.sqlite")),
+        beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
+        enable_cache=enable_cache,
+    )
+    tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -1,0 +1,131 @@
+"""The HAP TFX pipeline: `create_pipeline()` takes every path and setting as an argument, as the
+TFX template does; runners for each orchestrator only fill them in."""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.types import Channel
+from tfx.types.standard_artifacts import Model, ModelBlessing
+
+from hap.components.anomaly_gate.component import AnomalyGate
+from hap.components.contract_example_gen.component import ContractExampleGen
+from hap.data import contract as c
+from hap.models import preprocessing, spec
+
+PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
+RUN_FN = "hap.models.trainer.run_fn"
+CONTRAST = spec.CONTRAST
+
+
+def code_fingerprint() -> str:
+    """Hash of the model code. Transform and Trainer name their functions by dotted path, which
+    TFX's cache key does not look behind; putting this hash in their custom_config makes a code
+    change invalidate the cached results, as a module_file would."""
+    models_dir = os.path.dirname(os.path.abspath(preprocessing.__file__))
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(models_dir)):
+        if name.endswith(".py"):
+            with open(os.path.join(models_dir, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    return digest.hexdigest()[:16]
+
+
+def eval_config(role: str, auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
+    """Per-source AUC on the eval split, with a floor and a regression tolerance per source.
+
+    Transform gives every sample a `contrast` feature naming the contrast groups it belongs to
+    (an exposed positive belongs to all four, a negative to its source's), so the slice
+    `contrast: RN` holds exactly the exposed positives and the ranking negatives. Thresholds are
+    attached per slice: a threshold on the metric as a whole would also apply to slices with no
+    positives, where AUC is undefined.
+    """
+    thresholds = []
+    for group, floor in auc_floors.items():
+        thresholds.append(tfma.PerSliceMetricThreshold(
+            slicing_specs=[tfma.SlicingSpec(feature_values={CONTRAST: group})],
+            threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -tolerance}))))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="transformed", label_key=spec.LABEL)],
+        slicing_specs=[tfma.SlicingSpec(feature_keys=[CONTRAST])],
+        metrics_specs=[tfma.MetricsSpec(
+            metrics=[tfma.MetricConfig(class_name="AUC"), tfma.MetricConfig(class_name="ExampleCount")],
+            per_slice_thresholds={"auc": tfma.PerSliceMetricThresholds(thresholds=thresholds)})],
+    )
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    schema_path: str,
+    serving_model_dir: str,
+    features: c.FeatureSet,
+    light_trainer: dict,
+    heavy_trainer: dict,
+    auc_floors: dict,
+    auc_tolerance: float,
+    eval_days: int = 1,
+    vocab_top_k: int = 100_000,
+    metadata_connection_config=None,
+    beam_pipeline_args: Optional[list[str]] = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
+                    "code_fingerprint": code_fingerprint()}
+    example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=model_config)
+    transform.add_upstream_node(gate)
+    components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform]
+
+    for role, settings in (("light", light_trainer), ("heavy", heavy_trainer)):
+        trainer = tfx.components.Trainer(
+            run_fn=RUN_FN,
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            custom_config={**model_config, **settings, "role": role},
+        ).with_id(f"Trainer_{role}")
+        evaluator_id = f"Evaluator_{role}"
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=Channel(type=Model, producer_component_id=trainer.id),
+            model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
+        ).with_id(f"LatestBlessedModel_{role}")
+        evaluator = tfx.components.Evaluator(
+            examples=transform.outputs["transformed_examples"],
+            model=trainer.outputs["model"],
+            baseline_model=baseline.outputs["model"],
+            eval_config=eval_config(role, auc_floors[role], auc_tolerance),
+        ).with_id(evaluator_id)
+        pusher = tfx.components.Pusher(
+            model=trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_model_dir, role))),
+        ).with_id(f"Pusher_{role}")
+        components += [trainer, baseline, evaluator, pusher]
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
