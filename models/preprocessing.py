@@ -134,9 +134,12 @@ def _vocabularies(features, columns, top_k: int) -> dict:
 
 
 def _numeric(x) -> tf.Tensor:
-    """z-score after filling a missing value with the mean of the present ones (so it becomes 0)."""
-    mean = tft.mean(x)
-    return tft.scale_to_z_score(_dense(x, mean))
+    """z-score by the mean and standard deviation of the present values; a missing value becomes
+    the mean, so 0. Both statistics are analysed in the same phase; chaining tft.mean into
+    tft.scale_to_z_score would add a second analysis phase over the whole data."""
+    mean, std = tft.mean(x), tf.sqrt(tft.var(x))
+    centred = _dense(x, mean) - mean
+    return tf.where(std > 0, centred / tf.where(std > 0, std, 1.0), centred)
 
 
 def preprocessing_fn(inputs: dict, custom_config: dict) -> dict:

@@ -86,7 +86,9 @@ def _analyze_and_transform(rows, features, feature_spec, temp_dir, **settings):
 
 def _columns(data, key=lambda r: r["x_user_cat_ctr"]):
     data = sorted(data, key=key)
-    return {k: np.array([r[k] for r in data]) for k in data[0]}
+    columns = {k: np.array([r[k] for r in data]) for k in data[0] if k != spec.CONTRAST}
+    columns[spec.CONTRAST] = [tuple(v.decode() for v in r[spec.CONTRAST]) for r in data]
+    return columns
 
 
 def _z(values):
@@ -113,6 +115,7 @@ def test_output_types_and_shapes_follow_the_spec(transformed):
         "u_click_seq": tf.io.FixedLenFeature([3], tf.int64),
         spec.LABEL: float_scalar, spec.SAMPLE_GROUP: int_scalar, spec.IS_HARD: int_scalar,
         spec.DIFFICULTY: float_scalar, spec.REQUEST_KEY: tf.io.FixedLenFeature([], tf.string),
+        spec.CONTRAST: tf.io.VarLenFeature(tf.string),
     }
 
 
@@ -138,11 +141,11 @@ def test_sequence_shares_the_item_vocabulary(transformed):
     assert model.table_size(FEATURES["u_click_seq"]) == model.table_size(FEATURES["item_id"])
 
 
-def test_numeric_z_score_after_mean_imputation(transformed):
+def test_numeric_z_score_by_present_values_missing_to_zero(transformed):
     col = transformed["columns"]
-    present = [1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0]
-    imputed = [1.0, 2.0, 3.0, np.mean(present), 5.0, 6.0, 7.0, 8.0]
-    np.testing.assert_allclose(col["i_quality"], _z(imputed), rtol=1e-5, atol=1e-6)
+    present = np.array([1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0])
+    expected = (np.array([1.0, 2.0, 3.0, present.mean(), 5.0, 6.0, 7.0, 8.0]) - present.mean()) / present.std()
+    np.testing.assert_allclose(col["i_quality"], expected, rtol=1e-5, atol=1e-6)
     assert col["i_quality"][3] == pytest.approx(0.0, abs=1e-6)
     np.testing.assert_allclose(col["x_user_cat_ctr"], _z([r["x_user_cat_ctr"] for r in ROWS]), rtol=1e-5)
 
@@ -155,6 +158,8 @@ def test_training_only_outputs(transformed):
     np.testing.assert_array_equal(col[spec.REQUEST_KEY], [b"r1"] * 4 + [b"r2"] * 3 + [b"r3"])
     np.testing.assert_allclose(col[spec.DIFFICULTY],
                                [1.0, 1.0, 0.625, 0.375, 0.0, 1.0, 0.5 + 25 / 51, 0.3125], rtol=1e-6)
+    everything = ("EN", "RN", "PRN", "GN")
+    assert col[spec.CONTRAST] == [everything, ("EN",), ("RN",), ("PRN",), ("GN",), everything, ("RN",), ("GN",)]
 
 
 def test_unseen_values_are_out_of_vocabulary(transformed):
@@ -191,7 +196,9 @@ def test_every_input_sparse_gives_the_same_outputs(transformed, tmp_path):
     sparse = _columns(data)
     assert set(sparse) == set(transformed["columns"])
     for name, values in transformed["columns"].items():
-        if values.dtype.kind == "f":
+        if name == spec.CONTRAST:
+            assert sparse[name] == values
+        elif values.dtype.kind == "f":
             np.testing.assert_allclose(sparse[name], values, rtol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(sparse[name], values, err_msg=name)
