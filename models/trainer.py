@@ -31,7 +31,7 @@ TRAINING_GROUPS = {LIGHT: c.SAMPLE_GROUPS, HEAVY: (c.EP, c.EN, c.RN)}
 class TrainerSettings:
     role: str = LIGHT
     loss: str = "ghcl"
-    epochs: int = 3
+    epochs: int = 1
     batch_size: int = 1024          # samples per batch, filled with whole requests
     learning_rate: float = 2e-3
     temperature: float = losses.DEFAULT_TEMPERATURE

@@ -16,8 +16,8 @@ AUC_FLOORS = {
 }
 AUC_TOLERANCE = 0.01
 
-LIGHT_TRAINER = {"role": "light", "loss": "ghcl", "epochs": 3, "batch_size": 1024, "learning_rate": 2e-3}
-HEAVY_TRAINER = {"role": "heavy", "loss": "ghcl", "epochs": 3, "batch_size": 1024, "learning_rate": 2e-3}
+LIGHT_TRAINER = {"role": "light", "loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
+HEAVY_TRAINER = {"role": "heavy", "loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
 
 # Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
 # hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.

@@ -11,6 +11,7 @@ Layout of an output directory:
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from tfx import v1 as tfx
@@ -32,6 +33,23 @@ def schema_for(features: c.FeatureSet, out_dir: str) -> str:
     if not os.path.exists(path) or derive.load_schema(path) != derived:
         derive.write_schema(derived, path)
     return path
+
+
+class _ComponentProgress(logging.Filter):
+    """Lets LocalDagRunner's per-component start/finish lines through, and no other INFO chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        return message.startswith("Component ") and message.endswith(("is running.", "is finished."))
+
+
+def show_component_progress() -> None:
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _ComponentProgress) for f in absl_logger.filters):
+        absl_logger.addFilter(_ComponentProgress())
+    absl_logger.setLevel(logging.INFO)
 
 
 def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
@@ -63,4 +81,5 @@ def run(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_t
         beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
         enable_cache=enable_cache,
     )
+    show_component_progress()
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -51,12 +51,15 @@ def eval_config(role: str, auc_floors: dict, tolerance: float) -> tfma.EvalConfi
                 value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
                 change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -tolerance}))))
+    # Thresholds live on the MetricConfig: MetricsSpec-level thresholds are keyed for in-graph
+    # metrics and never match a post-export metric such as this AUC ("Metric not found").
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="transformed", label_key=spec.LABEL)],
         slicing_specs=[tfma.SlicingSpec(feature_keys=[CONTRAST])],
-        metrics_specs=[tfma.MetricsSpec(
-            metrics=[tfma.MetricConfig(class_name="AUC"), tfma.MetricConfig(class_name="ExampleCount")],
-            per_slice_thresholds={"auc": tfma.PerSliceMetricThresholds(thresholds=thresholds)})],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=thresholds),
+            tfma.MetricConfig(class_name="ExampleCount"),
+        ])],
     )
 
 

@@ -4,36 +4,29 @@ import os
 import shutil
 
 import pytest
-from ml_metadata.metadata_store import metadata_store
-from ml_metadata.proto import metadata_store_pb2
-from tfx.orchestration import metadata
 
 from hap.data import simulator
-from hap.pipeline import local_runner
+from hap.pipeline import local_runner, run_report
 
 TINY_RUN = simulator.SimulationConfig(requests=150, funnel_requests=0, seed=3)
 QUICK = {"epochs": 1, "batch_size": 512}
 EVERY_COMPONENT = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
                    "Transform", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
                    "Pusher_light", "Pusher_heavy"}
+ARTIFACTS = {"ContractExampleGen": "examples", "StatisticsGen": "statistics", "ExampleValidator": "anomalies",
+             "Transform": "transform_graph", "Trainer_light": "model", "Trainer_heavy": "model",
+             "Evaluator_light": "evaluation", "Evaluator_heavy": "evaluation"}
 
 
-def _executions(out_dir):
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(
-        os.path.join(out_dir, "metadata.sqlite")))
-    result = {}
-    for execution in sorted(store.get_executions(), key=lambda e: e.id):
-        node = execution.custom_properties["__tfx_node_id__"].string_value if \
-            "__tfx_node_id__" in execution.custom_properties else None
-        node = node or execution.properties.get("component_id", metadata_store_pb2.Value()).string_value
-        result.setdefault(node, []).append(execution.last_known_state)
-    return result
-
-
-def _run(data, out, floors=0.0):
+def _run(data, out, floor):
     local_runner.run(data, out, light_trainer=QUICK, heavy_trainer=QUICK,
-                     auc_floors={"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), floors),
-                                 "heavy": dict.fromkeys(("EN", "RN"), floors)})
+                     auc_floors={"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), floor),
+                                 "heavy": dict.fromkeys(("EN", "RN"), floor)})
+
+
+def _pushed(out, role):
+    path = os.path.join(out, "serving", role)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +36,32 @@ def tiny_data(tmp_path_factory):
     return out
 
 
-def test_pipeline_runs_every_component_then_serves_a_rerun_from_cache(tiny_data, tmp_path):
+def test_pipeline_runs_caches_and_pushes_only_blessed_models(tiny_data, tmp_path):
     out = str(tmp_path / "run")
-    _run(tiny_data, out)
-    first = _executions(out)
+    _run(tiny_data, out, floor=0.0)
+    first = run_report.latest_by_node(out)
     assert EVERY_COMPONENT <= set(first), set(first)
-    assert all(states == [metadata_store_pb2.Execution.COMPLETE] for node, states in first.items()
-               if node in EVERY_COMPONENT), first
+    assert {first[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, first
+    for node, artifact in ARTIFACTS.items():
+        path = os.path.join(out, "pipeline_root", node, artifact)
+        assert os.path.isdir(path) and any(files for _, _, files in os.walk(path)), f"{node} wrote no {artifact}"
     for role in ("light", "heavy"):
-        pushed = os.path.join(out, "serving", role)
-        assert os.listdir(pushed), f"blessed {role} model was not pushed"
+        assert len(_pushed(out, role)) == 1, f"the blessed {role} model was not pushed"
         logs = local_runner.tensorboard_logdirs(out)[role]
-        assert any("gradient_conflict" in d for d, _, _ in os.walk(logs))
-        assert any("per_source_auc" in d for d, _, _ in os.walk(logs))
+        written = {d for d, _, files in os.walk(logs) if any(f.startswith("events.") for f in files)}
+        assert any(d.endswith("gradient_conflict") for d in written), written
+        assert any(d.endswith("per_source_auc") for d in written), written
 
-    _run(tiny_data, out)
-    second = _executions(out)
-    for node in EVERY_COMPONENT:
-        assert second[node][-1] == metadata_store_pb2.Execution.CACHED, (node, second[node])
+    _run(tiny_data, out, floor=0.0)
+    second = run_report.latest_by_node(out)
+    assert {second[n]["state"] for n in EVERY_COMPONENT} == {"CACHED"}, second
+
+    # A floor no model can clear: the Evaluators re-run on the cached models and bless nothing.
+    _run(tiny_data, out, floor=1.0)
+    third = run_report.latest_by_node(out)
+    assert third["Trainer_light"]["state"] == "CACHED" and third["Evaluator_light"]["state"] == "COMPLETE"
+    for role in ("light", "heavy"):
+        assert len(_pushed(out, role)) == 1, f"an unblessed {role} model was pushed"
 
 
 def test_anomalous_data_stops_the_run_before_training(tiny_data, tmp_path):
@@ -76,7 +77,8 @@ def test_anomalous_data_stops_the_run_before_training(tiny_data, tmp_path):
         csv.writer(f, lineterminator="\n").writerows(rows)
     out = str(tmp_path / "run")
     with pytest.raises(Exception, match=r"feature 'content_type'"):
-        _run(bad, out)
-    ran = _executions(out)
-    assert "ExampleValidator" in ran
+        _run(bad, out, floor=0.0)
+    ran = run_report.latest_by_node(out)
+    assert ran["ExampleValidator"]["state"] == "COMPLETE"
+    assert ran["AnomalyGate"]["state"] == "FAILED"
     assert not {"Transform", "Trainer_light", "Trainer_heavy"} & set(ran)
