@@ -35,13 +35,19 @@ def schema_for(features: c.FeatureSet, out_dir: str) -> str:
     return path
 
 
+# Warnings TFX 1.16 prints on every run that say nothing about the user's pipeline: the Resolver's
+# producer filter, Transform's output artifact, Beam's combiner internals.
+_HARMLESS = ("ArtifactQuery.property_predicate is not supported",
+             "Examples artifact does not have payload_format custom property")
+
+
 class _ComponentProgress(logging.Filter):
     """Lets LocalDagRunner's per-component start/finish lines through, and no other INFO chatter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO:
-            return True
         message = record.getMessage()
+        if record.levelno > logging.INFO:
+            return not message.startswith(_HARMLESS)
         return message.startswith("Component ") and message.endswith(("is running.", "is finished."))
 
 
@@ -50,6 +56,7 @@ def show_component_progress() -> None:
     if not any(isinstance(f, _ComponentProgress) for f in absl_logger.filters):
         absl_logger.addFilter(_ComponentProgress())
     absl_logger.setLevel(logging.INFO)
+    logging.getLogger("apache_beam.transforms.core").setLevel(logging.ERROR)
 
 
 def tensorboard_logdirs(out_dir: str) -> dict[str, str]:

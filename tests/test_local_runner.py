@@ -1,0 +1,38 @@
+import logging
+import os
+
+from hap import schema as default_schema
+from hap.data import contract as c
+from hap.data import simulator
+from hap.pipeline import local_runner
+from hap.schema import derive
+
+
+def test_default_feature_set_uses_the_curated_schema(tmp_path):
+    assert local_runner.schema_for(simulator.FEATURE_SET, str(tmp_path)) == default_schema.DEFAULT_SCHEMA
+    assert not os.path.exists(tmp_path / "schema")
+
+
+def test_another_feature_set_gets_a_derived_schema_written_once(tmp_path):
+    features = c.parse_features({"version": 1, "features": [
+        {"name": "u_hist", "role": "user", "kind": "sequence", "max_len": 5, "target": "item_id"},
+        {"name": "i_price", "role": "item", "kind": "numeric"}]}, "test")
+    path = local_runner.schema_for(features, str(tmp_path))
+    assert path == str(tmp_path / "schema" / "schema.pbtxt")
+    assert derive.load_schema(path) == derive.derive_schema(features)
+    before = os.stat(path).st_mtime_ns
+    assert local_runner.schema_for(features, str(tmp_path)) == path
+    assert os.stat(path).st_mtime_ns == before, "an unchanged schema must not be rewritten (cache key)"
+
+
+def test_progress_filter_keeps_component_lines_and_drops_chatter():
+    f = local_runner._ComponentProgress()
+
+    def record(level, msg):
+        return logging.LogRecord("absl", level, __file__, 1, msg, None, None)
+
+    assert f.filter(record(logging.INFO, "Component Transform is running."))
+    assert f.filter(record(logging.INFO, "Component Transform is finished."))
+    assert not f.filter(record(logging.INFO, "Generating examples."))
+    assert f.filter(record(logging.WARNING, "Something the user should see"))
+    assert not f.filter(record(logging.WARNING, "ArtifactQuery.property_predicate is not supported."))
