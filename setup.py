@@ -34,6 +34,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "matplotlib>=3.8",
+        "scikit-learn>=1.3",
     ],
     extras_require={"dev": ["pytest>=8"]},
     entry_points={"console_scripts": ["hap=hap.cli:main"]},

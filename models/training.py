@@ -19,6 +19,7 @@ import itertools
 
 import numpy as np
 import tensorflow as tf
+from sklearn import metrics
 
 from hap.data import contract as c
 from hap.models import losses, spec
@@ -68,17 +69,8 @@ def auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     """Probability that a random positive outscores a random negative (ties count half)."""
     if len(positive_scores) == 0 or len(negative_scores) == 0:
         return float("nan")
-    scores = np.concatenate([positive_scores, negative_scores])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average ranks over ties.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    n_pos, n_neg = len(positive_scores), len(negative_scores)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    labels = np.r_[np.ones(len(positive_scores)), np.zeros(len(negative_scores))]
+    return float(metrics.roc_auc_score(labels, np.r_[positive_scores, negative_scores]))
 
 
 def per_source_auc(scores: np.ndarray, groups: np.ndarray,
