@@ -73,6 +73,45 @@ def test_pipeline_runs_caches_and_pushes_only_blessed_models(tiny_data, tmp_path
         assert _pushed(out, role) == pushed[role], f"an unblessed {role} model was pushed"
 
 
+FOREIGN_FEATURES = """version: 1
+features:
+  - {name: hist_items, role: user, kind: sequence, max_len: 20, target: item_id}
+  - {name: i_category, role: item, kind: categorical}
+  - {name: i_age_hours, role: item, kind: numeric}
+  - {name: c_hour, role: context, kind: categorical}
+  - {name: x_user_cat_ctr, role: cross, kind: numeric}
+"""
+FOREIGN_COLUMNS = {"request_id": "request_id", "user_id": "user_id", "item_id": "item_id", "day": "day",
+                   "source": "source", "click": "click", "content_type": "content_type",
+                   "prerank_pos": "prerank_pos", "rank_pos": "rank_pos", "expose_pos": "expose_pos",
+                   "u_click_seq": "hist_items", "i_category": "i_category", "i_age_hours": "i_age_hours",
+                   "c_hour": "c_hour", "x_user_cat_ctr": "x_user_cat_ctr"}
+
+
+def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(tiny_data, tmp_path):
+    """Another contract dataset: five features of other names, string request and user ids, no
+    optional labels, missing values and empty histories; the schema is derived from its
+    features.yaml."""
+    foreign = tmp_path / "foreign"
+    (foreign / "samples").mkdir(parents=True)
+    (foreign / "features.yaml").write_text(FOREIGN_FEATURES)
+    for name in sorted(os.listdir(os.path.join(tiny_data, "samples"))):
+        with open(os.path.join(tiny_data, "samples", name), newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(foreign / "samples" / name, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(FOREIGN_COLUMNS.values())
+            for r in rows:
+                r["request_id"], r["user_id"] = f"req-{r['request_id']}", f"user-{r['user_id']}"
+                writer.writerow([r[k] for k in FOREIGN_COLUMNS])
+    out = str(tmp_path / "run")
+    _run(str(foreign), out, floor=0.0)
+    ran = run_report.latest_by_node(out)
+    assert {ran[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, ran
+    assert os.path.isfile(os.path.join(out, "schema", "schema.pbtxt"))
+    assert all(len(_pushed(out, role)) == 1 for role in ("light", "heavy"))
+
+
 def test_anomalous_data_stops_the_run_before_training(tiny_data, tmp_path):
     bad = str(tmp_path / "bad")
     shutil.copytree(tiny_data, bad)
