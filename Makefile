@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/hap demo --out $(DEMO_DIR)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
