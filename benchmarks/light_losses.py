@@ -1,7 +1,7 @@
 """Trains the light model with each sample-routing loss on a finished run's Transform output and
 compares per-source AUCs on the eval split (and the gradient-conflict signal during training).
 
-    python benchmarks/light_losses.py --data demo/data --run demo/run [--seeds 0 1 2] [--epochs 1]
+    .venv/bin/python benchmarks/light_losses.py --data demo/data --run demo/run [--seeds 0 1 2] [--epochs 1]
 
 Prints a markdown table (mean ± std over seeds) and writes `light_losses.json` and
 `light_losses.png` under --out (default: <run>/benchmarks).
