@@ -50,7 +50,6 @@ class RequestBatcher:
         order = np.argsort(keys, kind="stable")
         starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
         self.requests = np.split(order, starts[1:])
-        self.num_samples = len(keys)
 
     @property
     def num_requests(self) -> int:

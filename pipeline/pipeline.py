@@ -34,7 +34,7 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def eval_config(role: str, auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
+def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     """Per-source AUC on the eval split, with a floor and a regression tolerance per source.
 
     Transform gives every sample a `contrast` feature naming the contrast groups it belongs to
@@ -117,7 +117,7 @@ def create_pipeline(
             examples=transform.outputs["transformed_examples"],
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["model"],
-            eval_config=eval_config(role, auc_floors[role], auc_tolerance),
+            eval_config=eval_config(auc_floors[role], auc_tolerance),
         ).with_id(evaluator_id)
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"],

@@ -114,9 +114,6 @@ class FeatureSet:
                 return f
         raise KeyError(name)
 
-    def by_role(self, *roles: str) -> tuple[Feature, ...]:
-        return tuple(f for f in self.features if f.role in roles)
-
     def column_kinds(self, funnel: bool = False) -> dict[str, str]:
         """Every column a dataset may have, mapped to its kind (a column kind or a feature kind)."""
         kinds = dict(REQUIRED_COLUMNS)
