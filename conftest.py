@@ -21,3 +21,45 @@ def tiny_tfrecord(tmp_path_factory):
     out = os.path.join(tmp_path_factory.mktemp("data"), "tiny_tfrecord")
     simulator.simulate(out, TINY, fmt="tfrecord", progress=False)
     return out
+
+
+# The end-to-end pipeline data: a few more requests than TINY, so both Evaluators have every slice.
+E2E = simulator.SimulationConfig(requests=150, funnel_requests=0, seed=3)
+QUICK_TRAINER = {"epochs": 1, "batch_size": 512}
+
+
+def _run_pipeline(data: str, out: str, floor: float) -> None:
+    """Runs the whole pipeline with every per-source AUC floor at `floor`."""
+    from hap.pipeline import local_runner
+
+    local_runner.run(data, out, light_trainer=QUICK_TRAINER, heavy_trainer=QUICK_TRAINER,
+                     auc_floors={"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), floor),
+                                 "heavy": dict.fromkeys(("EN", "RN"), floor)})
+
+
+@pytest.fixture(scope="session")
+def run_pipeline():
+    return _run_pipeline
+
+
+@pytest.fixture(scope="session")
+def e2e_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("e2e") / "data")
+    simulator.simulate(out, E2E, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(e2e_data, tmp_path_factory):
+    """The output directory of one pipeline run on `e2e_data` that blesses and pushes the cascade.
+    Tests may run the pipeline again into it; the first pushed version stays where it is."""
+    out = str(tmp_path_factory.mktemp("e2e") / "run")
+    _run_pipeline(e2e_data, out, floor=0.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cascade_model(pipeline_run):
+    """The directory of the first cascade SavedModel the pipeline pushed."""
+    base = os.path.join(pipeline_run, "serving", "hap")
+    return os.path.join(base, sorted(os.listdir(base))[0])

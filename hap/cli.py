@@ -5,6 +5,8 @@
     hap schema derive --features features.yaml --out schema.pbtxt
     hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--epochs E] [--beam-arg ARG ...]
     hap tensorboard OUT
+    hap serve MODEL_BASE_PATH [--port 8500] [--host 127.0.0.1]
+    hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -73,6 +75,9 @@ def _run(args) -> int:
                      beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
     print(f"pipeline finished in {time.time() - start:.0f}s; outputs under {os.path.abspath(args.out)}")
     print(f"TensorBoard: hap tensorboard {args.out}")
+    served = os.path.join(args.out, "serving", "hap")
+    if os.path.isdir(served):
+        print(f"serve the pushed cascade: hap serve {served}")
     return 0
 
 
@@ -86,6 +91,51 @@ def _tensorboard(args) -> int:
         return 1
     print(f"tensorboard --logdir_spec {spec}")
     print("then open http://localhost:6006 (loss terms per group, per_source_auc, gradient_conflict)")
+    return 0
+
+
+def _serve(args) -> int:
+    import logging
+
+    from hap.serving import server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    running = server.start(args.model_base_path, args.model_name, host=args.host, port=args.port,
+                           max_message_bytes=args.max_message_mb * 1024 * 1024, poll_seconds=args.poll_seconds)
+    version = running.model_server.current.version
+    print(f"hap serve: model {args.model_name!r} version {version} on {args.host}:{running.port} "
+          "(TF Serving's gRPC API; a development server: production uses TF Serving, see serving/README.md). "
+          "Ctrl-C stops it.", flush=True)
+    try:
+        running.grpc_server.wait_for_termination()
+    except KeyboardInterrupt:
+        running.stop()
+    return 0
+
+
+def _query(args) -> int:
+    import grpc
+
+    from hap.serving import client
+    from hap.serving import request as rq
+
+    stub = client.connect(args.server)
+    try:
+        layout = client.layout_from_signature(client.signature_def(stub, args.model, "cascade"))
+        if args.json:
+            inputs, where = rq.load_json(args.json, layout), args.json
+        else:
+            request_id, rows = client.request_rows(args.data, args.request_id)
+            inputs, where = rq.from_rows(rows, layout), f"request {request_id} of {args.data}"
+        start = time.time()
+        outputs = client.predict(stub, args.model, "cascade", inputs)
+    except grpc.RpcError as e:
+        print(f"hap query: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    n = len(outputs["scores"])
+    print(f"{where}: answered in {1000 * (time.time() - start):.1f} ms by {args.server}")
+    ids = inputs.get("item_id", [str(i) for i in range(n)])
+    print(client.format_ranking(client.ranking(outputs, ids)[:args.top], n))
     return 0
 
 
@@ -154,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("out", help="the --out directory of `hap run`")
     tb.set_defaults(func=_tensorboard)
 
+    serve = sub.add_parser("serve", help="serve a pushed model over TF Serving's gRPC API (development server)")
+    serve.add_argument("model_base_path", help="the folder of version folders, e.g. OUT/serving/hap")
+    serve.add_argument("--model-name", default="hap")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving's default, 8500)")
+    serve.add_argument("--max-message-mb", type=int, default=64, help="largest request or response")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    serve.set_defaults(func=_serve)
+
+    query = sub.add_parser("query", help="send one request to a served cascade and print the ranking")
+    source = query.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a contract dataset: the request comes from it")
+    source.add_argument("--json", help='a JSON request: {"request": {...}, "candidates": [{...}, ...]}')
+    query.add_argument("--request-id", help="which request of --data (default: the first of funnel/, else samples/)")
+    query.add_argument("--server", default="127.0.0.1:8500", help="TF Serving or `hap serve` gRPC address")
+    query.add_argument("--model", default="hap", help="model name on the server")
+    query.add_argument("--top", type=int, default=20, help="rows to print")
+    query.set_defaults(func=_query)
+
     demo = sub.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo", help="working directory")
     demo.set_defaults(func=_demo)
@@ -164,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (contract.ContractError, FileExistsError, ValueError) as e:
+    except (contract.ContractError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"hap: error: {e}", file=sys.stderr)
         return 2
 

@@ -104,7 +104,9 @@ def export(scorer: tf.keras.Model, tft_output, features: c.FeatureSet, export_di
         logit = scorer(tf.io.parse_example(serialized, transformed_spec), training=False)
         return {"score": tf.sigmoid(logit)}
 
-    tf.saved_model.save(scorer, export_dir, signatures={
+    # Keras' own save (not tf.saved_model.save) also writes the model's config, so the cascade
+    # assembler can rebuild the model class with its methods (the light model's towers).
+    scorer.save(export_dir, save_format="tf", signatures={
         "serving_default": serve_raw.get_concrete_function(),
         "transformed": serve_transformed.get_concrete_function(),
     })

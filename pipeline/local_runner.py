@@ -7,7 +7,8 @@ Layout of an output directory:
                                  the TensorBoard logs)
     OUT/schema/schema.pbtxt      the schema derived for a dataset whose features.yaml is not the
                                  default one
-    OUT/serving/{light,heavy}/   blessed models pushed by the Pushers
+    OUT/serving/hap/<version>/   the cascade SavedModel, pushed when both models were blessed
+                                 (a TF Serving model base path: OUT/serving)
 """
 from __future__ import annotations
 

@@ -12,9 +12,11 @@ from tfx.types import Channel
 from tfx.types.standard_artifacts import Model, ModelBlessing
 
 from hap.components.anomaly_gate.component import AnomalyGate
+from hap.components.cascade_assembler.component import CascadeAssembler
 from hap.components.contract_example_gen.component import ContractExampleGen
 from hap.data import contract as c
 from hap.models import preprocessing, spec
+from hap.serving.cascade import CascadeSettings
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
 RUN_FN = "hap.models.trainer.run_fn"
@@ -76,6 +78,8 @@ def create_pipeline(
     auc_tolerance: float,
     eval_days: int = 1,
     vocab_top_k: int = 100_000,
+    model_name: str = "hap",
+    cascade: CascadeSettings = CascadeSettings(),
     metadata_connection_config=None,
     beam_pipeline_args: Optional[list[str]] = None,
     enable_cache: bool = True,
@@ -98,6 +102,7 @@ def create_pipeline(
         disable_statistics=True)
     transform.add_upstream_node(gate)
     components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform]
+    trained = {}
 
     for role, settings in (("light", light_trainer), ("heavy", heavy_trainer)):
         trainer = tfx.components.Trainer(
@@ -119,13 +124,22 @@ def create_pipeline(
             baseline_model=baseline.outputs["model"],
             eval_config=eval_config(auc_floors[role], auc_tolerance),
         ).with_id(evaluator_id)
-        pusher = tfx.components.Pusher(
-            model=trainer.outputs["model"],
-            model_blessing=evaluator.outputs["blessing"],
-            push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_model_dir, role))),
-        ).with_id(f"Pusher_{role}")
-        components += [trainer, baseline, evaluator, pusher]
+        components += [trainer, baseline, evaluator]
+        trained[role] = (trainer.outputs["model"], evaluator.outputs["blessing"])
+
+    assembler = CascadeAssembler(
+        transform_graph=transform.outputs["transform_graph"],
+        light_model=trained["light"][0], light_blessing=trained["light"][1],
+        heavy_model=trained["heavy"][0], heavy_blessing=trained["heavy"][1],
+        custom_config=model_config, settings=cascade, model_name=model_name)
+    # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
+    # cascade only when both of its models were blessed.
+    pusher = tfx.components.Pusher(
+        model=assembler.outputs["model"],
+        model_blessing=assembler.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=os.path.join(serving_model_dir, model_name))))
+    components += [assembler, pusher]
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

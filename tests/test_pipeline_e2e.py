@@ -5,72 +5,60 @@ import shutil
 
 import pytest
 
-from hap.data import simulator
 from hap.pipeline import local_runner, run_report
 
-TINY_RUN = simulator.SimulationConfig(requests=150, funnel_requests=0, seed=3)
-QUICK = {"epochs": 1, "batch_size": 512}
 EVERY_COMPONENT = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
                    "Transform", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
-                   "Pusher_light", "Pusher_heavy"}
+                   "CascadeAssembler", "Pusher"}
+# What re-runs when only the models' baselines changed: evaluation, and so blessing and pushing.
+DOWNSTREAM_OF_BLESSING = {"Evaluator_light", "Evaluator_heavy", "CascadeAssembler", "Pusher"}
 ARTIFACTS = {"ContractExampleGen": "examples", "StatisticsGen": "statistics", "ExampleValidator": "anomalies",
              "Transform": "transform_graph", "Trainer_light": "model", "Trainer_heavy": "model",
-             "Evaluator_light": "evaluation", "Evaluator_heavy": "evaluation"}
+             "Evaluator_light": "evaluation", "Evaluator_heavy": "evaluation", "CascadeAssembler": "model"}
 
 
-def _run(data, out, floor):
-    local_runner.run(data, out, light_trainer=QUICK, heavy_trainer=QUICK,
-                     auc_floors={"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), floor),
-                                 "heavy": dict.fromkeys(("EN", "RN"), floor)})
-
-
-def _pushed(out, role):
-    path = os.path.join(out, "serving", role)
+def _pushed(out):
+    path = os.path.join(out, "serving", "hap")
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("e2e") / "data")
-    simulator.simulate(out, TINY_RUN, progress=False)
-    return out
-
-
-def test_pipeline_runs_caches_and_pushes_only_blessed_models(tiny_data, tmp_path):
-    out = str(tmp_path / "run")
-    _run(tiny_data, out, floor=0.0)
+def test_pipeline_runs_caches_and_pushes_only_blessed_models(e2e_data, pipeline_run, run_pipeline):
+    out = pipeline_run
     first = run_report.latest_by_node(out)
     assert EVERY_COMPONENT <= set(first), set(first)
     assert {first[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, first
     for node, artifact in ARTIFACTS.items():
         path = os.path.join(out, "pipeline_root", node, artifact)
         assert os.path.isdir(path) and any(files for _, _, files in os.walk(path)), f"{node} wrote no {artifact}"
+    assert len(_pushed(out)) == 1, "the blessed cascade was not pushed"
+    pushed = os.path.join(out, "serving", "hap", _pushed(out)[0])
+    assert os.path.isfile(os.path.join(pushed, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(pushed, "assets.extra", "tf_serving_warmup_requests"))
     for role in ("light", "heavy"):
-        assert len(_pushed(out, role)) == 1, f"the blessed {role} model was not pushed"
         logs = local_runner.tensorboard_logdirs(out)[role]
         written = {d for d, _, files in os.walk(logs) if any(f.startswith("events.") for f in files)}
         assert any(d.endswith("gradient_conflict") for d in written), written
         assert any(d.endswith("per_source_auc") for d in written), written
 
     # Re-run: everything up to the Trainers comes from cache. The Evaluators run once more, because
-    # the first blessed models are now their baselines; with those unchanged, a third run is
-    # served from cache entirely.
-    _run(tiny_data, out, floor=0.0)
+    # the first blessed models are now their baselines, and so do the assembly and the push of
+    # their new blessings; with those unchanged, a third run is served from cache entirely.
+    run_pipeline(e2e_data, out, floor=0.0)
     second = run_report.latest_by_node(out)
-    upstream = EVERY_COMPONENT - {"Evaluator_light", "Evaluator_heavy", "Pusher_light", "Pusher_heavy"}
-    assert {second[n]["state"] for n in upstream} == {"CACHED"}, second
-    assert {second[n]["state"] for n in ("Evaluator_light", "Evaluator_heavy")} == {"COMPLETE"}, second
-    _run(tiny_data, out, floor=0.0)
+    assert {second[n]["state"] for n in EVERY_COMPONENT - DOWNSTREAM_OF_BLESSING} == {"CACHED"}, second
+    assert {second[n]["state"] for n in DOWNSTREAM_OF_BLESSING} == {"COMPLETE"}, second
+    run_pipeline(e2e_data, out, floor=0.0)
     third = run_report.latest_by_node(out)
     assert {third[n]["state"] for n in EVERY_COMPONENT} == {"CACHED"}, third
-    pushed = {role: _pushed(out, role) for role in ("light", "heavy")}
+    pushed = _pushed(out)
 
-    # A floor no model can clear: the Evaluators re-run on the cached models and bless nothing.
-    _run(tiny_data, out, floor=1.0)
+    # A floor no model can clear: the Evaluators re-run on the cached models and bless nothing,
+    # so the cascade of those models is assembled but not pushed.
+    run_pipeline(e2e_data, out, floor=1.0)
     fourth = run_report.latest_by_node(out)
     assert fourth["Trainer_light"]["state"] == "CACHED" and fourth["Evaluator_light"]["state"] == "COMPLETE"
-    for role in ("light", "heavy"):
-        assert _pushed(out, role) == pushed[role], f"an unblessed {role} model was pushed"
+    assert fourth["CascadeAssembler"]["state"] == "COMPLETE"
+    assert _pushed(out) == pushed, "a cascade of unblessed models was pushed"
 
 
 FOREIGN_FEATURES = """version: 1
@@ -88,15 +76,15 @@ FOREIGN_COLUMNS = {"request_id": "request_id", "user_id": "user_id", "item_id": 
                    "c_hour": "c_hour", "x_user_cat_ctr": "x_user_cat_ctr"}
 
 
-def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(tiny_data, tmp_path):
+def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(e2e_data, run_pipeline, tmp_path):
     """Another contract dataset: five features of other names, string request and user ids, no
     optional labels, missing values and empty histories; the schema is derived from its
     features.yaml."""
     foreign = tmp_path / "foreign"
     (foreign / "samples").mkdir(parents=True)
     (foreign / "features.yaml").write_text(FOREIGN_FEATURES)
-    for name in sorted(os.listdir(os.path.join(tiny_data, "samples"))):
-        with open(os.path.join(tiny_data, "samples", name), newline="") as f:
+    for name in sorted(os.listdir(os.path.join(e2e_data, "samples"))):
+        with open(os.path.join(e2e_data, "samples", name), newline="") as f:
             rows = list(csv.DictReader(f))
         with open(foreign / "samples" / name, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
@@ -105,16 +93,16 @@ def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(tiny_data, tmp_pa
                 r["request_id"], r["user_id"] = f"req-{r['request_id']}", f"user-{r['user_id']}"
                 writer.writerow([r[k] for k in FOREIGN_COLUMNS])
     out = str(tmp_path / "run")
-    _run(str(foreign), out, floor=0.0)
+    run_pipeline(str(foreign), out, floor=0.0)
     ran = run_report.latest_by_node(out)
     assert {ran[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, ran
     assert os.path.isfile(os.path.join(out, "schema", "schema.pbtxt"))
-    assert all(len(_pushed(out, role)) == 1 for role in ("light", "heavy"))
+    assert len(_pushed(out)) == 1
 
 
-def test_anomalous_data_stops_the_run_before_training(tiny_data, tmp_path):
+def test_anomalous_data_stops_the_run_before_training(e2e_data, run_pipeline, tmp_path):
     bad = str(tmp_path / "bad")
-    shutil.copytree(tiny_data, bad)
+    shutil.copytree(e2e_data, bad)
     path = os.path.join(bad, "samples", "day-0.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -125,7 +113,7 @@ def test_anomalous_data_stops_the_run_before_training(tiny_data, tmp_path):
         csv.writer(f, lineterminator="\n").writerows(rows)
     out = str(tmp_path / "run")
     with pytest.raises(Exception, match=r"feature 'content_type'"):
-        _run(bad, out, floor=0.0)
+        run_pipeline(bad, out, floor=0.0)
     ran = run_report.latest_by_node(out)
     assert ran["ExampleValidator"]["state"] == "COMPLETE"
     assert ran["AnomalyGate"]["state"] == "FAILED"

@@ -1,0 +1,206 @@
+"""The cascade SavedModel: Transform, the light model on every candidate, the heavy model on the
+hardest, in one graph with one request per call.
+
+Signatures (inputs as in `serving/request.py`):
+
+- `cascade` (also `serving_default`): runs Transform and the light user tower once for the
+  request, the light item tower and head on all N candidates, and the heavy model on the K
+  candidates with the highest light scores, K = ceil(route_fraction * N). Those are the
+  candidates that decide the top of the list, where the light model's errors cost most; the rest
+  are left out of ranking by either model. Returns
+  `scores` float32 [N]: the ranking key, 1 + heavy probability for a routed candidate and the
+  light probability for the others, so routed candidates come first, ordered by the heavy
+  model (a key, not a probability);
+  `top_indices` int32 [min(k_out, N)]: candidate indices by descending score;
+  `light_scores` float32 [N]: light click probabilities;
+  `heavy_scores` float32 [N]: heavy click probabilities of routed candidates, 0 elsewhere;
+  `routed` bool [N].
+- `light`, `heavy`: {"scores": [N]} of one model on every candidate.
+- `item_embeddings`: the item features alone -> {"embeddings": [N, D]}, the light item tower,
+  for serving systems that precompute and cache item embeddings.
+- `score_examples`: serialized raw tf.Examples, one per candidate, each with every feature ->
+  {"light_scores", "heavy_scores"} (for TFMA and TF Serving warm-up).
+- `transform_features`: serialized raw tf.Examples -> the transformed model features.
+
+A malformed call (N = 0, N over `max_candidates`, a user feature with more than one row, item
+features of different lengths) fails with InvalidArgumentError, which TF Serving answers as
+INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from hap.data import contract as c
+from hap.serving import request as rq
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeSettings:
+    """route_fraction: share of the candidates re-scored by the heavy model (K = ceil(f * N)).
+    k_out: how many candidate indices `top_indices` returns (at most N).
+    max_candidates: the largest N a call may carry."""
+
+    route_fraction: float = 0.1
+    k_out: int = 100
+    max_candidates: int = 5000
+
+    def __post_init__(self):
+        if not 0.0 < self.route_fraction <= 1.0:
+            raise ValueError(f"route_fraction must be in (0, 1], got {self.route_fraction}")
+        if self.k_out < 1 or self.max_candidates < 1:
+            raise ValueError(f"k_out and max_candidates must be positive: {self}")
+
+
+def input_signature(features: c.FeatureSet, roles=c.ROLES) -> dict:
+    return {f.name: tf.TensorSpec(rq.shape_of(f), tf.float32 if f.kind == c.NUMERIC else tf.string, name=f.name)
+            for f in features.features if f.role in roles}
+
+
+def _present(x: tf.Tensor, kind: str) -> tf.Tensor:
+    if kind == c.NUMERIC:
+        return tf.logical_not(tf.math.is_nan(x))
+    return tf.not_equal(x, rq.MISSING_TOKEN)
+
+
+def to_raw_features(request: dict, features: c.FeatureSet, raw_spec: dict) -> dict:
+    """Dense request tensors as the Transform graph takes them from parsed tf.Examples: a
+    VarLenFeature becomes a SparseTensor without the missing values, a FixedLenFeature stays
+    dense."""
+    out = {}
+    for name, x in request.items():
+        feature_spec = raw_spec[name]
+        if isinstance(feature_spec, tf.io.FixedLenFeature):
+            out[name] = tf.reshape(x, [-1] + list(feature_spec.shape))
+            continue
+        dense = x if features[name].kind == c.SEQUENCE else x[:, tf.newaxis]
+        indices = tf.where(_present(dense, features[name].kind))
+        out[name] = tf.SparseTensor(indices, tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64))
+    return out
+
+
+class CascadeModule(tf.Module):
+    """The combined model; `light` and `heavy` are the Trainer's Keras models (rebuilt with
+    `tf.keras.models.load_model`), `tft_layer` the Transform graph's serving layer."""
+
+    def __init__(self, light, heavy, tft_layer, raw_spec: dict, features: c.FeatureSet,
+                 settings: CascadeSettings = CascadeSettings()):
+        super().__init__(name="hap_cascade")
+        self.light, self.heavy, self.tft_layer = light, heavy, tft_layer
+        self._raw_spec = {n: raw_spec[n] for n in features.names}
+        self._features = features
+        self._settings = settings
+        self._request_names = tuple(f.name for f in features.features if rq.is_request_level(f))
+        self._candidate_names = tuple(f.name for f in features.features if not rq.is_request_level(f))
+        self._item_names = tuple(f.name for f in features.features if f.role == c.ITEM)
+
+    # -- graph pieces --------------------------------------------------------------------------
+
+    def _transform(self, request: dict) -> dict:
+        return self.tft_layer(to_raw_features(request, self._features, self._raw_spec))
+
+    def _checked_size(self, request: dict) -> tf.Tensor:
+        """N, after asserting the request's shapes; the asserts run before any model does."""
+        first = self._candidate_names[0]
+        n = tf.shape(request[first])[0]
+        checks = [
+            tf.debugging.assert_greater(n, 0, message="the request has no candidates (N = 0)"),
+            tf.debugging.assert_less_equal(
+                n, self._settings.max_candidates,
+                message=f"too many candidates: N must be at most {self._settings.max_candidates}"),
+        ]
+        for name in self._request_names:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(request[name])[0], 1,
+                message=f"{name}: a user or context feature has one row per request (is server-side "
+                        "batching merging requests?)"))
+        for name in self._candidate_names[1:]:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(request[name])[0], n, message=f"{name}: every item and cross feature needs N = "
+                                                        f"len({first}) rows"))
+        with tf.control_dependencies(checks):
+            return tf.identity(n)
+
+    def _split(self, request: dict):
+        n = self._checked_size(request)
+        with tf.control_dependencies([n]):
+            user = self._transform({k: request[k] for k in self._request_names})
+            items = self._transform({k: request[k] for k in self._candidate_names})
+        return n, user, items
+
+    def _heavy_logits(self, user: dict, items: dict, rows: tf.Tensor) -> tf.Tensor:
+        """Heavy logits of the candidates at `rows`, the request's user row beside each."""
+        ones = tf.zeros_like(rows)
+        features = {k: tf.gather(v, ones) for k, v in user.items()}
+        features.update({k: tf.gather(v, rows) for k, v in items.items()})
+        return self.heavy(features, training=False)
+
+    def _light_logits(self, user: dict, items: dict) -> tf.Tensor:
+        u = self.light.user_embedding(user)
+        return self.light.score_from_embeddings(u, self.light.item_embedding(items))
+
+    def route_count(self, n: tf.Tensor) -> tf.Tensor:
+        k = tf.math.ceil(self._settings.route_fraction * tf.cast(n, tf.float32))
+        return tf.clip_by_value(tf.cast(k, tf.int32), 1, n)
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    def cascade(self, request: dict) -> dict:
+        n, user, items = self._split(request)
+        light_logits = self._light_logits(user, items)
+        k = self.route_count(n)
+        routed_rows = tf.math.top_k(light_logits, k).indices
+        heavy_probs = tf.sigmoid(self._heavy_logits(user, items, routed_rows))
+        at = routed_rows[:, tf.newaxis]
+        routed = tf.scatter_nd(at, tf.ones([k], tf.bool), [n])
+        heavy_scores = tf.scatter_nd(at, heavy_probs, [n])
+        light_scores = tf.sigmoid(light_logits)
+        scores = tf.where(routed, 1.0 + heavy_scores, light_scores)
+        top = tf.math.top_k(scores, tf.minimum(self._settings.k_out, n)).indices
+        return {"scores": scores, "top_indices": top, "light_scores": light_scores,
+                "heavy_scores": heavy_scores, "routed": routed}
+
+    def light_scores(self, request: dict) -> dict:
+        _, user, items = self._split(request)
+        return {"scores": tf.sigmoid(self._light_logits(user, items))}
+
+    def heavy_scores(self, request: dict) -> dict:
+        n, user, items = self._split(request)
+        return {"scores": tf.sigmoid(self._heavy_logits(user, items, tf.range(n)))}
+
+    def item_embeddings(self, items: dict) -> dict:
+        return {"embeddings": self.light.item_embedding(self._transform(items))}
+
+    def _parse(self, serialized: tf.Tensor) -> dict:
+        return self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))
+
+    def score_examples(self, serialized: tf.Tensor) -> dict:
+        transformed = self._parse(serialized)
+        return {"light_scores": tf.sigmoid(self.light(transformed, training=False)),
+                "heavy_scores": tf.sigmoid(self.heavy(transformed, training=False))}
+
+    def transform_features(self, serialized: tf.Tensor) -> dict:
+        return self._parse(serialized)
+
+    def signatures(self) -> dict:
+        request = input_signature(self._features)
+        items = input_signature(self._features, roles=(c.ITEM,))
+        examples = [tf.TensorSpec([None], tf.string, name="examples")]
+
+        def concrete(method, spec):
+            return tf.function(method, input_signature=spec).get_concrete_function()
+
+        cascade = concrete(self.cascade, [request])
+        return {
+            "serving_default": cascade,
+            "cascade": cascade,
+            "light": concrete(self.light_scores, [request]),
+            "heavy": concrete(self.heavy_scores, [request]),
+            "item_embeddings": concrete(self.item_embeddings, [items]),
+            "score_examples": concrete(self.score_examples, examples),
+            "transform_features": concrete(self.transform_features, examples),
+        }
+
+    def save(self, export_dir: str) -> None:
+        tf.saved_model.save(self, export_dir, signatures=self.signatures())
