@@ -25,6 +25,8 @@ Signatures (inputs as in `serving/request.py`):
 A malformed call (N = 0, N over `max_candidates`, a user feature with more than one row, item
 features of different lengths) fails with InvalidArgumentError, which TF Serving answers as
 INVALID_ARGUMENT.
+
+`assets.extra/hap_cascade.json` records the settings, the feature set and the FLOPs per part.
 """
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.serving import request as rq
+
+
+# Written beside the warm-up requests: the settings, the feature set and the per-part FLOPs
+# (serving/flops.py) of the assembled model, for benchmarks and evaluation.
+INFO_FILE = "hap_cascade.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +87,13 @@ def to_raw_features(request: dict, features: c.FeatureSet, raw_spec: dict) -> di
     return out
 
 
+def _counted_rows(x: tf.Tensor) -> tf.Tensor:
+    """Rows of a string [B] tensor, counted from its values. The signature declares user features
+    [1], which makes tf.shape a constant 1 in the graph, and neither a restored function nor TF
+    Serving checks fed shapes against the signature: only the data tells."""
+    return tf.shape(tf.where(tf.strings.length(x) >= 0))[0]
+
+
 class CascadeModule(tf.Module):
     """The combined model; `light` and `heavy` are the Trainer's Keras models (rebuilt with
     `tf.keras.models.load_model`), `tft_layer` the Transform graph's serving layer."""
@@ -93,6 +107,8 @@ class CascadeModule(tf.Module):
         self._settings = settings
         self._request_names = tuple(f.name for f in features.features if rq.is_request_level(f))
         self._candidate_names = tuple(f.name for f in features.features if not rq.is_request_level(f))
+        self._request_categoricals = tuple(f.name for f in features.features
+                                           if rq.is_request_level(f) and f.kind == c.CATEGORICAL)
         self._item_names = tuple(f.name for f in features.features if f.role == c.ITEM)
 
     # -- graph pieces --------------------------------------------------------------------------
@@ -110,9 +126,9 @@ class CascadeModule(tf.Module):
                 n, self._settings.max_candidates,
                 message=f"too many candidates: N must be at most {self._settings.max_candidates}"),
         ]
-        for name in self._request_names:
+        for name in self._request_categoricals:
             checks.append(tf.debugging.assert_equal(
-                tf.shape(request[name])[0], 1,
+                _counted_rows(request[name]), 1,
                 message=f"{name}: a user or context feature has one row per request (is server-side "
                         "batching merging requests?)"))
         for name in self._candidate_names[1:]:
@@ -141,7 +157,8 @@ class CascadeModule(tf.Module):
         return self.light.score_from_embeddings(u, self.light.item_embedding(items))
 
     def route_count(self, n: tf.Tensor) -> tf.Tensor:
-        k = tf.math.ceil(self._settings.route_fraction * tf.cast(n, tf.float32))
+        # float64, as Python computes it, so `flops.routed_count` agrees for every N.
+        k = tf.math.ceil(self._settings.route_fraction * tf.cast(n, tf.float64))
         return tf.clip_by_value(tf.cast(k, tf.int32), 1, n)
 
     # -- signatures ----------------------------------------------------------------------------

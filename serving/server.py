@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from concurrent import futures
 
@@ -123,8 +124,16 @@ def _check_inputs(fn, inputs: dict) -> dict:
 
 
 def _graph_message(error: tf.errors.OpError) -> str:
-    """The first line of a runtime error, without the graph's node trace."""
-    return error.message.strip().splitlines()[0][:500]
+    """What a runtime error says, without TensorFlow's trace of where the node was defined: an
+    assertion's own message, else the line naming the failing node's problem."""
+    assertion = re.search(r"assertion failed: \[([^\]]*)\]", error.message)
+    if assertion:
+        return assertion.group(1)
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    for before, line in zip(lines, lines[1:]):
+        if line.startswith("[[{{node"):
+            return before[:500]
+    return lines[-1][:500] if lines else type(error).__name__
 
 
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):

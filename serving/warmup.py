@@ -56,7 +56,8 @@ def examples_from_request(request: dict, features: c.FeatureSet) -> list[bytes]:
 def predict_request(model_name: str, signature: str, inputs: dict) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
     for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        value = np.asarray(value)
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string if value.dtype == object else None))
     return request
 
 

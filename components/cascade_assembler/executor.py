@@ -6,6 +6,7 @@ place, so a failed run leaves no half-written model for Pusher to find.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
-from hap.serving import cascade, warmup
+from hap.serving import cascade, flops, warmup
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 
@@ -35,14 +36,19 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
     """Writes the cascade SavedModel of the given Trainer outputs to `export_dir` (atomically)."""
     features = preprocessing.feature_set_from_config(custom_config)
     tft_output = tft.TFTransformOutput(transform_dir)
-    module = cascade.CascadeModule(
-        tf.keras.models.load_model(light_dir, compile=False), tf.keras.models.load_model(heavy_dir, compile=False),
-        tft_output.transform_features_layer(), tft_output.raw_feature_spec(), features, settings)
+    light_model = tf.keras.models.load_model(light_dir, compile=False)
+    heavy_model = tf.keras.models.load_model(heavy_dir, compile=False)
+    module = cascade.CascadeModule(light_model, heavy_model, tft_output.transform_features_layer(),
+                                   tft_output.raw_feature_spec(), features, settings)
     staging = f"{export_dir.rstrip('/')}.tmp"
     if os.path.exists(staging):
         shutil.rmtree(staging)
     module.save(staging)
     warmup.write_warmup(staging, features, model_name)
+    info = {"settings": dataclasses.asdict(settings), "flops": flops.model_flops(light_model, heavy_model),
+            "features": [f.to_yaml_dict() for f in features.features]}
+    with open(os.path.join(staging, "assets.extra", cascade.INFO_FILE), "w") as f:
+        json.dump(info, f, indent=1)
     os.replace(staging, export_dir)
 
 

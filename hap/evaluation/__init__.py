@@ -1,0 +1,1 @@
+"""Offline evaluation of pre-ranking scores: request-by-request metrics (see `metrics`)."""

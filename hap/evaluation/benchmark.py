@@ -1,0 +1,424 @@
+"""`hap benchmark`: HAP against its baselines, trained and evaluated in one run on the same data.
+
+Variants (`VARIANTS`), each built from the models of `MODELS`:
+
+    (a) light two-tower, mixed_bce            (b) light, pooled_infonce       (c) light, GHCL
+    (d) heavy on ALL samples, mixed_bce       (e) heavy on all samples, GHCL  (uniform scaling:
+        the heavy model as a one-stage pre-ranker, on every candidate)
+    (f) HAP: light GHCL + heavy GHCL trained on the hard samples (EP, EN, RN) as the pipeline
+        trains it, re-scoring the top K = ceil(f N) candidates by light score, f = 10% (the
+        pipeline's CascadeSettings)
+    (g) HAP with f swept (5%, 10%, 20%, 50% by default).
+
+How. The TFX pipeline runs once (`hap.pipeline.local_runner.run`, cached across runs) for its
+Transform output; every model is then trained in-process with `models.trainer.train` on the
+transformed examples, as the pipeline's Trainer does, once per seed. Heavy-on-all-samples is
+`TrainerSettings(training_groups="all")`: every sample group and the loss over all four
+negative sources.
+
+Scoring, with the same metric code as `hap evaluate` (hap/evaluation/evaluate.py):
+- logged samples of the eval day: the Keras models on the transformed eval split;
+- funnel/ (when present): one request per call through `serving.cascade.CascadeModule`, the
+  class the cascade SavedModel is saved from, so Transform and the per-request user tower run
+  as served;
+- HAP's scores are composed from the light and heavy scores of each request: the top K by light
+  score get 1 + heavy probability, the others their light probability. That is exactly the
+  cascade signature's `scores` (serving/cascade.py; tests/test_cascade_model.py proves the
+  SavedModel routes this way), so the sweep needs no model per K; ties in light score are broken
+  by candidate order, as tf.math.top_k does.
+
+Compute: FLOPs per request from `serving.flops.model_flops` + `request_flops` (the same counts
+the assembler stores with the cascade) on the compute requests (funnel/ if present, where
+N ~ 1000 is what pre-ranking serves, else the logged eval requests). Latency depends on the
+architecture, not the loss or seed: it is measured once, with the first seed's models, per
+architecture (light alone, heavy on all N, the cascade at each f) as in-process calls of the
+tf.function'd CascadeModule methods on up to `latency_requests` compute requests. Training time
+is the wall time of `trainer.train` (including its per-epoch eval AUC and the gradient-conflict
+probe every 10 steps, which every model runs alike); a HAP variant's is its two models' sum.
+
+Outputs under OUT/report (written to a temporary folder and moved into place):
+`benchmark.md` (the tables), `benchmark.json` (every number of every seed), `pareto.png`
+(quality against FLOPs per request) and `gradient_conflict.png` (cosine between per-source
+gradients over training), and the training logs under `logs/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from hap.data import contract as c
+from hap.data import writer
+from hap.evaluation import evaluate as ev
+
+DEFAULT_SEEDS = (0, 1)
+DEFAULT_ROUTE_FRACTIONS = (0.05, 0.1, 0.2, 0.5)
+HAP_ROUTE_FRACTION = 0.1  # the pipeline's CascadeSettings().route_fraction (checked in tests)
+DEFAULT_LATENCY_REQUESTS = 100
+LIGHT, HEAVY, CASCADE = "light", "heavy", "cascade"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecipe:
+    """One model to train: its `trainer.TrainerSettings` fields besides seed and epochs."""
+
+    role: str
+    loss: str
+    training_groups: str = "default"
+
+
+MODELS = {
+    "light_mixed_bce": ModelRecipe(LIGHT, "mixed_bce"),
+    "light_pooled_infonce": ModelRecipe(LIGHT, "pooled_infonce"),
+    "light_ghcl": ModelRecipe(LIGHT, "ghcl"),
+    "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce", "all"),
+    "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl", "all"),
+    "heavy_hard_ghcl": ModelRecipe(HEAVY, "ghcl"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A scorer of the benchmark: one model on every candidate, or a cascade of two (`route_fraction`)."""
+
+    key: str
+    label: str
+    light: str | None = None
+    heavy: str | None = None
+    route_fraction: float | None = None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(m for m in (self.light, self.heavy) if m)
+
+    @property
+    def architecture(self) -> str:
+        if self.route_fraction is not None:
+            return f"{CASCADE}@{self.route_fraction:g}"
+        return LIGHT if self.light else HEAVY
+
+
+def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS) -> list[Variant]:
+    out = [
+        Variant("a", "light, mixed_bce", light="light_mixed_bce"),
+        Variant("b", "light, pooled_infonce", light="light_pooled_infonce"),
+        Variant("c", "light, GHCL", light="light_ghcl"),
+        Variant("d", "heavy on all samples, mixed_bce", heavy="heavy_all_mixed_bce"),
+        Variant("e", "heavy on all samples, GHCL", heavy="heavy_all_ghcl"),
+        Variant("f", f"HAP, K = {HAP_ROUTE_FRACTION:.0%} of N", light="light_ghcl", heavy="heavy_hard_ghcl",
+                route_fraction=HAP_ROUTE_FRACTION),
+    ]
+    for fraction in sorted(set(route_fractions) - {HAP_ROUTE_FRACTION}):
+        out.append(Variant(f"g{fraction:.0%}", f"HAP, K = {fraction:.0%} of N", light="light_ghcl",
+                           heavy="heavy_hard_ghcl", route_fraction=fraction))
+    return out
+
+
+def cascade_scores(request, light, heavy, route_fraction: float) -> np.ndarray:
+    """The cascade's ranking key per candidate: within each request (ids in `request`), the
+    K = ceil(route_fraction * N) candidates with the highest light score get 1 + heavy score,
+    the others keep their light score (serving/cascade.py `cascade`)."""
+    from hap.serving import flops
+
+    request, light, heavy = np.asarray(request), np.asarray(light, np.float64), np.asarray(heavy, np.float64)
+    _, codes = np.unique(request, return_inverse=True)
+    codes = codes.reshape(-1)
+    order = np.lexsort((np.arange(len(light)), -light, codes))
+    size = np.bincount(codes)
+    first = np.concatenate([[0], np.cumsum(size)[:-1]])
+    rank = np.empty(len(light), np.int64)
+    rank[order] = np.arange(len(light)) - first[codes[order]]
+    k = np.array([flops.routed_count(int(n), route_fraction) for n in size], np.int64)
+    routed = rank < k[codes]
+    return np.where(routed, 1.0 + heavy, light)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: the pipeline's Transform output and the dataset's raw requests
+
+
+def _latest(pattern: str) -> str:
+    paths = [p for p in glob.glob(pattern) if os.path.basename(p.rstrip("/")).isdigit()]
+    if not paths:
+        raise FileNotFoundError(f"nothing matches {pattern}: the pipeline run has no Transform output")
+    return max(paths, key=lambda p: int(os.path.basename(p.rstrip("/"))))
+
+
+@dataclasses.dataclass
+class Inputs:
+    features: c.FeatureSet
+    tft_output: object
+    model_spec: object
+    train: dict
+    eval: dict
+    eval_day: int
+    compute_part: str                 # FUNNEL or LOGGED: whose requests FLOPs and latency are taken on
+    compute_requests: list[dict]      # request tensors (numpy), as `rq.from_rows` makes them
+    funnel: dict[str, list[dict]] | None
+
+
+def load_inputs(data_dir: str, run_dir: str) -> Inputs:
+    import tensorflow_transform as tft
+
+    from hap.models import request_batches, spec
+    from hap.serving import request as rq
+
+    features = c.load_features(data_dir)
+    root = os.path.join(run_dir, "pipeline_root", "Transform")
+    tft_output = tft.TFTransformOutput(_latest(os.path.join(root, "transform_graph", "*")))
+    examples = _latest(os.path.join(root, "transformed_examples", "*"))
+    feature_spec = tft_output.transformed_feature_spec()
+    missing = [f.name for f in features.features if f.name not in feature_spec]
+    if missing:
+        raise ValueError(f"{run_dir}: its Transform output has no {', '.join(missing)}: the run was not made "
+                         f"from {data_dir}")
+    train = request_batches.load_split(os.path.join(examples, "Split-train", "*"), feature_spec)
+    evaluation = request_batches.load_split(os.path.join(examples, "Split-eval", "*"), feature_spec)
+    day, logged = ev.eval_day_requests(data_dir, features)
+    split_requests = {k.decode() if isinstance(k, bytes) else str(k) for k in evaluation[spec.REQUEST_KEY]}
+    if split_requests != set(logged):
+        raise ValueError(f"{run_dir}: its eval split has {len(split_requests)} requests and {data_dir}'s day "
+                         f"{day} has {len(logged)}, {len(split_requests ^ set(logged))} differing: the run was "
+                         "not made from this dataset")
+    funnel = ev.funnel_requests(data_dir, features)
+    part, rows = (ev.FUNNEL, funnel) if funnel is not None else (ev.LOGGED, logged)
+    return Inputs(features, tft_output, spec.ModelSpec.from_transform_output(features, tft_output), train,
+                  evaluation, day, part, [rq.from_rows(r, features) for r in rows.values()], funnel)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and scoring
+
+
+class Serving:
+    """tf.function'd CascadeModule methods over one pair of models, one request per call."""
+
+    def __init__(self, inputs: Inputs, tft_layer, light=None, heavy=None, route_fraction: float = 0.1):
+        import tensorflow as tf
+
+        from hap.serving import cascade
+
+        module = cascade.CascadeModule(light, heavy, tft_layer, inputs.tft_output.raw_feature_spec(),
+                                       inputs.features, cascade.CascadeSettings(route_fraction=route_fraction))
+        signature = [cascade.input_signature(inputs.features)]
+        self._tf = tf
+        self._module = module  # the tf.functions below hold its methods, and so the module
+        self.functions = {LIGHT: tf.function(module.light_scores, input_signature=signature),
+                          HEAVY: tf.function(module.heavy_scores, input_signature=signature),
+                          CASCADE: tf.function(module.cascade, input_signature=signature)}
+
+    def tensors(self, request: dict) -> dict:
+        tf = self._tf
+        return {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
+
+    def scores(self, which: str, requests: list[dict]) -> np.ndarray:
+        fn = self.functions[which]
+        return np.concatenate([fn(self.tensors(r))["scores"].numpy().astype(np.float64) for r in requests])
+
+    def latency_ms(self, which: str, requests: list[dict]) -> list[float]:
+        fn = self.functions[which]
+        tensors = [self.tensors(r) for r in requests]
+        fn(tensors[0])  # traces the function: not part of a served call
+        out = []
+        for t in tensors:
+            start = time.perf_counter()
+            fn(t)["scores"].numpy()
+            out.append(1000.0 * (time.perf_counter() - start))
+        return out
+
+
+def train_model(name: str, seed: int, epochs: int, inputs: Inputs, log_dir: str):
+    """Trains MODELS[name]; returns (Keras scorer, seconds, history)."""
+    from hap.models import trainer
+
+    recipe = MODELS[name]
+    settings = trainer.TrainerSettings(role=recipe.role, loss=recipe.loss, training_groups=recipe.training_groups,
+                                       epochs=epochs, seed=seed)
+    start = time.perf_counter()
+    scorer, history = trainer.train(settings, inputs.model_spec, inputs.train, inputs.eval,
+                                    os.path.join(log_dir, f"{name}-seed{seed}"))
+    return scorer, time.perf_counter() - start, history
+
+
+def _logged_columns(inputs: Inputs):
+    from hap.models import spec
+
+    e = inputs.eval
+    return (e[spec.REQUEST_KEY], e[spec.LABEL].astype(np.int64),
+            np.asarray(c.SAMPLE_GROUPS)[e[spec.SAMPLE_GROUP].astype(np.int64)])
+
+
+def _funnel_columns(inputs: Inputs):
+    rows = [(request_id, r[c.ORACLE_COLUMN]) for request_id, rs in inputs.funnel.items() for r in rs]
+    return np.asarray([r for r, _ in rows]), np.asarray([u for _, u in rows], np.float64)
+
+
+def variant_scores(variant: Variant, probs: dict[str, np.ndarray], request) -> np.ndarray:
+    """A variant's scores from its models' click probabilities (`probs`: model name -> [n])."""
+    if variant.route_fraction is None:
+        return probs[variant.models[0]]
+    return cascade_scores(request, probs[variant.light], probs[variant.heavy], variant.route_fraction)
+
+
+def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Variant], ks, log_dir: str,
+             progress) -> dict:
+    """Trains every model once with `seed` and evaluates every variant; returns
+    {"models": {name: {seconds, per_source_auc, gradient_conflict}}, "metrics": {variant: {...}},
+    "keras": {name: model}}."""
+    import tensorflow as tf
+
+    from hap.models import training
+
+    needed = sorted({m for v in chosen for m in v.models}, key=list(MODELS).index)
+    request, label, group = _logged_columns(inputs)
+    if inputs.funnel is not None:
+        f_request, utility = _funnel_columns(inputs)
+    models, keras, logged_probs, funnel_probs = {}, {}, {}, {}
+    for name in needed:
+        progress.set_postfix_str(f"seed {seed}: training {name}")
+        scorer, seconds, history = train_model(name, seed, epochs, inputs, log_dir)
+        models[name] = {"seconds": seconds, **history}
+        keras[name] = scorer
+        logged_probs[name] = tf.sigmoid(training.predict_logits(scorer, inputs.eval)).numpy().astype(np.float64)
+        if inputs.funnel is not None:
+            role = MODELS[name].role
+            serving = Serving(inputs, tft_layer, **{role: scorer})
+            funnel_probs[name] = serving.scores(role, inputs.compute_requests)
+        progress.update()
+    result = {}
+    for v in chosen:
+        scores = variant_scores(v, logged_probs, request)
+        result[v.key] = {name: m.value for name, m in ev.logged_metrics(request, label, group, scores, ks).items()}
+        if inputs.funnel is not None:
+            f_scores = variant_scores(v, funnel_probs, f_request)
+            result[v.key].update({name: m.value for name, m in ev.funnel_metrics(f_request, utility, f_scores).items()})
+    return {"models": models, "metrics": result, "keras": keras}
+
+
+def measure_compute(inputs: Inputs, tft_layer, keras: dict, chosen: list[Variant], latency_requests: int) -> dict:
+    """FLOPs per request (mean over the compute requests) and latency per architecture."""
+    from hap.serving import flops
+    from hap.serving import request as rq
+
+    light_name = next(v.light for v in chosen if v.light)
+    heavy_name = next(v.heavy for v in chosen if v.heavy)
+    parts = flops.model_flops(keras[light_name], keras[heavy_name])
+    sizes = [rq.num_candidates(r, inputs.features) for r in inputs.compute_requests]
+    timed = inputs.compute_requests[:latency_requests]
+    latency, out = {}, {"parts": parts, "part": inputs.compute_part, "requests": len(sizes),
+                        "candidates_mean": float(np.mean(sizes)), "variants": {}}
+    for v in chosen:
+        if v.architecture not in latency:
+            if v.route_fraction is None:
+                which = LIGHT if v.light else HEAVY
+                serving = Serving(inputs, tft_layer, **{which: keras[v.models[0]]})
+            else:
+                which = CASCADE
+                serving = Serving(inputs, tft_layer, keras[v.light], keras[v.heavy], v.route_fraction)
+            latency[v.architecture] = ev.latency_summary(serving.latency_ms(which, timed))
+        if v.route_fraction is None:
+            cost = "light_only" if v.light else "heavy_all"
+            per_request = [flops.request_flops(parts, n, n)[cost] for n in sizes]
+        else:
+            per_request = [flops.request_flops(parts, n, flops.routed_count(n, v.route_fraction))["cascade"]
+                           for n in sizes]
+        out["variants"][v.key] = {"flops_mean": float(np.mean(per_request)), "latency": latency[v.architecture],
+                                  "architecture": v.architecture}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def summarise(per_seed: list[dict], chosen: list[Variant]) -> dict:
+    """Mean, std (population, over seeds) and values of every metric and training time."""
+    out = {}
+    for v in chosen:
+        names = per_seed[0]["metrics"][v.key]
+        entry = {}
+        for name in names:
+            values = np.array([s["metrics"][v.key][name] for s in per_seed], np.float64)
+            entry[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values.tolist()}
+        seconds = np.array([sum(s["models"][m]["seconds"] for m in v.models) for s in per_seed])
+        entry["train_seconds"] = {"mean": float(seconds.mean()), "std": float(seconds.std()),
+                                  "values": seconds.tolist()}
+        out[v.key] = entry
+    return out
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+
+
+def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, epochs: int = 1,
+              route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=ev.DEFAULT_KS,
+              latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """Runs the benchmark (module docstring); returns the content of benchmark.json.
+
+    `run_dir`: a finished `hap run` output made from `data_dir` whose Transform output is used
+    as is; by default the pipeline runs into OUT/run (served from its cache when it already ran).
+    """
+    from tqdm import tqdm
+
+    from hap.evaluation import report
+
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    if epochs < 1 or latency_requests < 1:
+        raise ValueError(f"epochs and latency_requests must be >= 1, got {epochs} and {latency_requests}")
+    if not route_fractions or not all(0.0 < f <= 1.0 for f in route_fractions):
+        raise ValueError(f"route fractions must be in (0, 1], got {list(route_fractions)}")
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    report_dir = os.path.join(out_dir, "report")
+    if os.path.exists(report_dir) and os.listdir(report_dir) and not overwrite:
+        raise FileExistsError(f"{report_dir}: already exists and is not empty (pass --overwrite to replace it)")
+    c.load_features(data_dir)  # a bad features.yaml fails here, before the pipeline runs
+    load_start = os.getloadavg()
+    started = time.time()
+    if run_dir is None:
+        from hap.pipeline import local_runner
+
+        run_dir = os.path.join(out_dir, "run")
+        local_runner.run(data_dir, run_dir)
+    pipeline_seconds = time.time() - started
+
+    inputs = load_inputs(data_dir, run_dir)
+    tft_layer = inputs.tft_output.transform_features_layer()
+    chosen = variants(route_fractions)
+    needed = {m for v in chosen for m in v.models}
+    with writer.atomic_directory(report_dir, overwrite=overwrite) as tmp:
+        log_dir = os.path.join(tmp, "logs")
+        per_seed, compute = [], None
+        with tqdm(total=len(seeds) * len(needed), desc="benchmark trainings", unit="model",
+                  disable=not progress) as bar:
+            for seed in seeds:
+                seed_result = run_seed(seed, epochs, inputs, tft_layer, chosen, ks, log_dir, bar)
+                if compute is None:
+                    bar.set_postfix_str("measuring FLOPs and latency")
+                    compute = measure_compute(inputs, tft_layer, seed_result["keras"], chosen, latency_requests)
+                del seed_result["keras"]
+                per_seed.append({"seed": seed, **seed_result})
+        result = ev.jsonable({
+            "data": os.path.abspath(data_dir), "run": os.path.abspath(run_dir), "eval_day": inputs.eval_day,
+            "seeds": seeds, "epochs": epochs, "ks": list(ks), "funnel": inputs.funnel is not None,
+            "variants": [dataclasses.asdict(v) for v in chosen], "models": {k: dataclasses.asdict(r)
+                                                                           for k, r in MODELS.items()},
+            "summary": summarise(per_seed, chosen), "compute": compute, "per_seed": per_seed,
+            "machine": {**machine(), "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
+            "seconds": {"pipeline": pipeline_seconds, "total": time.time() - started},
+        })
+        with open(os.path.join(tmp, "benchmark.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        report.write_benchmark_report(result, tmp)
+    return result

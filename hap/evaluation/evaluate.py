@@ -1,0 +1,340 @@
+"""`hap evaluate`: a pushed cascade SavedModel, request by request, on a dataset's eval day.
+
+The model is called the way TF Serving calls it: one request per call of its `cascade`, `light`
+and `heavy` signatures, with raw feature values (`hap.serving.request.from_rows`), so what is
+measured is what is served, Transform included. Three scorers come out of every request:
+
+- `cascade`: the signature's `scores`, the ranking key (routed candidates first, in the heavy
+  model's order; see serving/cascade.py);
+- `light`, `heavy`: one model alone on all N candidates.
+
+Quality (`hap.evaluation.metrics`, one tie rule for all):
+
+- on the logged samples of the eval day (the last `day` of samples/): AUC of exposed positives
+  against each negative source and their mean, GAUC over exposed samples, and HitRate@K and
+  Recall@K of clicked items among each request's logged candidates. K defaults to 1, 3, 5:
+  a logged request has about 30 candidates (about 10 exposed) and one or two clicks, so at
+  K >= 10 every scorer finds nearly every click and the metric stops telling them apart.
+- on funnel/ when the dataset has it (held-out requests with ~1000 retrieved candidates each and
+  their `oracle_utility`): Recall@100 of the oracle top 10 and NDCG@100 by utility, which is
+  what pre-ranking is for (cut ~1000 to ~100 without losing what the user wants). Without
+  funnel/ these are skipped and the report says so.
+
+Compute, per request: FLOPs from the per-part counts stored with the model
+(`assets.extra/hap_cascade.json`, serving/flops.py) and measured latency of each signature call
+(in-process, wall clock, the call and the copy of its outputs to numpy; each signature is called
+once on the first request before timing, which is left out).
+
+Outputs, written to a temporary folder and moved into place: `metrics.json`, `per_request.csv`,
+`report.md` and its PNG plots (hap/evaluation/report.py).
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from hap.data import contract as c
+from hap.data import reader
+from hap.data import writer
+from hap.evaluation import metrics
+
+SIGNATURES = ("cascade", "light", "heavy")
+# Which per-request FLOPs entry (serving/flops.py request_flops) each signature's call costs.
+FLOPS_OF_SIGNATURE = {"cascade": "cascade", "light": "light_only", "heavy": "heavy_all"}
+DEFAULT_KS = (1, 3, 5)
+FUNNEL_K, FUNNEL_TOP = 100, 10
+LOGGED, FUNNEL = "logged", "funnel"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: the model and the dataset
+
+
+def resolve_model(path: str) -> str:
+    """The version folder of a pushed model: `path` itself when it holds a SavedModel, else its
+    newest complete version (the largest numeric subfolder with a saved_model.pb, which Pusher
+    copies last)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such model folder (expected OUT/serving/hap or one of its versions)")
+    versions = [v for v in os.listdir(path)
+                if v.isdigit() and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
+    if not versions:
+        raise FileNotFoundError(f"{path}: neither a SavedModel nor a model base path with a complete version "
+                                "(a numeric folder with saved_model.pb)")
+    return os.path.join(path, max(versions, key=int))
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeInfo:
+    """What the assembler stored beside the model (serving/cascade.py INFO_FILE)."""
+
+    route_fraction: float
+    settings: dict
+    features: c.FeatureSet
+    flops: dict
+
+
+def load_info(version_dir: str) -> CascadeInfo:
+    from hap.serving import cascade
+
+    path = os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; is {version_dir} a cascade pushed by the HAP pipeline?")
+    with open(path, encoding="utf-8") as f:
+        try:
+            info = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    for key in ("settings", "features", "flops"):
+        if key not in info:
+            raise ValueError(f"{path}: no {key!r} entry")
+    for key in ("light_user", "light_per_candidate", "heavy_per_candidate"):
+        if key not in info["flops"]:
+            raise ValueError(f"{path}: flops has no {key!r}")
+    if "route_fraction" not in info["settings"]:
+        raise ValueError(f"{path}: settings has no 'route_fraction'")
+    features = c.parse_features({"version": 1, "features": info["features"]}, f"{path}: features")
+    return CascadeInfo(float(info["settings"]["route_fraction"]), info["settings"], features, info["flops"])
+
+
+def check_features(model_features: c.FeatureSet, data_features: c.FeatureSet, data_dir: str) -> None:
+    """Every feature the model reads must be in the dataset, with the same kind."""
+    problems = []
+    where = os.path.join(data_dir, c.FEATURES_FILE)
+    for f in model_features.features:
+        if f.name not in data_features.names:
+            problems.append(f"{where}: no feature {f.name!r}, which the model reads ({f.role}, {f.kind})")
+        elif data_features[f.name].kind != f.kind:
+            problems.append(f"{where}: feature {f.name!r} is {data_features[f.name].kind}, the model reads it "
+                            f"as {f.kind}")
+    if problems:
+        raise c.ContractError(problems)
+
+
+def eval_day_requests(data_dir: str, features: c.FeatureSet) -> tuple[int, dict[str, list[dict]]]:
+    """The last day of samples/ and its rows grouped by request, in file order (one pass; only the
+    latest day seen so far is kept in memory)."""
+    day, requests = None, collections.OrderedDict()
+    for row in reader.read_rows(data_dir, c.SAMPLES_DIR, features):
+        if day is None or row["day"] > day:
+            day, requests = row["day"], collections.OrderedDict()
+        if row["day"] == day:
+            requests.setdefault(row["request_id"], []).append(row)
+    if day is None:
+        raise c.ContractError([f"{os.path.join(data_dir, c.SAMPLES_DIR)}: no samples"])
+    return day, requests
+
+
+def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dict]] | None:
+    """funnel/ rows grouped by request, or None when the dataset has no funnel/."""
+    if not os.path.isdir(os.path.join(data_dir, c.FUNNEL_DIR)):
+        return None
+    requests = collections.OrderedDict()
+    for row in reader.read_rows(data_dir, c.FUNNEL_DIR, features):
+        if row.get(c.ORACLE_COLUMN) is None:
+            raise c.ContractError([f"{os.path.join(data_dir, c.FUNNEL_DIR)}: request {row['request_id']}, "
+                                   f"item {row['item_id']}: no {c.ORACLE_COLUMN!r} (every funnel row needs one)"])
+        requests.setdefault(row["request_id"], []).append(row)
+    return requests
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, shared with the benchmark so both report the same definitions
+
+
+def logged_metrics(request, label, group, score, ks=DEFAULT_KS) -> dict[str, metrics.MetricResult]:
+    """Per-source AUCs, GAUC over exposed samples, HitRate@K and Recall@K of clicks."""
+    out = dict(metrics.auc_by_source(label, score, group))
+    out["gauc"] = metrics.gauc(request, label, score, group)
+    for k in ks:
+        out[f"hitrate@{k}"] = metrics.hitrate_at_k(request, label, score, k)
+        out[f"recall@{k}"] = metrics.recall_at_k(request, label, score, k)
+    return out
+
+
+def funnel_metrics(request, utility, score) -> dict[str, metrics.MetricResult]:
+    return {f"oracle_recall@{FUNNEL_K}": metrics.oracle_recall_at_k(request, utility, score, FUNNEL_K, FUNNEL_TOP),
+            f"ndcg@{FUNNEL_K}": metrics.ndcg_at_k(request, utility, score, FUNNEL_K)}
+
+
+def groups_of(rows: list[dict]) -> list[str]:
+    return [c.sample_group(r["source"], r["click"]) for r in rows]
+
+
+def latency_summary(ms) -> dict:
+    ms = np.asarray(ms, np.float64)
+    if not ms.size:
+        return {}
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "requests": int(ms.size)}
+
+
+def jsonable(x):
+    """NaN becomes null (JSON has no NaN); MetricResults become dicts."""
+    if isinstance(x, metrics.MetricResult):
+        return jsonable(x.to_dict())
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring the SavedModel
+
+
+class SignatureCaller:
+    """Calls the loaded model's signatures on request tensors, timing each call."""
+
+    def __init__(self, version_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.model = tf.saved_model.load(version_dir)
+        missing = [s for s in SIGNATURES if s not in self.model.signatures]
+        if missing:
+            raise ValueError(f"{version_dir}: no signature {', '.join(missing)} (has {sorted(self.model.signatures)})")
+
+    def tensors(self, request: dict) -> dict:
+        tf = self._tf
+        return {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
+
+    def __call__(self, signature: str, tensors: dict) -> tuple[dict, float]:
+        start = time.perf_counter()
+        outputs = {k: v.numpy() for k, v in self.model.signatures[signature](**tensors).items()}
+        return outputs, time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Scored:
+    """One part (logged or funnel) scored request by request: per-candidate lists (label and
+    group for logged samples, utility for the funnel) and one record per request."""
+
+    request: list = dataclasses.field(default_factory=list)
+    scores: dict = dataclasses.field(default_factory=lambda: {s: [] for s in SIGNATURES})
+    label: list = dataclasses.field(default_factory=list)
+    group: list = dataclasses.field(default_factory=list)
+    utility: list = dataclasses.field(default_factory=list)
+    per_request: list = dataclasses.field(default_factory=list)
+
+    def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return np.asarray(self.request), {s: np.concatenate(v) for s, v in self.scores.items()}
+
+
+def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: CascadeInfo, part: str,
+               progress: bool) -> Scored:
+    from tqdm import tqdm
+
+    from hap.serving import flops
+    from hap.serving import request as rq
+
+    scored = Scored()
+    first = True
+    for request_id, rows in tqdm(requests.items(), desc=f"scoring {part} requests", unit="req",
+                                 disable=not progress, mininterval=0.5):
+        n = len(rows)
+        if n > int(info.settings.get("max_candidates", n)):
+            raise ValueError(f"{part} request {request_id}: {n} candidates, more than the model's "
+                             f"max_candidates={info.settings['max_candidates']}")
+        tensors = caller.tensors(rq.from_rows(rows, info.features))
+        if first:
+            for signature in SIGNATURES:
+                caller(signature, tensors)
+            first = False
+        k = flops.routed_count(n, info.route_fraction)
+        costs = flops.request_flops(info.flops, n, k)
+        record = {"part": part, "request_id": request_id, "n": n, "k": k}
+        for signature in SIGNATURES:
+            outputs, seconds = caller(signature, tensors)
+            scored.scores[signature].append(outputs["scores"].astype(np.float64))
+            record[f"flops_{signature}"] = costs[FLOPS_OF_SIGNATURE[signature]]
+            record[f"latency_ms_{signature}"] = 1000.0 * seconds
+        scored.request.extend([request_id] * n)
+        scored.per_request.append(record)
+        if part == LOGGED:
+            scored.label.extend(r["click"] for r in rows)
+            scored.group.extend(groups_of(rows))
+        else:
+            scored.utility.extend(r[c.ORACLE_COLUMN] for r in rows)
+    return scored
+
+
+def compute_summary(per_request: list[dict]) -> dict:
+    if not per_request:
+        return {}
+    out = {"requests": len(per_request),
+           "candidates_mean": float(np.mean([r["n"] for r in per_request])),
+           "routed_mean": float(np.mean([r["k"] for r in per_request]))}
+    for signature in SIGNATURES:
+        out[signature] = {"flops_mean": float(np.mean([r[f"flops_{signature}"] for r in per_request])),
+                          **latency_summary([r[f"latency_ms_{signature}"] for r in per_request])}
+    return out
+
+
+def evaluate(model: str, data_dir: str, out_dir: str, ks=DEFAULT_KS, overwrite: bool = False,
+             progress: bool = True) -> dict:
+    """Evaluates the pushed cascade `model` on `data_dir`; writes the outputs to `out_dir` and
+    returns the content of metrics.json."""
+    from hap.evaluation import report
+
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"K values must be integers >= 1, got {ks}")
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists and is not empty (pass --overwrite to replace it)")
+    version_dir = resolve_model(model)
+    info = load_info(version_dir)
+    data_features = c.load_features(data_dir)
+    check_features(info.features, data_features, data_dir)
+    day, logged = eval_day_requests(data_dir, data_features)
+    funnel = funnel_requests(data_dir, data_features)
+    caller = SignatureCaller(version_dir)
+
+    scored = score_part(caller, logged, info, LOGGED, progress)
+    request, scores = scored.arrays()
+    label, group = np.asarray(scored.label), np.asarray(scored.group)
+    result = {
+        "model": os.path.abspath(version_dir), "data": os.path.abspath(data_dir), "eval_day": day,
+        "settings": info.settings, "ks": list(ks), "funnel_k": FUNNEL_K, "funnel_top": FUNNEL_TOP,
+        LOGGED: {"requests": len(logged), "samples": int(len(request)),
+                 "metrics": {s: logged_metrics(request, label, group, scores[s], ks) for s in SIGNATURES}},
+        "compute": {LOGGED: compute_summary(scored.per_request)},
+    }
+    per_request = list(scored.per_request)
+    if funnel is None:
+        result[FUNNEL] = {"skipped": f"{data_dir} has no {c.FUNNEL_DIR}/ (held-out requests with every retrieved "
+                                     f"candidate and its {c.ORACLE_COLUMN}); Recall@{FUNNEL_K} of the oracle "
+                                     f"top {FUNNEL_TOP} and NDCG@{FUNNEL_K} need it"}
+    else:
+        funnel_scored = score_part(caller, funnel, info, FUNNEL, progress)
+        f_request, f_scores = funnel_scored.arrays()
+        utility = np.asarray(funnel_scored.utility, np.float64)
+        result[FUNNEL] = {"requests": len(funnel), "rows": int(len(f_request)),
+                          "metrics": {s: funnel_metrics(f_request, utility, f_scores[s]) for s in SIGNATURES}}
+        result["compute"][FUNNEL] = compute_summary(funnel_scored.per_request)
+        per_request += funnel_scored.per_request
+    result = jsonable(result)
+
+    with writer.atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        with open(os.path.join(tmp, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(tmp, "per_request.csv"), "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(per_request[0]))
+            w.writeheader()
+            w.writerows(per_request)
+        report.write_evaluation_report(result, per_request, tmp)
+    return result

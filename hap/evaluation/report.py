@@ -1,0 +1,325 @@
+"""Markdown reports and plots of `hap evaluate` and `hap benchmark`.
+
+Plots are PNGs written beside the report with matplotlib's Agg backend (no display needed) and
+linked by relative path, so a report folder can be moved or attached as a whole.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from hap.evaluation.evaluate import FUNNEL_K, FUNNEL_TOP
+
+SCORER_LABELS = {"cascade": "cascade (`scores`)", "light": "light alone", "heavy": "heavy alone"}
+PER_SOURCE = ("auc_EP_vs_EN", "auc_EP_vs_RN", "auc_EP_vs_PRN", "auc_EP_vs_GN")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_PREFIXES = {"auc_EP_vs_": "AUC EP vs ", "hitrate@": "HitRate@", "recall@": "Recall@",
+             "oracle_recall@": f"oracle top-{FUNNEL_TOP} Recall@", "ndcg@": "NDCG@"}
+
+
+def metric_label(name: str) -> str:
+    for prefix, label in _PREFIXES.items():
+        if name.startswith(prefix):
+            return label + name[len(prefix):]
+    return {"auc_mean": "AUC mean of 4 sources", "gauc": "GAUC (exposed)"}.get(name, name)
+
+
+def _value(metric) -> float:
+    return float("nan") if metric is None or metric["value"] is None else metric["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# hap evaluate
+
+
+def _scorer_table(part: dict, names: list[str], scorers: list[str]) -> str:
+    rows = []
+    for name in names:
+        cells = [metric_label(name)] + [fmt(_value(part["metrics"][s][name])) for s in scorers]
+        m = part["metrics"][scorers[0]][name]
+        counted = "pooled" if m["requests"] is None else str(m["requests"])
+        rows.append(cells + [counted, m["note"] or ""])
+    return table(["metric"] + [SCORER_LABELS[s] for s in scorers] + ["requests", "note"], rows)
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[float]], errors: dict[str, list[float]] | None = None):
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + i * width, values, width, label=label,
+               yerr=None if errors is None else errors[label], capsize=3)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2)
+    ax.set_xticklabels(groups, rotation=20, ha="right")
+
+
+def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> list[tuple[str, str]]:
+    plt = pyplot()
+    scorers = list(result["logged"]["metrics"])
+    logged = result["logged"]["metrics"]
+    plots = []
+
+    names = list(PER_SOURCE) + ["auc_mean", "gauc"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    _bars(ax, [metric_label(n) for n in names], {SCORER_LABELS[s]: [_value(logged[s][n]) for n in names]
+                                                 for s in scorers})
+    ax.set_ylim(0.4, 1.0)
+    ax.set_title(f"AUCs on the logged samples of day {result['eval_day']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "auc.png"), dpi=110)
+    plt.close(fig)
+    plots.append(("auc.png", "Per-source AUC and GAUC"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("hitrate", "recall")):
+        for s in scorers:
+            ax.plot(result["ks"], [_value(logged[s][f"{metric}@{k}"]) for k in result["ks"]], marker="o",
+                    label=SCORER_LABELS[s])
+        ax.set_xlabel("K")
+        ax.set_title(f"{'HitRate' if metric == 'hitrate' else 'Recall'}@K of clicks (logged candidates)")
+        ax.set_xticks(result["ks"])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "topk.png"), dpi=110)
+    plt.close(fig)
+    plots.append(("topk.png", "HitRate@K and Recall@K"))
+
+    if "metrics" in result["funnel"]:
+        funnel = result["funnel"]["metrics"]
+        names = list(funnel[scorers[0]])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _bars(ax, [metric_label(n) for n in names],
+              {SCORER_LABELS[s]: [_value(funnel[s][n]) for n in names] for s in scorers})
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Full funnel: {result['funnel']['requests']} requests")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "funnel.png"), dpi=110)
+        plt.close(fig)
+        plots.append(("funnel.png", "Full-funnel quality"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    n = np.array([r["n"] for r in per_request])
+    for s in scorers:
+        left.scatter(n, [r[f"latency_ms_{s}"] for r in per_request], s=8, alpha=0.6, label=SCORER_LABELS[s])
+        right.scatter(n, [r[f"flops_{s}"] / 1e6 for r in per_request], s=8, alpha=0.6, label=SCORER_LABELS[s])
+    for ax, what in ((left, "latency per request (ms, in-process)"), (right, "MFLOPs per request")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("candidates N")
+        ax.set_title(what)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "compute.png"), dpi=110)
+    plt.close(fig)
+    plots.append(("compute.png", "Latency and FLOPs per request against N"))
+    return plots
+
+
+def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str) -> None:
+    scorers = list(result["logged"]["metrics"])
+    plots = _evaluation_plots(result, per_request, out_dir)
+    settings = result["settings"]
+    lines = [
+        "# HAP cascade evaluation", "",
+        f"- model: `{result['model']}` (route_fraction {settings['route_fraction']}: the heavy model re-scores "
+        f"K = ceil({settings['route_fraction']} N) candidates per request)",
+        f"- data: `{result['data']}`, eval day {result['eval_day']}: {result['logged']['requests']} logged requests, "
+        f"{result['logged']['samples']} samples",
+        "- scorers: the `cascade` signature's ranking key `scores`, and the `light` and `heavy` signatures (one "
+        "model alone on all N candidates); every request is one signature call, as TF Serving makes it", "",
+        "## Logged samples of the eval day", "",
+        _scorer_table(result["logged"], list(PER_SOURCE) + ["auc_mean", "gauc"]
+                      + [f"{m}@{k}" for k in result["ks"] for m in ("hitrate", "recall")], scorers), "",
+        "AUCs pool samples across requests (exact, ties count half); GAUC is the impression-weighted mean of "
+        "per-request AUC over exposed samples; HitRate@K and Recall@K rank each request's logged candidates "
+        f"(K = {', '.join(map(str, result['ks']))}: a logged request has about 30 candidates and one or two "
+        "clicks, so larger K no longer tells scorers apart). 'requests' counts those averaged over, the note "
+        "what was excluded. The cascade's pooled AUCs compare ranking keys across requests, where a routed "
+        "candidate (key 1 + heavy probability) outranks every unrouted one of any request; its per-request "
+        "metrics are the ones that measure the cascade as served.", "",
+        "## Full funnel", "",
+    ]
+    funnel = result["funnel"]
+    if "skipped" in funnel:
+        lines += [f"Skipped: {funnel['skipped']}.", ""]
+    else:
+        lines += [f"{funnel['requests']} held-out requests, {funnel['rows']} retrieved candidates in all.", "",
+                  _scorer_table(funnel, list(funnel["metrics"][scorers[0]]), scorers), "",
+                  f"Recall@{result['funnel_k']}: share of each request's top {result['funnel_top']} by "
+                  f"oracle utility that the scorer keeps in its top {result['funnel_k']}; NDCG@{result['funnel_k']} "
+                  "with the oracle utility as gain.", ""]
+    lines += ["## Compute per request", ""]
+    rows = []
+    for part, summary in result["compute"].items():
+        for s in scorers:
+            rows.append([part, SCORER_LABELS[s], f"{summary['candidates_mean']:.0f}",
+                         f"{summary['routed_mean']:.1f}" if s == "cascade" else "-",
+                         f"{summary[s]['flops_mean'] / 1e6:.2f}", fmt(summary[s]["p50_ms"], 1),
+                         fmt(summary[s]["p90_ms"], 1), fmt(summary[s]["p99_ms"], 1)])
+    lines += [table(["requests", "scorer", "mean N", "mean K", "MFLOPs", "p50 ms", "p90 ms", "p99 ms"], rows), "",
+              "FLOPs from the per-part counts stored with the model (serving/flops.py: light user tower once, "
+              "light item tower and head per candidate, heavy model per routed candidate). Latency is the "
+              "in-process wall time of one signature call and the copy of its outputs, Transform included, "
+              "after one untimed warm-up call per signature; per request in `per_request.csv`.", ""]
+    lines += [f"![{title}]({name})" for name, title in plots]
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# hap benchmark
+
+
+def _mean_std(entry: dict, digits: int = 4) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}" if entry["std"] is not None else fmt(entry["mean"])
+
+
+def _quality_names(result: dict) -> list[str]:
+    """The metrics of the main table: the hardest source, the mean of four, GAUC, the smallest
+    and largest K, and the funnel's two."""
+    ks = result["ks"]
+    names = ["auc_EP_vs_EN", "auc_mean", "gauc", f"hitrate@{ks[0]}", f"recall@{ks[-1]}"]
+    if result["funnel"]:
+        names += [f"oracle_recall@{FUNNEL_K}", f"ndcg@{FUNNEL_K}"]
+    return names
+
+
+def _pareto_names(result: dict) -> list[str]:
+    if result["funnel"]:
+        return [f"ndcg@{FUNNEL_K}", f"oracle_recall@{FUNNEL_K}", "gauc", "auc_mean"]
+    return ["gauc", "auc_mean", f"hitrate@{result['ks'][0]}", f"recall@{result['ks'][-1]}"]
+
+
+def _pareto_plot(result: dict, path: str) -> None:
+    plt = pyplot()
+    names = _pareto_names(result)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    keys = [v["key"] for v in result["variants"]]
+    flops = np.array([result["compute"]["variants"][k]["flops_mean"] / 1e6 for k in keys])
+    for ax, name in zip(axes.ravel(), names):
+        mean = np.array([np.nan if result["summary"][k][name]["mean"] is None else result["summary"][k][name]["mean"]
+                         for k in keys])
+        std = np.array([result["summary"][k][name]["std"] or 0.0 for k in keys])
+        ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=3)
+        for x, y, k in zip(flops, mean, keys):
+            ax.annotate(k, (x, y), textcoords="offset points", xytext=(5, 4))
+        # The frontier: cheapest first, each point kept when it beats every cheaper one.
+        frontier, best = [], -np.inf
+        for i in np.argsort(flops, kind="stable"):
+            if not np.isnan(mean[i]) and mean[i] > best:
+                frontier.append(i)
+                best = mean[i]
+        ax.step(flops[frontier], mean[frontier], where="post", color="grey", lw=1, label="Pareto frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"MFLOPs per request (mean N = {result['compute']['candidates_mean']:.0f})")
+        ax.set_title(metric_label(name))
+        ax.legend(loc="lower right")
+    fig.suptitle(f"Quality against compute, mean ± std over seeds {result['seeds']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _conflict_plot(result: dict, path: str) -> bool:
+    """Mean pairwise cosine of per-source gradients over training, per loss; False if no model
+    logged any."""
+    panels = (("light model", ["light_mixed_bce", "light_pooled_infonce", "light_ghcl"]),
+              ("heavy model on all samples", ["heavy_all_mixed_bce", "heavy_all_ghcl"]))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    drawn = False
+    for ax, (title, names) in zip(axes, panels):
+        for name in names:
+            histories = [s["models"][name]["gradient_conflict"] for s in result["per_seed"] if name in s["models"]]
+            histories = [h for h in histories if h]
+            if not histories:
+                continue
+            length = min(len(h) for h in histories)
+            steps = [h["step"] for h in histories[0][:length]]
+            cos = np.array([[h["cos_mean"] for h in hist[:length]] for hist in histories])
+            ax.plot(steps, cos.mean(axis=0), label=result["models"][name]["loss"])
+            ax.fill_between(steps, cos.mean(axis=0) - cos.std(axis=0), cos.mean(axis=0) + cos.std(axis=0), alpha=0.2)
+            drawn = True
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean pairwise cosine of per-source gradients")
+        ax.set_title(f"Gradient conflict, {title}")
+        ax.legend()
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def benchmark_table(result: dict) -> str:
+    names = _quality_names(result)
+    header = ["", "variant"] + [metric_label(n) for n in names] + ["MFLOPs / request", "latency p50 ms",
+                                                                   "training s"]
+    rows = []
+    for v in result["variants"]:
+        entry, compute = result["summary"][v["key"]], result["compute"]["variants"][v["key"]]
+        rows.append([f"({v['key']})", v["label"]] + [_mean_std(entry[n]) for n in names]
+                    + [f"{compute['flops_mean'] / 1e6:.2f}", fmt(compute["latency"].get("p50_ms"), 1),
+                       _mean_std(entry["train_seconds"], 1)])
+    return table(header, rows)
+
+
+def write_benchmark_report(result: dict, out_dir: str) -> None:
+    _pareto_plot(result, os.path.join(out_dir, "pareto.png"))
+    has_conflict = _conflict_plot(result, os.path.join(out_dir, "gradient_conflict.png"))
+    compute = result["compute"]
+    every = [n for n in result["summary"][result["variants"][0]["key"]] if n != "train_seconds"]
+    full = table(["", *[metric_label(n) for n in every]],
+                 [[f"({v['key']})"] + [_mean_std(result["summary"][v["key"]][n]) for n in every]
+                  for v in result["variants"]])
+    machine = result["machine"]
+    lines = [
+        "# HAP benchmark", "",
+        f"- data: `{result['data']}` (eval day {result['eval_day']}); pipeline run: `{result['run']}`",
+        f"- seeds {result['seeds']}, {result['epochs']} epoch(s) per model; mean ± std (population) over seeds",
+        f"- machine: {machine['cpus']} CPUs, {'GPU ' + ', '.join(machine['gpus']) if machine['gpus'] else 'no GPU'}; "
+        f"load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])} at the "
+        f"start, {', '.join(f'{x:.2f}' for x in machine['load_average_at_end'])} at the end",
+        f"- wall time {result['seconds']['total']:.0f} s, of which the pipeline run {result['seconds']['pipeline']:.0f} s",
+        "",
+        benchmark_table(result), "",
+        "Quality on the eval day's logged samples"
+        + (f" and on funnel/ (Recall@{FUNNEL_K} of the oracle top {FUNNEL_TOP}, NDCG@{FUNNEL_K} by oracle "
+           "utility)" if result["funnel"]
+           else "; the dataset has no funnel/, so the full-funnel metrics are skipped") + ". "
+        f"FLOPs per request are the mean over the {compute['requests']} {compute['part']} requests "
+        f"(mean N = {compute['candidates_mean']:.0f}); latency is the in-process p50 of one request per call on up "
+        f"to {compute['variants'][result['variants'][0]['key']]['latency'].get('requests', 0)} of them, measured "
+        "once per architecture; training time is the wall time of trainer.train (a HAP row: both models).", "",
+        "## Every metric", "", full, "",
+        "## Plots", "", "![quality against compute](pareto.png)", "",
+    ]
+    if has_conflict:
+        lines += ["![gradient conflict](gradient_conflict.png)", ""]
+    with open(os.path.join(out_dir, "benchmark.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,73 @@
+"""Floating-point operations of the cascade, counted from the models' graphs.
+
+TensorFlow's graph profiler counts the float operations of every op whose shapes are static
+(matrix products, element-wise arithmetic); lookups and gathers count zero. The cascade's own
+graph has data-dependent shapes (K depends on N, sparse inputs), so each part is traced on its
+own at fixed batch sizes: the light user tower for one user, the light item tower and head per
+candidate, the heavy model per candidate. Every part is linear in its batch, so two batch sizes
+give its per-row cost, and a request of N candidates with K routed costs
+
+    light_user + N * light_per_candidate + K * heavy_per_candidate
+
+against N * heavy_per_candidate for the heavy model on all N.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from hap.data import contract as c
+
+
+def graph_flops(fn, input_signature: list) -> int:
+    graph = tf.function(fn).get_concrete_function(*input_signature).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+
+
+def transformed_signature(features, batch: int) -> dict:
+    """TensorSpecs of transformed features (models/spec.py) at a fixed batch size."""
+    specs = {}
+    for f in features:
+        if f.kind == c.NUMERIC:
+            specs[f.name] = tf.TensorSpec([batch], tf.float32)
+        elif f.kind == c.CATEGORICAL:
+            specs[f.name] = tf.TensorSpec([batch], tf.int64)
+        else:
+            specs[f.name] = tf.TensorSpec([batch, f.max_len], tf.int64)
+    return specs
+
+
+def _per_row(fn, signature_at) -> tuple[int, int]:
+    """(per-row, fixed) FLOPs of fn, from its counts at batch 1 and 2."""
+    one, two = graph_flops(fn, signature_at(1)), graph_flops(fn, signature_at(2))
+    return two - one, 2 * one - two
+
+
+def model_flops(light, heavy) -> dict:
+    """Per-part FLOPs of a light and a heavy model (Keras models with a `spec`)."""
+    user_features = light.spec.user_side
+    item_features = light.spec.item_side
+    width = light.user_embedding({k: tf.zeros(s.shape, s.dtype) for k, s in
+                                  transformed_signature(user_features, 1).items()}).shape[-1]
+    light_user = graph_flops(light.user_embedding, [transformed_signature(user_features, 1)])
+    light_item, _ = _per_row(
+        lambda items, u: light.score_from_embeddings(u, light.item_embedding(items)),
+        lambda b: [transformed_signature(item_features, b), tf.TensorSpec([1, width], tf.float32)])
+    heavy_item, _ = _per_row(lambda f: heavy(f, training=False),
+                             lambda b: [transformed_signature(heavy.spec.all_features, b)])
+    return {"light_user": light_user, "light_per_candidate": light_item, "heavy_per_candidate": heavy_item}
+
+
+def routed_count(n: int, route_fraction: float) -> int:
+    """K of the cascade for N candidates (the graph's `CascadeModule.route_count`)."""
+    return min(max(math.ceil(route_fraction * n), 1), n)
+
+
+def request_flops(parts: dict, n: int, k: int) -> dict:
+    """FLOPs of one request of n candidates: the cascade with k routed, and the heavy model on all."""
+    cascade = parts["light_user"] + n * parts["light_per_candidate"] + k * parts["heavy_per_candidate"]
+    return {"cascade": cascade, "light_only": parts["light_user"] + n * parts["light_per_candidate"],
+            "heavy_all": n * parts["heavy_per_candidate"]}

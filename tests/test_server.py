@@ -1,0 +1,248 @@
+"""The TF Serving gRPC API over a model base path: `hap serve`, and TF Serving itself where its
+binary is on PATH."""
+import collections
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
+
+from hap import cli
+from hap.data import contract as c
+from hap.data import reader
+from hap.serving import client, server
+from hap.serving import request as rq
+from hap.serving import warmup
+
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+TF_SERVING = shutil.which("tensorflow_model_server")
+
+
+def _copy_version(src: str, base: str, version: int, hold_back_graph: bool = False) -> str:
+    """Copies a SavedModel into <base>/<version>/ as TFX's Pusher does: saved_model.pb last."""
+    dst = os.path.join(base, str(version))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("saved_model.pb"))
+    if not hold_back_graph:
+        shutil.copy(os.path.join(src, "saved_model.pb"), dst)
+    return dst
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_available(target: str, timeout: float = 120.0) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(target))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+                model_spec=model_pb2.ModelSpec(name="hap")), timeout=5)
+            if any(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status):
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{target} never reported the model AVAILABLE")
+
+
+@pytest.fixture(scope="module")
+def base_path(cascade_model, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving") / "hap")
+    _copy_version(cascade_model, base, 1)
+    return base
+
+
+Target = collections.namedtuple("Target", "kind address")
+
+
+@pytest.fixture(scope="module", params=["hap serve", "tensorflow_model_server"])
+def target(request, base_path):
+    if request.param == "hap serve":
+        running = server.start(base_path, "hap", port=0, max_message_bytes=MAX_MESSAGE_BYTES, poll_seconds=0.2)
+        yield Target(request.param, f"127.0.0.1:{running.port}")
+        running.stop()
+        return
+    if not TF_SERVING:
+        pytest.skip("tensorflow_model_server is not on PATH")
+    port = _free_port()
+    process = subprocess.Popen([TF_SERVING, f"--port={port}", "--model_name=hap", f"--model_base_path={base_path}",
+                                "--grpc_max_threads=8"])
+    try:
+        _wait_available(f"127.0.0.1:{port}")
+        yield Target(request.param, f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stub(target):
+    return client.connect(target.address)
+
+
+@pytest.fixture(scope="module")
+def features(e2e_data):
+    return c.load_features(e2e_data)
+
+
+@pytest.fixture(scope="module")
+def good_request(e2e_data, features):
+    by_request = collections.defaultdict(list)
+    for row in reader.read_rows(e2e_data, features=features):
+        by_request[row["request_id"]].append(row)
+    return rq.from_rows(max(by_request.values(), key=len), features)
+
+
+def test_a_round_trip_gives_what_the_model_gives_in_process(stub, good_request, cascade_model):
+    served = client.predict(stub, "hap", "cascade", good_request)
+    model = tf.saved_model.load(cascade_model)
+    local = model.signatures["cascade"](**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
+                                           for k, v in good_request.items()})
+    assert set(served) == set(local)
+    for key, value in local.items():
+        np.testing.assert_allclose(served[key], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_metadata_describes_the_request_layout(stub, features):
+    signature = client.signature_def(stub, "hap", "cascade")
+    layout = client.layout_from_signature(signature)
+    assert set(layout.names) == set(features.names)
+    for f in features.features:
+        assert rq.is_request_level(layout[f.name]) == rq.is_request_level(f), f.name
+        assert layout[f.name].kind == f.kind, f.name
+    assert set(signature.outputs) == {"scores", "top_indices", "light_scores", "heavy_scores", "routed"}
+
+
+def _bad_requests(good: dict, features: c.FeatureSet) -> dict:
+    """name -> (signature, inputs, model name, expected code, words the message must contain)."""
+    numeric = next(f.name for f in features.features if f.kind == c.NUMERIC)
+    user = next(f.name for f in features.features if f.role == c.USER and f.kind == c.CATEGORICAL)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    without = {k: v for k, v in good.items() if k != "item_id"}
+    return {
+        "unknown signature": ("rank_everything", good, "hap", invalid, "rank_everything"),
+        "missing feature": ("cascade", without, "hap", invalid, "item_id"),
+        "extra feature": ("cascade", {**good, "u_favourite_colour": good["item_id"]}, "hap", invalid,
+                          "u_favourite_colour"),
+        "wrong dtype": ("cascade", {**good, numeric: good[numeric].astype(str).astype(object)}, "hap", invalid,
+                        numeric),
+        "wrong shape": ("cascade", {**good, user: np.repeat(good[user], 3)}, "hap", invalid, user),
+        "no candidates": ("cascade", warmup.empty_request(features, 0), "hap", invalid, "N = 0"),
+        "too many candidates": ("cascade", warmup.empty_request(features, 5001), "hap", invalid, "5000"),
+        "unknown model": ("cascade", good, "rank", grpc.StatusCode.NOT_FOUND, "rank"),
+    }
+
+
+@pytest.mark.parametrize("problem", ["unknown signature", "missing feature", "extra feature", "wrong dtype",
+                                     "wrong shape", "no candidates", "too many candidates", "unknown model"])
+def test_malformed_requests_are_rejected_and_the_server_keeps_serving(stub, target, good_request, features,
+                                                                       problem):
+    signature, inputs, model_name, code, words = _bad_requests(good_request, features)[problem]
+    with pytest.raises(grpc.RpcError) as error:
+        client.predict(stub, model_name, signature, inputs)
+    assert error.value.code() == code, error.value.details()
+    if target.kind == "hap serve":  # TF Serving words its messages its own way
+        assert words in error.value.details(), error.value.details()
+    assert len(client.predict(stub, "hap", "cascade", good_request)["scores"]) == len(good_request["item_id"])
+
+
+def test_oversized_messages_are_refused(base_path, good_request):
+    running = server.start(base_path, "hap", port=0, max_message_bytes=MAX_MESSAGE_BYTES, poll_seconds=60)
+    try:
+        big = dict(good_request)
+        big["item_id"] = np.array(["x" * MAX_MESSAGE_BYTES] + list(good_request["item_id"][1:]), object)
+        with pytest.raises(grpc.RpcError) as error:
+            client.predict(client.connect(f"127.0.0.1:{running.port}"), "hap", "cascade", big)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        running.stop()
+
+
+def test_a_pushed_version_is_swapped_in_without_failing_requests(cascade_model, good_request, tmp_path):
+    base = str(tmp_path / "hap")
+    _copy_version(cascade_model, base, 1)
+    running = server.start(base, "hap", port=0, poll_seconds=0.2)
+    stub = client.connect(f"127.0.0.1:{running.port}")
+    versions, errors, stop = [], [], threading.Event()
+    request = warmup.predict_request("hap", "cascade", good_request)
+
+    def stream():
+        while not stop.is_set():
+            try:
+                versions.append(stub.Predict(request, timeout=30).model_spec.version.value)
+            except grpc.RpcError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        # The Pusher's copy is not atomic: a version folder without its graph is not loaded yet.
+        partial = _copy_version(cascade_model, base, 2, hold_back_graph=True)
+        time.sleep(1.0)
+        assert running.model_server.current.version == 1
+        shutil.copy(os.path.join(cascade_model, "saved_model.pb"), partial)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not versions or versions[-1] != 2):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        running.stop()
+    assert not errors, errors[:3]
+    assert versions.count(1) > 0 and versions.count(2) > 0
+    assert versions.index(2) > 0 and 1 not in versions[len(versions) - versions[::-1].index(1):]
+
+
+def test_a_broken_version_leaves_the_served_one_in_place(cascade_model, tmp_path):
+    base = str(tmp_path / "hap")
+    _copy_version(cascade_model, base, 1)
+    model_server = server.ModelServer(base, "hap")
+    assert model_server.poll() and model_server.current.version == 1
+    os.makedirs(os.path.join(base, "2"))
+    with open(os.path.join(base, "2", "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+    assert not model_server.poll()
+    assert model_server.current.version == 1
+
+
+def test_start_fails_clearly_without_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no loadable model version"):
+        server.start(str(tmp_path / "nothing"), port=0)
+
+
+def test_hap_query_prints_the_ranking(target, e2e_data, capsys):
+    assert cli.main(["query", "--data", e2e_data, "--server", target.address, "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert "re-scored by the heavy model" in out
+    ranked = lines[-5:]
+    assert [int(line.split()[0]) for line in ranked] == [1, 2, 3, 4, 5]
+    assert all(line.rstrip().endswith("yes") for line in ranked[:1]), "the top candidate is a routed one"
+
+
+def test_hap_query_takes_a_json_request_and_names_unknown_features(target, tmp_path, capsys):
+    doc = {"request": {"user_id": "7"},
+           "candidates": [{"item_id": "1", "content_type": "article"}, {"item_id": "2"}]}
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(doc))
+    assert cli.main(["query", "--json", str(path), "--server", target.address]) == 0
+    assert "2 candidates" in capsys.readouterr().out
+    doc["candidates"][1]["item_colour"] = "red"
+    path.write_text(json.dumps(doc))
+    assert cli.main(["query", "--json", str(path), "--server", target.address]) == 2
+    assert "candidates[1].item_colour" in capsys.readouterr().err
