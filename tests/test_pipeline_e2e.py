@@ -3,9 +3,14 @@ import csv
 import os
 import shutil
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from hap.data import contract as c
+from hap.data import reader
 from hap.pipeline import local_runner, run_report
+from hap.serving import request as rq
 
 EVERY_COMPONENT = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
                    "Transform", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
@@ -98,6 +103,15 @@ def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(e2e_data, run_pip
     assert {ran[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, ran
     assert os.path.isfile(os.path.join(out, "schema", "schema.pbtxt"))
     assert len(_pushed(out)) == 1
+    # The pushed cascade serves this feature set's requests, string ids and empty histories included.
+    features = c.load_features(str(foreign))
+    rows = list(reader.read_rows(str(foreign), features=features))
+    request = rq.from_rows([r for r in rows if r["request_id"] == rows[0]["request_id"]], features)
+    assert request["user_id"][0].startswith("user-")
+    model = tf.saved_model.load(os.path.join(out, "serving", "hap", _pushed(out)[0]))
+    scores = model.signatures["cascade"](**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
+                                            for k, v in request.items()})["scores"].numpy()
+    assert len(scores) == len(request["item_id"]) and np.isfinite(scores).all()
 
 
 def test_anomalous_data_stops_the_run_before_training(e2e_data, run_pipeline, tmp_path):
