@@ -29,13 +29,13 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.data import reader
-from hap.serving import cascade, client, flops, warmup
+from hap.serving import cascade, client, flops, server, warmup
 from hap.serving import request as rq
 
 
 def newest_version(run_dir: str) -> str:
     base = os.path.join(run_dir, "serving", "hap")
-    versions = sorted((int(v) for v in os.listdir(base) if v.isdigit()), default=None) if os.path.isdir(base) else None
+    versions = server.complete_versions(base)
     if not versions:
         raise FileNotFoundError(f"no pushed cascade under {base}: run `hap run` first")
     return os.path.join(base, str(versions[-1]))
@@ -82,7 +82,7 @@ def _free_port() -> int:
 
 def time_grpc(version_dir: str, requests: list, total: int) -> dict:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", os.path.dirname(version_dir),
+    process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", os.path.dirname(version_dir),
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         stub = client.connect(f"127.0.0.1:{port}")
@@ -92,14 +92,14 @@ def time_grpc(version_dir: str, requests: list, total: int) -> dict:
                 client.signature_def(stub, "hap", "cascade", timeout=5)
                 break
             except Exception:
-                if time.time() > deadline or server.poll() is not None:
+                if time.time() > deadline or process.poll() is not None:
                     raise RuntimeError("hap serve did not come up")
                 time.sleep(1)
         protos = [warmup.predict_request("hap", "cascade", r) for r in requests]
         return time_calls(lambda p: stub.Predict(p, timeout=60), protos, total)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def main() -> None:
