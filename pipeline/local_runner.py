@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+import absl.logging
 from tfx import v1 as tfx
 
 from hap import schema as default_schema
@@ -56,7 +57,9 @@ def show_component_progress() -> None:
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _ComponentProgress) for f in absl_logger.filters):
         absl_logger.addFilter(_ComponentProgress())
-    absl_logger.setLevel(logging.INFO)
+    # Through absl's verbosity flag, not the logger's level: TensorFlow saves and restores that
+    # flag around every SavedModel export, which would reset a level set on the logger alone.
+    absl.logging.set_verbosity(absl.logging.INFO)
     logging.getLogger("apache_beam.transforms.core").setLevel(logging.ERROR)
 
 
@@ -65,13 +68,15 @@ def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
     return {role: os.path.join(root, f"Trainer_{role}", "model_run") for role in ("light", "heavy")}
 
 
-def run(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
-        auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
-        enable_cache: bool = True, eval_days: int = configs.EVAL_DAYS) -> None:
+def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
+          auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
+          enable_cache: bool = True, eval_days: int = configs.EVAL_DAYS) -> tfx.dsl.Pipeline:
+    """The pipeline over a dataset on this machine's file system, with the layout above; the
+    Airflow DAG (pipeline/airflow_dag.py) runs the same one."""
     data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
     features = c.load_features(data_root)
     os.makedirs(out_dir, exist_ok=True)
-    pipeline = create_pipeline(
+    return create_pipeline(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=os.path.join(out_dir, "pipeline_root"),
         data_root=data_root,
@@ -89,5 +94,10 @@ def run(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_t
         beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
         enable_cache=enable_cache,
     )
+
+
+def run(data_root: str, out_dir: str, **settings) -> None:
+    """Runs `build(data_root, out_dir, **settings)` in this process."""
+    pipeline = build(data_root, out_dir, **settings)
     show_component_progress()
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -36,3 +36,15 @@ def test_progress_filter_keeps_component_lines_and_drops_chatter():
     assert not f.filter(record(logging.INFO, "Generating examples."))
     assert f.filter(record(logging.WARNING, "Something the user should see"))
     assert not f.filter(record(logging.WARNING, "ArtifactQuery.property_predicate is not supported."))
+
+
+def test_component_progress_survives_a_savedmodel_export(tmp_path):
+    """TensorFlow saves and restores absl's verbosity around every export (as the Trainers and the
+    cascade assembly do); the progress lines must still get through afterwards."""
+    import tensorflow as tf
+
+    local_runner.show_component_progress()
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    assert logging.getLogger("absl").isEnabledFor(logging.INFO)
