@@ -5,9 +5,10 @@ Signatures (inputs as in `serving/request.py`):
 
 - `cascade` (also `serving_default`): runs Transform and the light user tower once for the
   request, the light item tower and head on all N candidates, and the heavy model on the K
-  candidates with the highest light scores, K = ceil(route_fraction * N). Those are the
-  candidates that decide the top of the list, where the light model's errors cost most; the rest
-  are left out of ranking by either model. Returns
+  candidates with the highest light scores, K = ceil(route_fraction * N). Those are the hard
+  ones for pre-ranking: they compete for the places passed on to ranking, where the light
+  model's errors cost most, while a candidate far below the cut is dropped whatever its exact
+  score. The rest keep their light scores. Returns
   `scores` float32 [N]: the ranking key, 1 + heavy probability for a routed candidate and the
   light probability for the others, so routed candidates come first, ordered by the heavy
   model (a key, not a probability);
