@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import hap  # noqa: F401  (Keras 2 for TensorFlow Recommenders, before anything imports TensorFlow)
@@ -46,6 +47,15 @@ def run_pipeline():
 def e2e_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("e2e") / "data")
     simulator.simulate(out, E2E, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def e2e_funnel_data(e2e_data, tmp_path_factory):
+    """`e2e_data` with a funnel/ of 3 requests: the simulator writes the same samples/ whatever
+    the number of funnel requests, so `pipeline_run` and `cascade_model` fit it too."""
+    out = str(tmp_path_factory.mktemp("e2e") / "data_with_funnel")
+    simulator.simulate(out, dataclasses.replace(E2E, funnel_requests=3), progress=False)
     return out
 
 

@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["hap", "hap.data"] + [f"hap.{p}" for p in ROLE_PACKAGES] + [
+    packages=["hap", "hap.data", "hap.evaluation"] + [f"hap.{p}" for p in ROLE_PACKAGES] + [
         f"hap.{p}.{sub}" for p in ROLE_PACKAGES for sub in find_packages(where=p)],
     package_dir={"hap": "hap", **{f"hap.{p}": p for p in ROLE_PACKAGES}},
     package_data={"hap.schema": ["*.pbtxt", "*.yaml"]},
@@ -35,7 +35,18 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.8",
         "scikit-learn>=1.3",
+        # TFX's KubeflowV2DagRunner and its container entrypoint import the KFP PipelineSpec
+        # proto; 0.7 is the last release built for protobuf 4 (0.8 needs protobuf 6).
+        "kfp-pipeline-spec>=0.7,<0.8",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={
+        "dev": ["pytest>=8"],
+        # The GPU pipeline image: TensorFlow with its CUDA libraries as pip wheels.
+        "gpu": ["tensorflow[and-cuda]==2.16.2"],
+        # Airflow 2 needs older Werkzeug, OpenTelemetry, importlib-metadata, rich and wrapt than the
+        # TFX set pins, so it installs into its own environment with constraints-airflow.txt
+        # (`make airflow-env`), never with constraints.txt.
+        "airflow": ["apache-airflow==2.10.5", "apache-airflow-providers-fab==1.5.3"],
+    },
     entry_points={"console_scripts": ["hap=hap.cli:main"]},
 )

@@ -5,8 +5,11 @@
     hap schema derive --features features.yaml --out schema.pbtxt
     hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--epochs E] [--beam-arg ARG ...]
     hap tensorboard OUT
+    hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
     hap serve MODEL_BASE_PATH [--port 8500] [--host 127.0.0.1]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
+    hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
+    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1] [--epochs 1] [--overwrite]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -81,6 +84,22 @@ def _run(args) -> int:
     return 0
 
 
+def _compile_kubeflow(args) -> int:
+    from hap.pipeline import kubeflow_runner
+
+    if args.gpu_image is None and (args.gpu_type is not None or args.gpus is not None):
+        raise ValueError("--gpu-type and --gpus apply to the Trainers' --gpu-image; give --gpu-image too")
+    resources = kubeflow_runner.gpu_resources(
+        args.gpu_type or kubeflow_runner.DEFAULT_GPU, 1 if args.gpus is None else args.gpus) if args.gpu_image else None
+    pipeline = kubeflow_runner.build(args.data_root, args.pipeline_root, serving_model_dir=args.serving_dir,
+                                     features_path=args.features, schema_path=args.schema,
+                                     beam_pipeline_args=args.beam_arg, trainer_resources=resources)
+    job = kubeflow_runner.compile_pipeline(pipeline, args.out, image=args.image, gpu_image=args.gpu_image)
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    print(f"wrote {args.out}: pipeline {job['displayName']!r}, {len(tasks)} tasks")
+    return 0
+
+
 def _tensorboard(args) -> int:
     from hap.pipeline import local_runner
 
@@ -136,6 +155,31 @@ def _query(args) -> int:
     print(f"{where}: answered in {1000 * (time.time() - start):.1f} ms by {args.server}")
     ids = inputs.get("item_id", [str(i) for i in range(n)])
     print(client.format_ranking(client.ranking(outputs, ids)[:args.top], n))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from hap.evaluation import evaluate
+
+    start = time.time()
+    result = evaluate.evaluate(args.model, args.data, args.out, ks=args.k, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    print(f"evaluated {result['model']} on {result['logged']['requests']} logged requests"
+          + ("" if "skipped" in result["funnel"] else f" and {result['funnel']['requests']} funnel requests")
+          + f" in {time.time() - start:.0f}s: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from hap.evaluation import benchmark, report
+
+    result = benchmark.benchmark(args.data, args.out, run_dir=args.run, seeds=args.seeds, epochs=args.epochs,
+                                 route_fractions=args.route_fractions, ks=args.k,
+                                 latency_requests=args.latency_requests, overwrite=args.overwrite,
+                                 progress=not args.quiet)
+    print(report.benchmark_table(result))
+    print(f"benchmark finished in {result['seconds']['total']:.0f}s: "
+          f"{os.path.join(args.out, 'report', 'benchmark.md')}")
     return 0
 
 
@@ -200,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     run.set_defaults(func=_run)
 
+    comp = sub.add_parser("compile", help="compile the pipeline for an orchestrator").add_subparsers(
+        dest="compile_command", required=True)
+    kfp = comp.add_parser("kubeflow", help="a Kubeflow Pipelines 2 / Vertex AI PipelineSpec (KubeflowV2DagRunner)",
+                          description="Every path is read on the cluster: use gs:// or a mounted volume.")
+    kfp.add_argument("--out", required=True, help="file to write: .json (PipelineJob) or .yaml (PipelineSpec)")
+    kfp.add_argument("--image", required=True, help="the pipeline image every component runs in (Dockerfile)")
+    kfp.add_argument("--data-root", required=True, help="the contract dataset, as the cluster reads it")
+    kfp.add_argument("--pipeline-root", required=True, help="where the components write their artifacts")
+    kfp.add_argument("--serving-dir", help="model base path the Pusher writes to (default: PIPELINE_ROOT/serving)")
+    kfp.add_argument("--features", help="local copy of the dataset's features.yaml (default: the default feature set)")
+    kfp.add_argument("--schema", help="curated schema of a non-default feature set, as the cluster reads it")
+    kfp.add_argument("--gpu-image", help="image the Trainers run in, with a GPU attached (the Dockerfile's GPU build)")
+    kfp.add_argument("--gpu-type", help="accelerator type of the Trainers, as Vertex AI names it (default: NVIDIA_TESLA_T4)")
+    kfp.add_argument("--gpus", type=int, help="GPUs per Trainer (default: 1)")
+    kfp.add_argument("--beam-arg", action="append",
+                     help="a Beam pipeline argument, e.g. --beam-arg=--runner=DataflowRunner "
+                          "(default: multi-process DirectRunner in each component's pod)")
+    kfp.set_defaults(func=_compile_kubeflow)
+
     tb = sub.add_parser("tensorboard", help="print how to open the training logs of a run in TensorBoard")
     tb.add_argument("out", help="the --out directory of `hap run`")
     tb.set_defaults(func=_tensorboard)
@@ -222,6 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--model", default="hap", help="model name on the server")
     query.add_argument("--top", type=int, default=20, help="rows to print")
     query.set_defaults(func=_query)
+
+    from hap.evaluation import benchmark, evaluate  # numpy only: --help stays fast
+
+    ev = sub.add_parser("evaluate", help="evaluate a pushed cascade request by request on a dataset's eval day")
+    ev.add_argument("--model", required=True,
+                    help="a cascade version folder, or a model base path such as OUT/serving/hap (newest version)")
+    ev.add_argument("--data", required=True, help="contract dataset: its last day of samples/, and funnel/ if any")
+    ev.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots)")
+    ev.add_argument("--k", type=int, nargs="+", default=list(evaluate.DEFAULT_KS), help="K of HitRate@K and Recall@K")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_evaluate)
+
+    bench = sub.add_parser("benchmark", help="train and compare HAP with its baselines on one dataset")
+    bench.add_argument("--data", required=True, help="contract dataset")
+    bench.add_argument("--out", required=True, help="output folder: run/ (the pipeline run) and report/")
+    bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(benchmark.DEFAULT_SEEDS),
+                       help="training seeds (mean ± std over them)")
+    bench.add_argument("--epochs", type=int, default=1, help="training epochs of every model")
+    bench.add_argument("--route-fractions", type=float, nargs="+", default=list(benchmark.DEFAULT_ROUTE_FRACTIONS),
+                       help="HAP's share of candidates re-scored by the heavy model (K = ceil(f N))")
+    bench.add_argument("--k", type=int, nargs="+", default=list(evaluate.DEFAULT_KS),
+                       help="K of HitRate@K and Recall@K")
+    bench.add_argument("--latency-requests", type=int, default=benchmark.DEFAULT_LATENCY_REQUESTS,
+                       help="requests timed per architecture")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing OUT/report")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_benchmark)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo", help="working directory")

@@ -140,9 +140,12 @@ class LossHarmonizer(tf.Module):
         super().__init__(name=name)
         self.groups = tuple(_group_name(g) for g in groups)
         self.momentum = momentum
-        self.ema = tf.Variable(tf.zeros([len(self.groups)]), trainable=False, name="ema")
+        # Under a tf.distribute strategy every replica computes the loss of the whole step
+        # (training.gather_replicas), hence the same update: the first replica's stands for all.
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.ema = tf.Variable(tf.zeros([len(self.groups)]), trainable=False, name="ema", aggregation=first)
         self.initialised = tf.Variable(
-            tf.zeros([len(self.groups)], tf.bool), trainable=False, name="initialised")
+            tf.zeros([len(self.groups)], tf.bool), trainable=False, name="initialised", aggregation=first)
 
     def __call__(self, losses, counts, update=True) -> tf.Tensor:
         """float32 [G] weights for the [G] group `losses` with `counts` contributing positives."""

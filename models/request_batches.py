@@ -5,13 +5,15 @@ batch must hold every sample of each request it touches. TFX's ExampleGen shuffl
 the grouping happens here: a split of transformed examples is read into memory once, its rows
 are grouped by `request_key`, and each epoch packs whole requests, in a fresh random order,
 into batches of about `batch_size` samples (a request larger than that gets a batch of its own;
-none is ever split). At the default data size a split is a few tens of MB. Data larger than one
-worker's memory is sharded by request upstream (see README, "Training at scale"), and each
-worker groups its own shard the same way.
+none is ever split). At the default data size a split is a few tens of MB.
+
+With several replicas (models/distribute.py) the same packing is cut into steps of one batch per
+replica, so each replica holds whole requests of its own; every worker holds the whole split and
+packs it the same way, which bounds a split by one worker's memory (see docs/deploying.md).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -69,18 +71,31 @@ class RequestBatcher:
         if batch:
             yield np.concatenate(batch)
 
-    def steps_per_epoch(self) -> int:
-        return sum(1 for _ in self.batch_indices(0))
+    def steps_per_epoch(self, num_replicas: int = 1) -> int:
+        return sum(1 for _ in self.step_batches(0, num_replicas))
 
-    def dataset(self, epochs: int) -> tf.data.Dataset:
-        """`epochs` passes over the data, requests reshuffled every pass, as dicts of tensors."""
+    def step_batches(self, epoch: int, num_replicas: int = 1) -> Iterator[list[np.ndarray]]:
+        """The epoch's batches, `num_replicas` per step (replica k takes the k-th); the last
+        step is padded with empty batches, since every replica must run every step."""
+        batches = list(self.batch_indices(epoch))
+        batches += [np.zeros(0, np.int64)] * (-len(batches) % num_replicas)
+        for start in range(0, len(batches), num_replicas):
+            yield batches[start:start + num_replicas]
+
+    def dataset(self, epochs: int, num_replicas: int = 1, replicas: Iterable[int] = (0,)) -> tf.data.Dataset:
+        """`epochs` passes over the data, requests reshuffled every pass, as dicts of tensors:
+        per step, the batches of `replicas` (of `num_replicas`), in that order."""
+        replicas = list(replicas)
+        if not replicas or min(replicas) < 0 or max(replicas) >= num_replicas:
+            raise ValueError(f"replicas must be in [0, {num_replicas}), got {replicas}")
         signature = {name: tf.TensorSpec((None,) + value.shape[1:], tf.as_dtype(value.dtype)
                                          if value.dtype.kind != "O" else tf.string)
                      for name, value in self.arrays.items()}
 
         def generate():
             for epoch in range(epochs):
-                for idx in self.batch_indices(epoch):
-                    yield {name: value[idx] for name, value in self.arrays.items()}
+                for step in self.step_batches(epoch, num_replicas):
+                    for replica in replicas:
+                        yield {name: value[step[replica]] for name, value in self.arrays.items()}
 
         return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)

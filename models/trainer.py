@@ -20,11 +20,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from hap.data import contract as c
-from hap.models import heavy, light, losses, preprocessing, request_batches, spec, training
+from hap.models import distribute, heavy, light, losses, preprocessing, request_batches, spec, training
 
 LIGHT, HEAVY = "light", "heavy"
 # What each model trains on: the heavy model only ever re-scores hard candidates.
 TRAINING_GROUPS = {LIGHT: c.SAMPLE_GROUPS, HEAVY: (c.EP, c.EN, c.RN)}
+# `TrainerSettings.training_groups`: the role's groups above, or every group. "all" exists for the
+# benchmark's uniform-scaling baseline, the heavy model trained as a one-stage pre-ranker.
+ROLE_GROUPS, ALL_GROUPS = "default", "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +40,27 @@ class TrainerSettings:
     temperature: float = losses.DEFAULT_TEMPERATURE
     seed: int = 0
     conflict_every_n_steps: int = 10
+    training_groups: str = ROLE_GROUPS
 
     def __post_init__(self):
         if self.role not in (LIGHT, HEAVY):
             raise ValueError(f"role must be light or heavy, got {self.role!r}")
         if self.loss not in losses.LOSS_NAMES:
             raise ValueError(f"loss must be one of {losses.LOSS_NAMES}, got {self.loss!r}")
+        if self.training_groups not in (ROLE_GROUPS, ALL_GROUPS):
+            raise ValueError(f"training_groups must be {ROLE_GROUPS!r} or {ALL_GROUPS!r}, "
+                             f"got {self.training_groups!r}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The sample groups this model trains on."""
+        return c.SAMPLE_GROUPS if self.training_groups == ALL_GROUPS else TRAINING_GROUPS[self.role]
+
+    @property
+    def loss_selection(self) -> str:
+        """The `losses.make_loss` role whose sample selection matches `groups`: on every group
+        that is the light role's (all four negative sources), whichever model is trained."""
+        return LIGHT if self.training_groups == ALL_GROUPS else self.role
 
 
 def settings_from_config(custom_config: dict) -> TrainerSettings:
@@ -54,8 +72,8 @@ def build_scorer(role: str, model_spec: spec.ModelSpec) -> tf.keras.Model:
     return light.LightModel(model_spec) if role == LIGHT else heavy.HeavyModel(model_spec)
 
 
-def _keep_groups(arrays: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
-    wanted = [spec.GROUP_INDEX[g] for g in TRAINING_GROUPS[role]]
+def _keep_groups(arrays: dict[str, np.ndarray], groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+    wanted = [spec.GROUP_INDEX[g] for g in groups]
     keep = np.isin(arrays[spec.SAMPLE_GROUP], wanted)
     return {k: v[keep] for k, v in arrays.items()}
 
@@ -67,22 +85,28 @@ def _probe(arrays: dict[str, np.ndarray], requests: int = 64, seed: int = 0) -> 
     return {k: v[chosen] for k, v in arrays.items()}
 
 
-def train(settings: TrainerSettings, model_spec: spec.ModelSpec, train_arrays, eval_arrays, log_dir: str):
-    """Trains a scorer; returns it with the per-epoch AUCs and gradient-conflict history."""
+def train(settings: TrainerSettings, model_spec: spec.ModelSpec, train_arrays, eval_arrays, log_dir: str,
+          strategy: tf.distribute.Strategy | None = None):
+    """Trains a scorer (with `strategy`, default: the current one); returns it with the
+    per-epoch AUCs and gradient-conflict history."""
+    strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(settings.seed)
-    train_arrays = _keep_groups(train_arrays, settings.role)
-    scorer = build_scorer(settings.role, model_spec)
-    extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
-    loss_fn = losses.make_loss(settings.loss, settings.role, **extra)
-    model = training.RoutedTrainer(scorer, loss_fn)
-    model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate))
-    batcher = request_batches.RequestBatcher(train_arrays, settings.batch_size, seed=settings.seed)
+    train_arrays = _keep_groups(train_arrays, settings.groups)
+    with strategy.scope():
+        scorer = build_scorer(settings.role, model_spec)
+        extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
+        loss_fn = losses.make_loss(settings.loss, settings.loss_selection, **extra)
+        model = training.RoutedTrainer(scorer, loss_fn)
+        model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate))
+    batch_size = distribute.per_replica_batch_size(settings.batch_size, strategy.num_replicas_in_sync)
+    batcher = request_batches.RequestBatcher(train_arrays, batch_size, seed=settings.seed)
     auc_cb = training.PerSourceAUC(scorer, eval_arrays, log_dir)
     conflict_cb = training.GradientConflict(
         scorer, loss_fn, _probe(train_arrays, seed=settings.seed), log_dir,
         every_n_steps=settings.conflict_every_n_steps,
-        negative_groups=tuple(g for g in TRAINING_GROUPS[settings.role] if g != c.EP))
-    model.fit(batcher.dataset(settings.epochs), epochs=settings.epochs, steps_per_epoch=batcher.steps_per_epoch(),
+        negative_groups=tuple(g for g in settings.groups if g != c.EP))
+    model.fit(distribute.request_dataset(strategy, batcher, settings.epochs), epochs=settings.epochs,
+              steps_per_epoch=batcher.steps_per_epoch(strategy.num_replicas_in_sync),
               callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=20), auc_cb, conflict_cb],
               verbose=2)
     return scorer, {"per_source_auc": auc_cb.history, "gradient_conflict": conflict_cb.history}
@@ -114,6 +138,9 @@ def export(scorer: tf.keras.Model, tft_output, features: c.FeatureSet, export_di
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
+    tf_config = distribute.tf_config_from_environment()
+    strategy = distribute.strategy_for(tf_config)  # first: before any other TensorFlow op
+    model_run_dir = distribute.output_dir(fn_args.model_run_dir, tf_config)
     settings = settings_from_config(fn_args.custom_config)
     features = preprocessing.feature_set_from_config(fn_args.custom_config)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -121,7 +148,7 @@ def run_fn(fn_args) -> None:
     feature_spec = tft_output.transformed_feature_spec()
     train_arrays = request_batches.load_split(fn_args.train_files, feature_spec)
     eval_arrays = request_batches.load_split(fn_args.eval_files, feature_spec)
-    scorer, history = train(settings, model_spec, train_arrays, eval_arrays, fn_args.model_run_dir)
-    export(scorer, tft_output, features, fn_args.serving_model_dir)
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_history.json"), "w") as f:
+    scorer, history = train(settings, model_spec, train_arrays, eval_arrays, model_run_dir, strategy)
+    export(scorer, tft_output, features, distribute.output_dir(fn_args.serving_model_dir, tf_config))
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, "training_history.json"), "w") as f:
         json.dump({"settings": dataclasses.asdict(settings), **history}, f, indent=1)

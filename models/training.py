@@ -25,6 +25,12 @@ from hap.data import contract as c
 from hap.models import losses, spec
 
 
+def _replicas() -> int:
+    """Replicas computing this step together (1 outside a tf.distribute replica context)."""
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
 class RoutedTrainer(tf.keras.Model):
     """A scorer trained with a per-request loss; `call` is the scorer's logits."""
 
@@ -38,10 +44,14 @@ class RoutedTrainer(tf.keras.Model):
         return self.scorer(features, training=training)
 
     def _terms(self, features, training: bool):
-        ids, num_requests = losses.dense_request_ids(features[spec.REQUEST_KEY])
         logits = self.scorer(features, training=training)
-        return self.loss_fn(logits, features[spec.LABEL], features[spec.SAMPLE_GROUP], ids, num_requests,
-                            update=training)
+        if _replicas() > 1:
+            logits, labels, groups, ids, num_requests = gather_replicas(
+                tf.distribute.get_replica_context(), logits, features)
+        else:
+            labels, groups = features[spec.LABEL], features[spec.SAMPLE_GROUP]
+            ids, num_requests = losses.dense_request_ids(features[spec.REQUEST_KEY])
+        return self.loss_fn(logits, labels, groups, ids, num_requests, update=training)
 
     def _track(self, terms: dict) -> dict:
         for name, value in terms.items():
@@ -57,12 +67,38 @@ class RoutedTrainer(tf.keras.Model):
     def train_step(self, features):
         with tf.GradientTape() as tape:
             terms = self._terms(features, training=True)
+            # Each replica holds the loss of the whole step (see gather_replicas) and the
+            # optimizer sums the replicas' gradients: each replica contributes 1/N of it.
+            loss = terms["loss"] / _replicas()
         variables = self.scorer.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(terms["loss"], variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return self._track(terms)
 
     def test_step(self, features):
         return self._track(self._terms(features, training=False))
+
+
+def gather_replicas(context: tf.distribute.ReplicaContext, logits, features):
+    """The whole step's batch, gathered from every replica, as the losses' inputs:
+    (logits, labels, groups, request_ids, num_requests).
+
+    A per-replica loss would be a mean over that replica's samples, and the replicas' means do
+    not average to the step's mean when their batches differ in size, nor would GHCL's
+    harmoniser see the same group losses on every replica. Gathering gives every replica the
+    loss one device would compute on the step's batch; all_gather's gradient hands each replica
+    the part for its own samples. Requests are whole on each replica, so (local request id,
+    replica) names a request.
+    """
+    local_ids, _ = losses.dense_request_ids(features[spec.REQUEST_KEY])
+    request = local_ids * context.num_replicas_in_sync + tf.cast(context.replica_id_in_sync_group, tf.int32)
+    # The non-differentiable columns travel together as float32 (exact for these small integers),
+    # a dtype every collective implementation gathers.
+    side = tf.stack([tf.cast(features[spec.LABEL], tf.float32), tf.cast(features[spec.SAMPLE_GROUP], tf.float32),
+                     tf.cast(request, tf.float32)], axis=1)
+    logits = context.all_gather(logits, axis=0)
+    side = context.all_gather(side, axis=0)
+    ids, num_requests = losses.dense_request_ids(tf.cast(side[:, 2], tf.int32))
+    return logits, side[:, 0], tf.cast(side[:, 1], tf.int32), ids, num_requests
 
 
 def auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
@@ -135,8 +171,15 @@ class GradientConflict(tf.keras.callbacks.Callback):
         grads = tape.gradient(loss, self.scorer.trainable_variables)
         return tf.concat([tf.reshape(g, [-1]) for g in grads if g is not None], axis=0)
 
+    @tf.function(reduce_retracing=True)
+    def _probe_gradient(self, batch) -> tf.Tensor:
+        # Distributed variables are differentiable only in a replica context; every replica
+        # computes the same gradient of the probe, so the first replica's is kept.
+        strategy = tf.distribute.get_strategy()
+        return strategy.experimental_local_results(strategy.run(self._gradient, args=(batch,)))[0]
+
     def measure(self) -> dict[str, float]:
-        grads = {g: self._gradient(b) for g, b in self.sub_batches.items()}
+        grads = {g: self._probe_gradient(b) for g, b in self.sub_batches.items()}
         result = {}
         for a, b in itertools.combinations(grads, 2):
             cos = tf.reduce_sum(grads[a] * grads[b]) / (tf.norm(grads[a]) * tf.norm(grads[b]) + 1e-12)

@@ -22,3 +22,7 @@ HEAVY_TRAINER = {"role": "heavy", "loss": "ghcl", "epochs": 1, "batch_size": 102
 # Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
 # hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.
 BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# On a cluster (`hap compile kubeflow`) a component has its pod to itself: one Beam worker process
+# per core (0 = multiprocessing.cpu_count(), the node's cores, not the pod's CPU limit: on shared
+# nodes pass the pod's count). `--beam-arg` swaps in Dataflow, Flink or Spark (docs/deploying.md).
+CLUSTER_BEAM_PIPELINE_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]

@@ -41,3 +41,21 @@ def test_dataset_yields_whole_requests_as_tensors():
     batches = list(batcher.dataset(epochs=2).as_numpy_iterator())
     assert sum(len(b["x"]) for b in batches) == 2 * 15
     assert all(b[spec.REQUEST_KEY].dtype == object for b in batches)
+
+
+def test_each_replica_takes_its_own_batch_of_a_step_and_the_last_step_is_padded():
+    arrays = _arrays([5] * 9)
+    batcher = request_batches.RequestBatcher(arrays, batch_size=10, seed=0)
+    steps = list(batcher.step_batches(epoch=0, num_replicas=2))
+    assert [len(step) for step in steps] == [2, 2, 2] and batcher.steps_per_epoch(num_replicas=2) == 3
+    assert len(steps[-1][1]) == 0, "the fifth batch's step is padded with an empty one"
+    assert [b.tolist() for step in steps for b in step if len(b)] == [b.tolist() for b in batcher.batch_indices(0)]
+    second = list(batcher.dataset(epochs=1, num_replicas=2, replicas=[1]).as_numpy_iterator())
+    assert [sorted(b["x"].tolist()) for b in second] == [sorted(arrays["x"][s[1]].tolist()) for s in steps]
+
+
+@pytest.mark.parametrize("replicas", [[], [2], [-1]])
+def test_replicas_outside_the_step_are_an_error(replicas):
+    batcher = request_batches.RequestBatcher(_arrays([5] * 4), batch_size=10, seed=0)
+    with pytest.raises(ValueError, match="replicas"):
+        batcher.dataset(epochs=1, num_replicas=2, replicas=replicas)

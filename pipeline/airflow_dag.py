@@ -1,0 +1,52 @@
+"""The HAP pipeline as an Airflow DAG, built by TFX's AirflowDagRunner from the same pipeline
+`hap run` runs (`local_runner.build`): same components, same output layout, ML Metadata in
+`$HAP_OUT/metadata.sqlite`.
+
+Airflow imports this file from its dags folder (copy or link it there) in the environment of
+`make airflow-env`: Airflow 2's pins clash with the TFX set (see constraints-airflow.txt).
+Airflow passes a DAG file no arguments, so the settings come from the environment of the
+scheduler and the workers:
+
+    HAP_DATA       contract dataset directory (required)
+    HAP_OUT        output directory (required)
+    HAP_BEAM_ARGS  Beam pipeline arguments, split like a shell line
+                   (default: configs.BEAM_PIPELINE_ARGS)
+    HAP_SCHEDULE   the DAG's schedule, a cron expression or preset (default: @daily)
+
+Every component runs as one Airflow task, in the worker's process; the data-parallel ones
+(ExampleGen, StatisticsGen, Transform, Evaluator) hand their work to the Beam runner that
+HAP_BEAM_ARGS names, so a Dataflow, Flink or Spark runner takes them off the worker.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+
+from hap.pipeline import configs, local_runner  # hap first: it selects Keras 2 before TFX loads TensorFlow
+
+from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
+
+DEFAULT_SCHEDULE = "@daily"
+# Runs start from the first schedule after deployment: no backfill of days before it.
+START_DATE = datetime.datetime(2025, 1, 1)
+
+
+def _required(env, name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set; the HAP Airflow DAG reads its dataset directory from "
+                           "HAP_DATA and its output directory from HAP_OUT (see pipeline/airflow_dag.py)")
+    return value
+
+
+def build_dag(env=os.environ):
+    pipeline = local_runner.build(
+        _required(env, "HAP_DATA"), _required(env, "HAP_OUT"),
+        beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS)
+    config = AirflowPipelineConfig(airflow_dag_config={
+        "schedule": env.get("HAP_SCHEDULE", DEFAULT_SCHEDULE), "start_date": START_DATE, "catchup": False})
+    return AirflowDagRunner(config).run(pipeline)
+
+
+DAG = build_dag()

@@ -1,0 +1,137 @@
+"""Training with several replicas, run in subprocesses of tests/test_distribute.py.
+
+Replicas need their devices configured before TensorFlow initialises them, which the pytest
+process has long done, so each check runs in a fresh interpreter:
+
+    python tests/replica_checks.py mirrored OUT.npz       # MirroredStrategy on 2 logical CPUs
+    python tests/replica_checks.py multi_worker OUT.npz   # one of 2 workers, under TF_CONFIG
+
+Each writes what it observed to OUT.npz; the test compares it with one replica in its own process.
+The helpers here build the identical model, data and steps on both sides.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import hap  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+from hap.data import contract, simulator
+from hap.models import distribute, losses, request_batches, spec, trainer, training
+
+VOCAB = 50
+# The (role, loss) stepped on both sides: GHCL carries harmoniser state from step to step. The
+# gathering is the same for every model and loss, and each case costs half a minute of tracing.
+ROLE, LOSS = "light", "ghcl"
+
+
+def model_spec() -> spec.ModelSpec:
+    features = simulator.FEATURE_SET
+    names = {spec.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
+    return spec.ModelSpec(features, {n: VOCAB for n in names})
+
+
+def synthetic_arrays(num_requests: int, seed: int) -> dict[str, np.ndarray]:
+    """Transformed-looking rows of whole requests (3 to 11 samples, the first one a click),
+    shuffled as ExampleGen leaves them."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 12, num_requests)
+    n = int(sizes.sum())
+    arrays = {}
+    for f in simulator.FEATURE_SET.features:
+        if f.kind == contract.CATEGORICAL:
+            arrays[f.name] = rng.integers(0, VOCAB, n)
+        elif f.kind == contract.NUMERIC:
+            arrays[f.name] = rng.normal(size=n).astype(np.float32)
+        else:
+            arrays[f.name] = rng.integers(0, VOCAB, (n, f.max_len))
+    groups = np.concatenate([np.r_[0, rng.integers(0, 5, s - 1)] for s in sizes]).astype(np.int64)
+    arrays[spec.SAMPLE_GROUP] = groups
+    arrays[spec.LABEL] = (groups == 0).astype(np.float32)
+    arrays[spec.REQUEST_KEY] = np.concatenate([[f"r{i}".encode()] * s for i, s in enumerate(sizes)]).astype(object)
+    order = rng.permutation(n)
+    return {k: v[order] for k, v in arrays.items()}
+
+
+def step_batches(num_replicas: int = 2) -> list[list[dict[str, np.ndarray]]]:
+    """Two steps of one whole-request batch per replica, of unequal sizes: the replicas' mean
+    losses then differ from the step's mean loss, which the gathered loss must not."""
+    arrays = synthetic_arrays(40, seed=1)
+    batcher = request_batches.RequestBatcher(arrays, batch_size=60, seed=0)
+    steps = list(batcher.step_batches(epoch=0, num_replicas=num_replicas))[:2]
+    return [[{k: v[idx] for k, v in arrays.items()} for idx in step] for step in steps]
+
+
+def _initial_value(i: int, shape) -> np.ndarray:
+    return np.random.default_rng(i).normal(scale=0.05, size=shape).astype(np.float32)
+
+
+def run_steps(strategy: tf.distribute.Strategy, steps, role: str = ROLE, loss: str = LOSS) -> dict[str, np.ndarray]:
+    """Trains from fixed weights with plain SGD (its update is the gradient itself, unlike Adam's
+    first step) on `steps`, each a list of per-replica batches; returns the reported losses and
+    the final weights. One replica gets each step's batches concatenated."""
+    one = strategy.num_replicas_in_sync == 1
+    with strategy.scope():
+        scorer = trainer.build_scorer(role, model_spec())
+        model = training.RoutedTrainer(scorer, losses.make_loss(loss, role))
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+        scorer({k: tf.constant(v) for k, v in steps[0][0].items()})  # builds the weights
+        for i, variable in enumerate(scorer.trainable_variables):
+            variable.assign(_initial_value(i, variable.shape))
+
+    @tf.function
+    def train_step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+
+    reported = []
+    for step in steps:
+        parts = [{k: np.concatenate([p[k] for p in step]) for k in step[0]}] if one else step
+        batch = strategy.experimental_distribute_values_from_function(
+            lambda context, parts=parts: {k: tf.constant(v) for k, v in parts[context.replica_id_in_sync_group].items()})
+        out = train_step(batch)
+        reported.append(float(strategy.experimental_local_results(out)[0]["loss"]))
+    return {"losses": np.array(reported),
+            **{f"w{i}": v.numpy() for i, v in enumerate(scorer.trainable_variables)}}
+
+
+def local_request_batches(strategy, arrays, batch_size: int) -> list[list[bytes]]:
+    """The request keys of each batch this process's replicas get from `request_dataset`, step by
+    step (one list per local replica per step), for one epoch."""
+    batcher = request_batches.RequestBatcher(arrays, batch_size, seed=0)
+    seen = []
+    for step in distribute.request_dataset(strategy, batcher, epochs=1):
+        for local in strategy.experimental_local_results(step):
+            seen.append(local[spec.REQUEST_KEY].numpy().tolist())
+    return seen
+
+
+def _mirrored(out: str) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    default = distribute.strategy_for({})
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {"default_replicas": default.num_replicas_in_sync, "replicas": strategy.num_replicas_in_sync,
+              **run_steps(strategy, step_batches())}
+    arrays = synthetic_arrays(30, seed=2)
+    result["batches"] = json.dumps([[k.decode() for k in keys] for keys in local_request_batches(strategy, arrays, 40)])
+    settings = trainer.TrainerSettings(role="light", batch_size=80, conflict_every_n_steps=1)
+    _, history = trainer.train(settings, model_spec(), arrays, synthetic_arrays(10, seed=3),
+                               out + ".logs", strategy)
+    result["history"] = json.dumps(history)
+    np.savez(out, **result)
+
+
+def _multi_worker(out: str) -> None:
+    tf_config = distribute.tf_config_from_environment()
+    strategy = distribute.strategy_for(tf_config)
+    result = {"multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
+              "chief": distribute.is_chief(tf_config), **run_steps(strategy, step_batches())}
+    keys = local_request_batches(strategy, synthetic_arrays(30, seed=2), 40)
+    result["batches"] = json.dumps([[k.decode() for k in batch] for batch in keys])
+    np.savez(out, **result)
+
+
+if __name__ == "__main__":
+    {"mirrored": _mirrored, "multi_worker": _multi_worker}[sys.argv[1]](sys.argv[2])

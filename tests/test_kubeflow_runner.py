@@ -1,0 +1,136 @@
+"""`hap compile kubeflow`: the compiled spec parses as KFP's PipelineJob / PipelineSpec protos
+(strictly: an unknown field fails) and holds every component of the pipeline, with the images,
+accelerators and Beam arguments asked for. Expected components come from the pipeline object, so
+the test follows the pipeline as it grows."""
+import os
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.common import resolver
+
+from hap import cli
+from hap.pipeline import kubeflow_runner
+
+CPU, GPU = "registry.example.com/hap:cpu", "registry.example.com/hap:gpu"
+BEAM = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
+        "--temp_location=gs://bucket/tmp"]
+ROOTS = {"data_root": "gs://bucket/data", "pipeline_root": "gs://bucket/root"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("kfp") / "hap.json")
+    pipeline = kubeflow_runner.build(**ROOTS, beam_pipeline_args=BEAM,
+                                     trainer_resources=kubeflow_runner.gpu_resources("NVIDIA_L4", 2))
+    kubeflow_runner.compile_pipeline(pipeline, out, image=CPU, gpu_image=GPU)
+    with open(out) as f:
+        job = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineJob())
+    spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), pipeline_spec_pb2.PipelineSpec())
+    deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                       pipeline_spec_pb2.PipelineDeploymentConfig())
+    return {"out": out, "pipeline": pipeline, "job": job, "spec": spec, "deployment": deployment}
+
+
+def _container(compiled, task_id):
+    spec = compiled["spec"]
+    label = spec.components[spec.root.dag.tasks[task_id].component_ref.name].executor_label
+    return compiled["deployment"].executors[label].container
+
+
+def _tasks_of(node, tasks):
+    """Task ids of a pipeline node: a LatestBlessedModel resolver compiles to two tasks."""
+    if isinstance(node, resolver.Resolver):
+        return {t for t in tasks if t.startswith(f"{node.id}-")}
+    return {node.id} & set(tasks)
+
+
+def test_every_component_is_a_task_and_nothing_else(compiled):
+    tasks = set(compiled["spec"].root.dag.tasks)
+    nodes = compiled["pipeline"].components
+    assert len(nodes) >= 12
+    covered = set()
+    for node in nodes:
+        found = _tasks_of(node, tasks)
+        assert found, f"{node.id} is missing from the compiled spec"
+        covered |= found
+    assert covered == tasks
+    assert compiled["spec"].pipeline_info.name == "hap" and compiled["spec"].schema_version == "2.0.0"
+
+
+def test_components_run_in_the_configured_images(compiled):
+    trainers = {t.id for t in kubeflow_runner.trainers(compiled["pipeline"])}
+    assert trainers == {"Trainer_light", "Trainer_heavy"}
+    for node in compiled["pipeline"].components:
+        if isinstance(node, resolver.Resolver):
+            continue
+        container = _container(compiled, node.id)
+        assert container.image == (GPU if node.id in trainers else CPU), node.id
+        accelerator = container.resources.accelerator
+        assert (accelerator.type, accelerator.count) == (("NVIDIA_L4", 2) if node.id in trainers else ("", 0)), node.id
+
+
+def test_the_data_parallel_components_get_the_beam_arguments(compiled):
+    beam_nodes = {n.id for n in compiled["pipeline"].components
+                  if isinstance(getattr(n, "executor_spec", None), executor_spec.BeamExecutorSpec)}
+    assert {"ContractExampleGen", "StatisticsGen", "Transform", "Evaluator_light", "Evaluator_heavy"} <= beam_nodes
+    for node_id in beam_nodes:
+        args = list(_container(compiled, node_id).args)
+        assert args[-len(BEAM):] == BEAM, (node_id, args)
+    # ExampleGen's driver fingerprints the input files before the executor runs, with the same runner.
+    driver = _container(compiled, "ContractExampleGen").lifecycle.pre_cache_check
+    assert list(driver.args)[-len(BEAM):] == BEAM
+
+
+def test_the_curated_schema_is_read_from_the_image(compiled):
+    task = compiled["spec"].root.dag.tasks["ImportSchemaGen"]
+    assert task.inputs.parameters["schema_file"].runtime_value.constant_value.string_value == \
+        kubeflow_runner.IMAGE_SCHEMA
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "Dockerfile")) as f:
+        dockerfile = f.read().splitlines()
+    assert f"WORKDIR {kubeflow_runner.IMAGE_ROOT}" in dockerfile and "COPY . ." in dockerfile
+    assert kubeflow_runner.IMAGE_SCHEMA == f"{kubeflow_runner.IMAGE_ROOT}/schema/schema.pbtxt"
+    assert os.path.isfile(os.path.join(repo, "schema", "schema.pbtxt"))
+
+
+def test_the_output_is_written_atomically(compiled):
+    assert os.listdir(os.path.dirname(compiled["out"])) == ["hap.json"]
+
+
+def test_cli_writes_a_yaml_pipeline_spec(tmp_path, capsys):
+    out = tmp_path / "spec" / "hap.yaml"
+    assert cli.main(["compile", "kubeflow", "--out", str(out), "--image", CPU, "--data-root", ROOTS["data_root"],
+                     "--pipeline-root", ROOTS["pipeline_root"], "--beam-arg=--direct_num_workers=4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with open(out) as f:
+        spec = json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
+    executors = spec.deployment_spec["executors"]
+    images = {e["container"]["image"] for e in executors.values() if "container" in e}
+    assert images == {CPU}
+    assert "--direct_num_workers=4" in executors["Transform_executor"]["container"]["args"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "hap.txt"], "must end with"),
+    (["--gpus", "2"], "--gpu-image"),
+    (["--gpu-image", GPU, "--gpus", "0"], "at least one GPU"),
+    (["--features", "missing/features.yaml"], "no such features.yaml"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
+    argv = ["compile", "kubeflow", "--out", str(tmp_path / "hap.json"), "--image", CPU,
+            "--data-root", ROOTS["data_root"], "--pipeline-root", ROOTS["pipeline_root"]] + extra
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "hap.json")
+
+
+def test_a_foreign_feature_set_needs_its_schema(tmp_path):
+    features = tmp_path / "features.yaml"
+    features.write_text("version: 1\nfeatures:\n  - {name: i_price, role: item, kind: numeric}\n")
+    with pytest.raises(ValueError, match="schema must be given"):
+        kubeflow_runner.build(**ROOTS, features_path=str(features))
+    pipeline = kubeflow_runner.build(**ROOTS, features_path=str(features), schema_path="gs://bucket/schema.pbtxt")
+    assert pipeline.pipeline_info.pipeline_root == ROOTS["pipeline_root"]
