@@ -73,3 +73,24 @@ def cascade_model(pipeline_run):
     """The directory of the first cascade SavedModel the pipeline pushed."""
     base = os.path.join(pipeline_run, "serving", "hap")
     return os.path.join(base, sorted(os.listdir(base))[0])
+
+
+@pytest.fixture(scope="session")
+def e2e_features(e2e_data):
+    from hap.data import contract
+
+    return contract.load_features(e2e_data)
+
+
+@pytest.fixture(scope="session")
+def e2e_requests(e2e_data, e2e_features):
+    """The three largest requests of `e2e_data` as cascade request tensors (serving/request.py),
+    largest first."""
+    from hap.data import reader
+    from hap.serving import request
+
+    by_request = {}
+    for row in reader.read_rows(e2e_data, features=e2e_features):
+        by_request.setdefault(row["request_id"], []).append(row)
+    largest = sorted(by_request.values(), key=len, reverse=True)[:3]
+    return [request.from_rows(rows, e2e_features) for rows in largest]

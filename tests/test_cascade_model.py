@@ -1,5 +1,4 @@
 """The pushed cascade SavedModel, loaded as TF Serving would load it (no Python classes)."""
-import collections
 import math
 import os
 
@@ -9,7 +8,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from hap.data import contract as c
-from hap.data import reader
 from hap.serving import request as rq
 from hap.serving import warmup
 from hap.serving.cascade import CascadeSettings
@@ -27,18 +25,13 @@ def model(cascade_model):
 
 
 @pytest.fixture(scope="module")
-def features(e2e_data):
-    return c.load_features(e2e_data)
+def features(e2e_features):
+    return e2e_features
 
 
 @pytest.fixture(scope="module")
-def requests(e2e_data, features):
-    """The three largest requests of the data, as request tensors."""
-    by_request = collections.defaultdict(list)
-    for row in reader.read_rows(e2e_data, features=features):
-        by_request[row["request_id"]].append(row)
-    largest = sorted(by_request.values(), key=len, reverse=True)[:3]
-    return [rq.from_rows(rows, features) for rows in largest]
+def requests(e2e_requests):
+    return e2e_requests
 
 
 def _call(model, signature, request):

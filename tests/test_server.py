@@ -17,7 +17,6 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_servi
 
 from hap import cli
 from hap.data import contract as c
-from hap.data import reader
 from hap.serving import client, server
 from hap.serving import request as rq
 from hap.serving import warmup
@@ -92,16 +91,13 @@ def stub(target):
 
 
 @pytest.fixture(scope="module")
-def features(e2e_data):
-    return c.load_features(e2e_data)
+def features(e2e_features):
+    return e2e_features
 
 
 @pytest.fixture(scope="module")
-def good_request(e2e_data, features):
-    by_request = collections.defaultdict(list)
-    for row in reader.read_rows(e2e_data, features=features):
-        by_request[row["request_id"]].append(row)
-    return rq.from_rows(max(by_request.values(), key=len), features)
+def good_request(e2e_requests):
+    return e2e_requests[0]
 
 
 def test_a_round_trip_gives_what_the_model_gives_in_process(stub, good_request, cascade_model):
