@@ -9,7 +9,7 @@
     hap serve MODEL_BASE_PATH [--port 8500] [--host 127.0.0.1]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
-    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1] [--epochs 1] [--overwrite]
+    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--epochs 1] [--overwrite]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and

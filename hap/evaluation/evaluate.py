@@ -197,21 +197,23 @@ def jsonable(x):
 # Scoring the SavedModel
 
 
+def to_tensors(request: dict) -> dict:
+    """`rq.from_rows`' numpy request as the tensors a signature takes."""
+    import tensorflow as tf
+
+    return {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
+
+
 class SignatureCaller:
     """Calls the loaded model's signatures on request tensors, timing each call."""
 
     def __init__(self, version_dir: str):
         import tensorflow as tf
 
-        self._tf = tf
         self.model = tf.saved_model.load(version_dir)
         missing = [s for s in SIGNATURES if s not in self.model.signatures]
         if missing:
             raise ValueError(f"{version_dir}: no signature {', '.join(missing)} (has {sorted(self.model.signatures)})")
-
-    def tensors(self, request: dict) -> dict:
-        tf = self._tf
-        return {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
 
     def __call__(self, signature: str, tensors: dict) -> tuple[dict, float]:
         start = time.perf_counter()
@@ -250,7 +252,7 @@ def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: C
         if n > int(info.settings.get("max_candidates", n)):
             raise ValueError(f"{part} request {request_id}: {n} candidates, more than the model's "
                              f"max_candidates={info.settings['max_candidates']}")
-        tensors = caller.tensors(rq.from_rows(rows, info.features))
+        tensors = to_tensors(rq.from_rows(rows, info.features))
         if first:
             for signature in SIGNATURES:
                 caller(signature, tensors)

@@ -12,7 +12,7 @@ import numpy as np
 
 from hap.evaluation.evaluate import FUNNEL_K, FUNNEL_TOP
 
-SCORER_LABELS = {"cascade": "cascade (`scores`)", "light": "light alone", "heavy": "heavy alone"}
+SCORER_LABELS = {"cascade": "cascade scores", "light": "light alone", "heavy": "heavy alone"}
 PER_SOURCE = ("auc_EP_vs_EN", "auc_EP_vs_RN", "auc_EP_vs_PRN", "auc_EP_vs_GN")
 
 
@@ -23,6 +23,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, out_dir: str, name: str) -> str:
+    """Writes `fig` as out_dir/name and frees it; returns name."""
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=110)
+    plt.close(fig)
+    return name
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -86,10 +94,7 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
     ax.set_ylim(0.4, 1.0)
     ax.set_title(f"AUCs on the logged samples of day {result['eval_day']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "auc.png"), dpi=110)
-    plt.close(fig)
-    plots.append(("auc.png", "Per-source AUC and GAUC"))
+    plots.append((_save(plt, fig, out_dir, "auc.png"), "Per-source AUC and GAUC"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("hitrate", "recall")):
@@ -100,10 +105,7 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
         ax.set_title(f"{'HitRate' if metric == 'hitrate' else 'Recall'}@K of clicks (logged candidates)")
         ax.set_xticks(result["ks"])
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "topk.png"), dpi=110)
-    plt.close(fig)
-    plots.append(("topk.png", "HitRate@K and Recall@K"))
+    plots.append((_save(plt, fig, out_dir, "topk.png"), "HitRate@K and Recall@K"))
 
     if "metrics" in result["funnel"]:
         funnel = result["funnel"]["metrics"]
@@ -114,10 +116,7 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
         ax.set_ylim(0, 1)
         ax.set_title(f"Full funnel: {result['funnel']['requests']} requests")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "funnel.png"), dpi=110)
-        plt.close(fig)
-        plots.append(("funnel.png", "Full-funnel quality"))
+        plots.append((_save(plt, fig, out_dir, "funnel.png"), "Full-funnel quality"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     n = np.array([r["n"] for r in per_request])
@@ -130,10 +129,7 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
         ax.set_xlabel("candidates N")
         ax.set_title(what)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "compute.png"), dpi=110)
-    plt.close(fig)
-    plots.append(("compute.png", "Latency and FLOPs per request against N"))
+    plots.append((_save(plt, fig, out_dir, "compute.png"), "Latency and FLOPs per request against N"))
     return plots
 
 
@@ -195,7 +191,7 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
 def _mean_std(entry: dict, digits: int = 4) -> str:
     if entry["mean"] is None:
         return "n/a"
-    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}" if entry["std"] is not None else fmt(entry["mean"])
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
 def _quality_names(result: dict) -> list[str]:
@@ -217,16 +213,20 @@ def _pareto_names(result: dict) -> list[str]:
 def _pareto_plot(result: dict, path: str) -> None:
     plt = pyplot()
     names = _pareto_names(result)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
     keys = [v["key"] for v in result["variants"]]
+    labels = [f"({v['key']}) {v['label']}" for v in result["variants"]]
     flops = np.array([result["compute"]["variants"][k]["flops_mean"] / 1e6 for k in keys])
+    markers = "os^DvP*Xhp"
     for ax, name in zip(axes.ravel(), names):
         mean = np.array([np.nan if result["summary"][k][name]["mean"] is None else result["summary"][k][name]["mean"]
                          for k in keys])
         std = np.array([result["summary"][k][name]["std"] or 0.0 for k in keys])
-        ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=3)
-        for x, y, k in zip(flops, mean, keys):
-            ax.annotate(k, (x, y), textcoords="offset points", xytext=(5, 4))
+        # One colour and marker per variant: the light variants share their FLOPs, so labels
+        # next to the points would overlap.
+        for i, label in enumerate(labels):
+            ax.errorbar(flops[i], mean[i], yerr=std[i], fmt=markers[i % len(markers)], color=f"C{i % 10}",
+                        capsize=3, label=label)
         # The frontier: cheapest first, each point kept when it beats every cheaper one.
         frontier, best = [], -np.inf
         for i in np.argsort(flops, kind="stable"):
@@ -237,9 +237,10 @@ def _pareto_plot(result: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_xlabel(f"MFLOPs per request (mean N = {result['compute']['candidates_mean']:.0f})")
         ax.set_title(metric_label(name))
-        ax.legend(loc="lower right")
+    handles, legend_labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="lower center", ncol=3, fontsize="small")
     fig.suptitle(f"Quality against compute, mean ± std over seeds {result['seeds']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -248,9 +249,10 @@ def _conflict_plot(result: dict, path: str) -> bool:
     """Mean pairwise cosine of per-source gradients over training, per loss; False if no model
     logged any."""
     panels = (("light model", ["light_mixed_bce", "light_pooled_infonce", "light_ghcl"]),
-              ("heavy model on all samples", ["heavy_all_mixed_bce", "heavy_all_ghcl"]))
+              ("heavy model on all samples", ["heavy_all_mixed_bce", "heavy_all_ghcl"]),
+              ("heavy on EP, EN, RN (EN vs RN)", ["heavy_hard_ghcl"]))
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     drawn = False
     for ax, (title, names) in zip(axes, panels):
         for name in names:
@@ -261,7 +263,7 @@ def _conflict_plot(result: dict, path: str) -> bool:
             length = min(len(h) for h in histories)
             steps = [h["step"] for h in histories[0][:length]]
             cos = np.array([[h["cos_mean"] for h in hist[:length]] for hist in histories])
-            ax.plot(steps, cos.mean(axis=0), label=result["models"][name]["loss"])
+            ax.plot(steps, cos.mean(axis=0), marker=".", label=result["models"][name]["loss"])
             ax.fill_between(steps, cos.mean(axis=0) - cos.std(axis=0), cos.mean(axis=0) + cos.std(axis=0), alpha=0.2)
             drawn = True
         ax.axhline(0, color="grey", lw=0.5)
@@ -305,7 +307,8 @@ def write_benchmark_report(result: dict, out_dir: str) -> None:
         f"- machine: {machine['cpus']} CPUs, {'GPU ' + ', '.join(machine['gpus']) if machine['gpus'] else 'no GPU'}; "
         f"load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])} at the "
         f"start, {', '.join(f'{x:.2f}' for x in machine['load_average_at_end'])} at the end",
-        f"- wall time {result['seconds']['total']:.0f} s, of which the pipeline run {result['seconds']['pipeline']:.0f} s",
+        f"- wall time {result['seconds']['total']:.0f} s, of which the pipeline run "
+        f"{result['seconds']['pipeline']:.0f} s",
         "",
         benchmark_table(result), "",
         "Quality on the eval day's logged samples"

@@ -1,0 +1,152 @@
+"""`hap evaluate` on the cascade the pipeline pushed for `e2e_data`."""
+import collections
+import filecmp
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hap import cli
+from hap.data import contract as c
+from hap.data import reader
+from hap.evaluation import evaluate, metrics
+from hap.serving import request as rq
+
+
+@pytest.fixture(scope="module")
+def funnel_data(e2e_data, e2e_funnel_data):
+    same = filecmp.dircmp(os.path.join(e2e_funnel_data, c.SAMPLES_DIR), os.path.join(e2e_data, c.SAMPLES_DIR))
+    assert not same.diff_files and not same.left_only and not same.right_only, "the cascade must know these ids"
+    return e2e_funnel_data
+
+
+@pytest.fixture(scope="module")
+def evaluated(cascade_model, funnel_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("evaluate") / "report")
+    base = os.path.dirname(cascade_model)
+    assert cli.main(["evaluate", "--model", base, "--data", funnel_data, "--out", out, "--quiet"]) == 0
+    return out
+
+
+def _strict_json(path):
+    def reject(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=reject)
+
+
+def test_writes_metrics_report_and_plots(evaluated, cascade_model):
+    result = _strict_json(os.path.join(evaluated, "metrics.json"))
+    assert set(result["logged"]["metrics"]) == set(evaluate.SIGNATURES)
+    # A model base path resolves to its newest complete version.
+    assert os.path.dirname(result["model"]) == os.path.dirname(os.path.abspath(cascade_model))
+    assert result["funnel"]["requests"] == 3 and "skipped" not in result["funnel"]
+    for part in (evaluate.LOGGED, evaluate.FUNNEL):
+        summary = result["compute"][part]
+        for s in evaluate.SIGNATURES:
+            assert summary[s]["flops_mean"] > 0 and summary[s]["p50_ms"] > 0
+        # The cascade costs less than the heavy model on all candidates.
+        assert summary["cascade"]["flops_mean"] < summary["heavy"]["flops_mean"]
+    with open(os.path.join(evaluated, "report.md"), encoding="utf-8") as f:
+        text = f.read()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {"auc.png", "topk.png", "funnel.png", "compute.png"} <= set(images)
+    for name in images:
+        with open(os.path.join(evaluated, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    assert "Skipped" not in text
+    assert not [p for p in os.listdir(os.path.dirname(evaluated)) if ".tmp-" in p], "temporary folder left behind"
+
+
+def _signature_outputs(model_dir, data_dir, part):
+    """Per-candidate (request, rows) and each signature's scores, called here directly."""
+    info = evaluate.load_info(model_dir)
+    model = tf.saved_model.load(model_dir)
+    by_request = collections.OrderedDict()
+    rows_in = list(reader.read_rows(data_dir, part, c.load_features(data_dir)))
+    if part == c.SAMPLES_DIR:
+        last = max(r["day"] for r in rows_in)
+        rows_in = [r for r in rows_in if r["day"] == last]
+    for row in rows_in:
+        by_request.setdefault(row["request_id"], []).append(row)
+    request, rows, scores = [], [], {s: [] for s in evaluate.SIGNATURES}
+    for request_id, group in by_request.items():
+        inputs = {k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
+                  for k, v in rq.from_rows(group, info.features).items()}
+        for s in evaluate.SIGNATURES:
+            scores[s].append(model.signatures[s](**inputs)["scores"].numpy())
+        request += [request_id] * len(group)
+        rows += group
+    return np.array(request), rows, {s: np.concatenate(v) for s, v in scores.items()}
+
+
+def test_metrics_match_the_metrics_module_on_signature_outputs(evaluated, cascade_model, funnel_data):
+    result = _strict_json(os.path.join(evaluated, "metrics.json"))
+    request, rows, scores = _signature_outputs(cascade_model, funnel_data, c.SAMPLES_DIR)
+    label = np.array([r["click"] for r in rows])
+    group = np.array([c.sample_group(r["source"], r["click"]) for r in rows])
+    for s in evaluate.SIGNATURES:
+        expected = dict(metrics.auc_by_source(label, scores[s], group))
+        expected["gauc"] = metrics.gauc(request, label, scores[s], group)
+        for k in result["ks"]:
+            expected[f"hitrate@{k}"] = metrics.hitrate_at_k(request, label, scores[s], k)
+            expected[f"recall@{k}"] = metrics.recall_at_k(request, label, scores[s], k)
+        got = result["logged"]["metrics"][s]
+        assert set(got) == set(expected)
+        for name, m in expected.items():
+            assert got[name]["value"] == pytest.approx(m.value, abs=1e-6), (s, name)
+            assert got[name]["requests"] == m.requests and got[name]["samples"] == m.samples, (s, name)
+
+    request, rows, scores = _signature_outputs(cascade_model, funnel_data, c.FUNNEL_DIR)
+    utility = np.array([r[c.ORACLE_COLUMN] for r in rows])
+    for s in evaluate.SIGNATURES:
+        got = result["funnel"]["metrics"][s]
+        assert got["ndcg@100"]["value"] == pytest.approx(
+            metrics.ndcg_at_k(request, utility, scores[s], 100).value, abs=1e-6)
+        assert got["oracle_recall@100"]["value"] == pytest.approx(
+            metrics.oracle_recall_at_k(request, utility, scores[s], 100, 10).value, abs=1e-6)
+
+
+def test_without_funnel_the_funnel_metrics_are_skipped_and_reported(cascade_model, e2e_data, tmp_path):
+    out = str(tmp_path / "report")
+    assert cli.main(["evaluate", "--model", cascade_model, "--data", e2e_data, "--out", out, "--quiet",
+                     "--k", "2"]) == 0
+    result = _strict_json(os.path.join(out, "metrics.json"))
+    assert "funnel/" in result["funnel"]["skipped"] and "metrics" not in result["funnel"]
+    assert set(result["compute"]) == {evaluate.LOGGED}
+    assert result["ks"] == [2] and "hitrate@2" in result["logged"]["metrics"]["cascade"]
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert "Skipped:" in text and "funnel/" in text
+    assert not os.path.exists(os.path.join(out, "funnel.png"))
+    # The output folder is not replaced silently.
+    assert cli.main(["evaluate", "--model", cascade_model, "--data", e2e_data, "--out", out, "--quiet"]) == 2
+
+
+def test_resolve_model_takes_the_newest_complete_version(tmp_path):
+    for version, complete in (("7", True), ("12", True), ("30", False), ("notes", True)):
+        os.makedirs(tmp_path / version)
+        if complete:
+            (tmp_path / version / "saved_model.pb").write_bytes(b"")
+    assert evaluate.resolve_model(str(tmp_path)) == str(tmp_path / "12")
+    assert evaluate.resolve_model(str(tmp_path / "7")) == str(tmp_path / "7")
+    with pytest.raises(FileNotFoundError, match="complete version"):
+        evaluate.resolve_model(str(tmp_path / "30"))
+
+
+def test_a_dataset_without_a_feature_the_model_reads_is_refused(cascade_model, e2e_data, tmp_path, capsys):
+    data = str(tmp_path / "data")
+    shutil.copytree(e2e_data, data)
+    features = c.load_features(data)
+    dropped = features.listed[-1].name
+    with open(os.path.join(data, c.FEATURES_FILE), "w", encoding="utf-8") as f:
+        f.write(c.dump_features(features.listed[:-1]))
+    assert cli.main(["evaluate", "--model", cascade_model, "--data", data, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert c.FEATURES_FILE in err and repr(dropped) in err
+    assert not os.path.exists(tmp_path / "o")
