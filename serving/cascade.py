@@ -110,7 +110,6 @@ class CascadeModule(tf.Module):
         self._candidate_names = tuple(f.name for f in features.features if not rq.is_request_level(f))
         self._request_categoricals = tuple(f.name for f in features.features
                                            if rq.is_request_level(f) and f.kind == c.CATEGORICAL)
-        self._item_names = tuple(f.name for f in features.features if f.role == c.ITEM)
 
     # -- graph pieces --------------------------------------------------------------------------
 

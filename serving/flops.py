@@ -40,10 +40,9 @@ def transformed_signature(features, batch: int) -> dict:
     return specs
 
 
-def _per_row(fn, signature_at) -> tuple[int, int]:
-    """(per-row, fixed) FLOPs of fn, from its counts at batch 1 and 2."""
-    one, two = graph_flops(fn, signature_at(1)), graph_flops(fn, signature_at(2))
-    return two - one, 2 * one - two
+def _per_row(fn, signature_at) -> int:
+    """FLOPs of fn per batch row, from its counts at batch 1 and 2."""
+    return graph_flops(fn, signature_at(2)) - graph_flops(fn, signature_at(1))
 
 
 def model_flops(light, heavy) -> dict:
@@ -53,10 +52,10 @@ def model_flops(light, heavy) -> dict:
     width = light.user_embedding({k: tf.zeros(s.shape, s.dtype) for k, s in
                                   transformed_signature(user_features, 1).items()}).shape[-1]
     light_user = graph_flops(light.user_embedding, [transformed_signature(user_features, 1)])
-    light_item, _ = _per_row(
+    light_item = _per_row(
         lambda items, u: light.score_from_embeddings(u, light.item_embedding(items)),
         lambda b: [transformed_signature(item_features, b), tf.TensorSpec([1, width], tf.float32)])
-    heavy_item, _ = _per_row(lambda f: heavy(f, training=False),
+    heavy_item = _per_row(lambda f: heavy(f, training=False),
                              lambda b: [transformed_signature(heavy.spec.all_features, b)])
     return {"light_user": light_user, "light_per_candidate": light_item, "heavy_per_candidate": heavy_item}
 
