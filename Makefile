@@ -19,8 +19,8 @@ $(VENV)/.installed: constraints.txt setup.py pyproject.toml
 	touch $@
 
 # Airflow 2's pins clash with the TFX set (constraints-airflow.txt says which), so it gets an
-# environment of its own; tests/test_airflow_dag.py loads the DAG with it where it exists. CI
-# does not build it (a second full TFX install, about 5 minutes).
+# environment of its own; tests/test_airflow_dag.py runs the DAG under Airflow where it exists
+# (CI builds it before `make test`) and skips otherwise.
 airflow-env: $(AIRFLOW_VENV)/.installed
 
 $(AIRFLOW_VENV)/.installed: constraints-airflow.txt setup.py pyproject.toml

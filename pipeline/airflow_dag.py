@@ -12,6 +12,8 @@ scheduler and the workers:
     HAP_BEAM_ARGS  Beam pipeline arguments, split like a shell line
                    (default: configs.BEAM_PIPELINE_ARGS)
     HAP_SCHEDULE   the DAG's schedule, a cron expression or preset (default: @daily)
+    HAP_AUC_FLOORS JSON replacing some of the Evaluators' per-source AUC floors, e.g.
+                   '{"light": {"EN": 0.5}}' (default: configs.AUC_FLOORS)
 
 Every component runs as one Airflow task, in the worker's process; the data-parallel ones
 (ExampleGen, StatisticsGen, Transform, Evaluator) hand their work to the Beam runner that
@@ -20,10 +22,12 @@ HAP_BEAM_ARGS names, so a Dataflow, Flink or Spark runner takes them off the wor
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 
 from hap.pipeline import configs, local_runner  # hap first: it selects Keras 2 before TFX loads TensorFlow
+from hap.pipeline.airflow_launcher import AirflowComponentLauncher
 
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
@@ -40,12 +44,23 @@ def _required(env, name: str) -> str:
     return value
 
 
+def _auc_floors(env) -> dict:
+    try:
+        return configs.auc_floors_with(json.loads(env.get("HAP_AUC_FLOORS", "{}")))
+    except ValueError as e:  # json.JSONDecodeError is one too
+        raise RuntimeError(f"HAP_AUC_FLOORS: {e}") from e
+
+
 def build_dag(env=os.environ):
     pipeline = local_runner.build(
         _required(env, "HAP_DATA"), _required(env, "HAP_OUT"),
-        beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS)
-    config = AirflowPipelineConfig(airflow_dag_config={
-        "schedule": env.get("HAP_SCHEDULE", DEFAULT_SCHEDULE), "start_date": START_DATE, "catchup": False})
+        beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS,
+        auc_floors=_auc_floors(env))
+    config = AirflowPipelineConfig(
+        airflow_dag_config={"schedule": env.get("HAP_SCHEDULE", DEFAULT_SCHEDULE), "start_date": START_DATE,
+                            "catchup": False},
+        # TFX's own launcher fails on two Trainers and on a cached model that is its own baseline.
+        supported_launcher_classes=[AirflowComponentLauncher])
     return AirflowDagRunner(config).run(pipeline)
 
 

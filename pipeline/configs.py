@@ -26,3 +26,23 @@ BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1
 # per core (0 = multiprocessing.cpu_count(), the node's cores, not the pod's CPU limit: on shared
 # nodes pass the pod's count). `--beam-arg` swaps in Dataflow, Flink or Spark (docs/deploying.md).
 CLUSTER_BEAM_PIPELINE_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def auc_floors_with(overrides: dict) -> dict:
+    """AUC_FLOORS with some floors replaced, e.g. {"light": {"EN": 0.5}}; an unknown model or
+    source, or a floor outside [0, 1], is an error naming it."""
+    floors = {role: dict(by_source) for role, by_source in AUC_FLOORS.items()}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"AUC floors: expected a mapping of model to {{source: floor}}, got {overrides!r}")
+    for role, by_source in overrides.items():
+        if role not in floors:
+            raise ValueError(f"AUC floors: unknown model {role!r}; the models are {sorted(floors)}")
+        if not isinstance(by_source, dict):
+            raise ValueError(f"AUC floors: {role} needs a mapping of source to floor, got {by_source!r}")
+        for source, floor in by_source.items():
+            if source not in floors[role]:
+                raise ValueError(f"AUC floors: {role} has no floor for {source!r}; its sources are {sorted(floors[role])}")
+            if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+                raise ValueError(f"AUC floors: {role}.{source} must be a number in [0, 1], got {floor!r}")
+            floors[role][source] = float(floor)
+    return floors

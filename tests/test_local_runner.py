@@ -1,10 +1,12 @@
 import logging
 import os
 
+import pytest
+
 from hap import schema as default_schema
 from hap.data import contract as c
 from hap.data import simulator
-from hap.pipeline import local_runner
+from hap.pipeline import configs, local_runner
 from hap.schema import derive
 
 
@@ -48,3 +50,23 @@ def test_component_progress_survives_a_savedmodel_export(tmp_path):
     module.v = tf.Variable(1.0)
     tf.saved_model.save(module, str(tmp_path / "model"))
     assert logging.getLogger("absl").isEnabledFor(logging.INFO)
+
+
+def test_auc_floors_with_replaces_only_the_floors_given():
+    floors = configs.auc_floors_with({"light": {"EN": 0.5}, "heavy": {"RN": 1}})
+    assert floors["light"] == {**configs.AUC_FLOORS["light"], "EN": 0.5}
+    assert floors["heavy"] == {**configs.AUC_FLOORS["heavy"], "RN": 1.0}
+    assert configs.AUC_FLOORS["light"]["EN"] != 0.5, "the defaults themselves are left alone"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"medium": {"EN": 0.5}}, "unknown model 'medium'"),
+    ({"heavy": {"GN": 0.5}}, "heavy has no floor for 'GN'"),
+    ({"light": {"EN": 1.5}}, r"light.EN must be a number in \[0, 1\]"),
+    ({"light": {"EN": "0.5"}}, "light.EN must be a number"),
+    ({"light": 0.5}, "light needs a mapping"),
+    ([0.5], "expected a mapping"),
+])
+def test_auc_floors_with_names_what_is_wrong(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        configs.auc_floors_with(overrides)

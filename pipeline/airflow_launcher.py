@@ -1,0 +1,82 @@
+"""The component launcher the Airflow DAG runs HAP's components with: TFX's in-process launcher,
+with the two ML Metadata records it gets wrong written as LocalDagRunner writes them.
+
+TFX's AirflowDagRunner launches components through the pre-IR launcher (tfx.orchestration.
+launcher, its drivers and tfx.orchestration.metadata), which LocalDagRunner and Kubeflow no longer
+use. Run for real, HAP's DAG failed twice there:
+
+1. **Artifact names.** The pre-IR driver names every output artifact `<output key>:<run id>`
+   (BaseDriver._prepare_output_artifacts; tensorflow/tfx#4977). ML Metadata keeps artifact names
+   unique per artifact type, so two components of one run with the same output key and type
+   collide: the two Trainers' `model`, the two Evaluators' `blessing` and `evaluation`. The first
+   run failed at Trainer_heavy with `AlreadyExistsError ... UNIQUE constraint failed:
+   Artifact.type_id, Artifact.name`. Here artifacts get LocalDagRunner's name,
+   `<pipeline>:<run id>:<component id>:<output key>:<index>`. Nothing reads the old name:
+   downstream components find their inputs by producer execution and output key (the event).
+2. **One input event per artifact.** When a day's data is unchanged, the Trainer is served from
+   cache and its model is also the last blessed one, so the Evaluator gets one artifact as both
+   `model` and `baseline_model`. The pre-IR metadata layer writes one INPUT event per key, and ML
+   Metadata allows one event per (artifact, execution, type): the next day's run failed at
+   Evaluator_heavy with `AlreadyExistsError: Given event already exists`. Here, as in the portable
+   layer (execution_lib._create_artifact_and_event_pairs), an artifact used under several keys
+   gets one event whose path lists each (key, index).
+
+Both are fixed in the launcher, where these records are made, rather than by renaming components
+or output keys: the keys are the standard Trainer's and Evaluator's own, and any pipeline with two
+components of one kind, or a baseline equal to its candidate, meets the same failures.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tfx import types
+from tfx.orchestration import data_types, metadata
+from tfx.orchestration.launcher import in_process_component_launcher
+
+
+def artifact_name(component_info: data_types.ComponentInfo, output_key: str, index: int) -> str:
+    pipeline = component_info.pipeline_info
+    return f"{pipeline.pipeline_name}:{pipeline.run_id}:{component_info.component_id}:{output_key}:{index}"
+
+
+class _ComponentScopedNames:
+    """Mixed in before a component's own driver class, so that whatever it prepares (ExampleGen's
+    span-aware driver, the base one) is renamed before it is registered."""
+
+    def _prepare_output_artifacts(self, *args: Any, **kwargs: Any) -> dict[str, list[types.Artifact]]:
+        outputs = super()._prepare_output_artifacts(*args, **kwargs)
+        component_info = kwargs["component_info"]
+        for key, artifacts in outputs.items():
+            for index, artifact in enumerate(artifacts):
+                artifact.name = artifact_name(component_info, key, index)
+        return outputs
+
+
+def with_component_scoped_names(driver_class: type) -> type:
+    return type(f"ComponentScoped{driver_class.__name__}", (_ComponentScopedNames, driver_class), {})
+
+
+class OneEventPerArtifact(metadata.Metadata):
+    """The pre-IR metadata handle, writing one event per artifact and event type (see above)."""
+
+    def _artifact_and_event_pairs(self, *args: Any, **kwargs: Any) -> list[tuple]:
+        merged, event_of = [], {}
+        for pair in super()._artifact_and_event_pairs(*args, **kwargs):
+            artifact = pair[0]
+            if len(pair) == 2 and artifact.id and artifact.id in event_of:
+                event_of[artifact.id].path.steps.extend(pair[1].path.steps)
+                continue
+            if len(pair) == 2 and artifact.id:
+                event_of[artifact.id] = pair[1]
+            merged.append(pair)
+        return merged
+
+
+class AirflowComponentLauncher(in_process_component_launcher.InProcessComponentLauncher):
+    """InProcessComponentLauncher with per-component artifact names and one event per artifact."""
+
+    def __init__(self, component, *args: Any, **kwargs: Any):
+        super().__init__(component, *args, **kwargs)
+        self._driver_class = with_component_scoped_names(self._driver_class)
+        # The handle comes from AirflowDagRunner's operator; only its connection config is kept.
+        self._metadata_connection = OneEventPerArtifact(self._metadata_connection._connection_config)

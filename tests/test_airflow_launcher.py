@@ -1,0 +1,94 @@
+"""The launcher of the Airflow DAG (pipeline/airflow_launcher.py) against TFX's own, on ML
+Metadata in SQLite, without Airflow: two components of one run with the same output key and type
+(HAP's two Trainers' `model`), and one artifact given to a component under two keys (a cached
+model that is also the last blessed baseline). TFX's in-process launcher fails on each; ours
+records them as LocalDagRunner does, and downstream components read what they were wired to."""
+import os
+
+import pytest
+from ml_metadata import errors as mlmd_errors
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration import data_types, metadata
+from tfx.orchestration.launcher import in_process_component_launcher
+
+from hap.pipeline.airflow_launcher import AirflowComponentLauncher
+
+Model = tfx.types.standard_artifacts.Model
+TFX_LAUNCHER = in_process_component_launcher.InProcessComponentLauncher
+
+
+@tfx.dsl.components.component
+def WriteModel(model: tfx.dsl.components.OutputArtifact[Model], tag: tfx.dsl.components.Parameter[str]):
+    with open(os.path.join(model.uri, "tag"), "w") as f:
+        f.write(tag)
+
+
+@tfx.dsl.components.component
+def CompareModels(model: tfx.dsl.components.InputArtifact[Model],
+                  baseline_model: tfx.dsl.components.InputArtifact[Model],
+                  blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing]):
+    for key, artifact in (("model", model), ("baseline", baseline_model)):
+        with open(os.path.join(artifact.uri, "tag")) as f:
+            blessing.set_string_custom_property(key, f.read())
+
+
+def _launch(launcher_class, component, tmp_path, run_id):
+    launcher = launcher_class.create(
+        component=component,
+        pipeline_info=data_types.PipelineInfo("hap", str(tmp_path / "root"), run_id=run_id),
+        driver_args=data_types.DriverArgs(enable_cache=True),
+        metadata_connection=metadata.Metadata(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(str(tmp_path / "metadata.sqlite"))),
+        beam_pipeline_args=[], additional_pipeline_args={})
+    return launcher.launch()
+
+
+def _day(day):
+    """Two Trainer-like components with one output key, and an Evaluator-like one comparing the
+    heavy one's model with itself, as a cached model that is its own baseline is compared."""
+    light = WriteModel(tag=f"light {day}").with_id("Trainer_light")
+    heavy = WriteModel(tag=f"heavy {day}").with_id("Trainer_heavy")
+    evaluator = CompareModels(model=heavy.outputs["model"],
+                              baseline_model=heavy.outputs["model"]).with_id("Evaluator_heavy")
+    return light, heavy, evaluator
+
+
+def test_tfx_own_launcher_collides_on_a_shared_output_key(tmp_path):
+    light, heavy, _ = _day("day1")
+    _launch(TFX_LAUNCHER, light, tmp_path, "day1")
+    with pytest.raises(mlmd_errors.AlreadyExistsError, match="UNIQUE constraint failed: Artifact.type_id, Artifact.name"):
+        _launch(TFX_LAUNCHER, heavy, tmp_path, "day1")
+
+
+def test_tfx_own_launcher_fails_on_one_artifact_under_two_keys(tmp_path):
+    _, heavy, evaluator = _day("day1")
+    _launch(AirflowComponentLauncher, heavy, tmp_path, "day1")
+    with pytest.raises(Exception) as failure:
+        _launch(TFX_LAUNCHER, evaluator, tmp_path, "day1")
+    # TFX catches ML Metadata's error and then fails an assertion of its own while handling it.
+    cause = failure.value
+    while cause is not None and not isinstance(cause, mlmd_errors.AlreadyExistsError):
+        cause = cause.__context__
+    assert cause is not None and "Given event already exists" in str(cause)
+
+
+def test_two_days_run_and_each_artifact_is_recorded_once(tmp_path):
+    names = set()
+    for day in ("day1", "day2"):
+        for component in _day(day):
+            info = _launch(AirflowComponentLauncher, component, tmp_path, day)
+            names |= {a.name for artifacts in info.output_dict.values() for a in artifacts}
+        (blessing,) = info.output_dict["blessing"]
+        assert (blessing.get_string_custom_property("model"),
+                blessing.get_string_custom_property("baseline")) == (f"heavy {day}", f"heavy {day}")
+        (model,) = info.input_dict["model"]
+        with metadata.Metadata(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                str(tmp_path / "metadata.sqlite"))) as m:
+            (event,) = [e for e in m.store.get_events_by_execution_ids([info.execution_id])
+                        if e.type == metadata_store_pb2.Event.INPUT]
+        assert event.artifact_id == model.id
+        assert [getattr(s, s.WhichOneof("value")) for s in event.path.steps] == ["model", 0, "baseline_model", 0]
+    assert names == {f"hap:{day}:{component}:{key}:0" for day in ("day1", "day2")
+                     for component, key in (("Trainer_light", "model"), ("Trainer_heavy", "model"),
+                                            ("Evaluator_heavy", "blessing"))}
