@@ -6,7 +6,7 @@ as `models` or `pipeline` lands in site-packages.
 """
 from setuptools import find_packages, setup
 
-ROLE_PACKAGES = ["pipeline", "components", "models", "serving", "schema"]
+ROLE_PACKAGES = ["data", "pipeline", "components", "models", "serving", "schema", "evaluation"]
 
 setup(
     name="hap-preranking",
@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.12",
-    packages=["hap", "hap.data", "hap.evaluation"] + [f"hap.{p}" for p in ROLE_PACKAGES] + [
+    packages=["hap"] + [f"hap.{p}" for p in ROLE_PACKAGES] + [
         f"hap.{p}.{sub}" for p in ROLE_PACKAGES for sub in find_packages(where=p)],
     package_dir={"hap": "hap", **{f"hap.{p}": p for p in ROLE_PACKAGES}},
     package_data={"hap.schema": ["*.pbtxt", "*.yaml"]},

@@ -1,7 +1,7 @@
 """Executor of ContractExampleGen.
 
 Reads `samples/` of a contract dataset (CSV or GZIP TFRecord, whatever its feature set), turns
-each row into the canonical tf.Example (hap/data/canonical.py) and splits by day: the last
+each row into the canonical tf.Example (data/canonical.py) and splits by day: the last
 `eval_days` days are the `eval` split, the rest `train`. Files are read one per worker with
 the project's own reader, so a malformed row fails the run with its file, line and column.
 """

@@ -26,7 +26,7 @@ Compute, per request: FLOPs from the per-part counts stored with the model
 once on the first request before timing, which is left out).
 
 Outputs, written to a temporary folder and moved into place: `metrics.json`, `per_request.csv`,
-`report.md` and its PNG plots (hap/evaluation/report.py).
+`report.md` and its PNG plots (evaluation/report.py).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ transformed examples, as the pipeline's Trainer does, once per seed. Heavy-on-al
 `TrainerSettings(training_groups="all")`: every sample group and the loss over all four
 negative sources.
 
-Scoring, with the same metric code as `hap evaluate` (hap/evaluation/evaluate.py):
+Scoring, with the same metric code as `hap evaluate` (evaluation/evaluate.py):
 - logged samples of the eval day: the Keras models on the transformed eval split;
 - funnel/ (when present): one request per call through `serving.cascade.CascadeModule`, the
   class the cascade SavedModel is saved from, so Transform and the per-request user tower run

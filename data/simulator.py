@@ -483,7 +483,7 @@ class FeatureEncoder:
 
 
 FEATURES_HEADER = """Features of the simulated feed (hap data simulate). Ids and categorical values are
-anonymised integer codes; see hap/data/simulator.py for the generative model."""
+anonymised integer codes; see data/simulator.py for the generative model."""
 
 
 def simulate(out_dir: str, cfg: SimulationConfig, fmt: str = "csv", overwrite: bool = False,
