@@ -5,6 +5,7 @@ import hap  # noqa: F401  (Keras 2 for TensorFlow Recommenders, before anything 
 import pytest
 
 from hap.data import simulator
+from hap.data.sample_routing import SAMPLE_ROUTING
 
 # Small enough for seconds, large enough that every sample group occurs many times.
 TINY = simulator.SimulationConfig(requests=120, funnel_requests=3, seed=7)
@@ -34,8 +35,12 @@ def _run_pipeline(data: str, out: str, floor: float) -> None:
     from hap.pipeline import local_runner
 
     local_runner.run(data, out, light_trainer=QUICK_TRAINER, heavy_trainer=QUICK_TRAINER,
-                     auc_floors={"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), floor),
-                                 "heavy": dict.fromkeys(("EN", "RN"), floor)})
+                     auc_floors=floors_at(floor))
+
+
+def floors_at(floor: float) -> dict:
+    """Every model's per-contrast AUC floor at `floor`."""
+    return {model: dict.fromkeys(routing.contrasts, floor) for model, routing in SAMPLE_ROUTING.items()}
 
 
 @pytest.fixture(scope="session")
@@ -93,4 +98,4 @@ def e2e_requests(e2e_data, e2e_features):
     for row in reader.read_rows(e2e_data, features=e2e_features):
         by_request.setdefault(row["request_id"], []).append(row)
     largest = sorted(by_request.values(), key=len, reverse=True)[:3]
-    return [request.from_rows(rows, e2e_features) for rows in largest]
+    return [request.RequestLayout(e2e_features).from_rows(rows) for rows in largest]

@@ -29,16 +29,8 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.data import reader
-from hap.serving import cascade, client, flops, server, warmup
+from hap.serving import cascade, client, flops, model_versions, routing
 from hap.serving import request as rq
-
-
-def newest_version(run_dir: str) -> str:
-    base = os.path.join(run_dir, "serving", "hap")
-    versions = server.complete_versions(base)
-    if not versions:
-        raise FileNotFoundError(f"no pushed cascade under {base}: run `hap run` first")
-    return os.path.join(base, str(versions[-1]))
 
 
 def build_requests(data_dir: str, features: c.FeatureSet, n: int, count: int) -> list[dict]:
@@ -54,7 +46,7 @@ def build_requests(data_dir: str, features: c.FeatureSet, n: int, count: int) ->
                   for i, rows in enumerate(list(by_request.values())[:count])]
     else:
         groups = [[rows[j % len(rows)] for j in range(n)] for rows in list(by_request.values())[:count]]
-    return [rq.from_rows(rows, features) for rows in groups]
+    return [rq.RequestLayout(features).from_rows(rows) for rows in groups]
 
 
 def summarise(latencies: list[float], wall: float) -> dict:
@@ -95,7 +87,7 @@ def time_grpc(version_dir: str, requests: list, total: int) -> dict:
                 if time.time() > deadline or process.poll() is not None:
                     raise RuntimeError("hap serve did not come up")
                 time.sleep(1)
-        protos = [warmup.predict_request("hap", "cascade", r) for r in requests]
+        protos = [rq.predict_request("hap", "cascade", r) for r in requests]
         return time_calls(lambda p: stub.Predict(p, timeout=60), protos, total)
     finally:
         process.terminate()
@@ -113,11 +105,11 @@ def main() -> None:
     out = args.out or os.path.join(args.run, "benchmarks")
     os.makedirs(out, exist_ok=True)
 
-    version_dir = newest_version(args.run)
+    version_dir = model_versions.newest_complete_version(os.path.join(args.run, "serving", "hap"))
     with open(os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)) as f:
         info = json.load(f)
     features = c.parse_features({"version": 1, "features": info["features"]}, cascade.INFO_FILE)
-    k = flops.routed_count(args.n, info["settings"]["route_fraction"])
+    k = routing.routed_count(args.n, info["settings"]["route_fraction"])
     print(f"model {version_dir}: N = {args.n}, K = {k}", flush=True)
     requests = build_requests(args.data, features, args.n, count=20)
     model = tf.saved_model.load(version_dir)

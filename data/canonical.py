@@ -25,7 +25,7 @@ def canonical_types(features: c.FeatureSet, funnel: bool = False) -> dict[str, s
 
 def to_example(row: dict, types: dict[str, str]):
     """A typed row (see hap.data.reader) as a canonical tf.train.Example."""
-    import tensorflow as tf
+    import tensorflow as tf  # here, not above: `hap data validate` of CSV data never loads TensorFlow
 
     train = tf.train
     feature = {}

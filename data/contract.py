@@ -49,7 +49,9 @@ PRERANK_CUTOFF = 200
 # Sample groups, from hardest to easiest negative; EP is the exposed positive.
 EP, EN, RN, PRN, GN = "EP", "EN", "RN", "PRN", "GN"
 SAMPLE_GROUPS = (EP, EN, RN, PRN, GN)
-SOURCE_OF_NEGATIVE_GROUP = {EN: EXPOSED, RN: RANKING, PRN: PRERANKING, GN: GLOBAL}
+NEGATIVE_GROUPS = SAMPLE_GROUPS[1:]
+# The group of a sample from a source other than EXPOSED, whose samples split by click into EP and EN.
+GROUP_OF_SOURCE = {RANKING: RN, PRERANKING: PRN, GLOBAL: GN}
 
 USER, CONTEXT, ITEM, CROSS = "user", "context", "item", "cross"
 ROLES = (USER, CONTEXT, ITEM, CROSS)
@@ -64,7 +66,7 @@ def sample_group(source: str, click: int) -> str:
     """The sample group (EP, EN, RN, PRN, GN) of a sample, from its source and click."""
     if source == EXPOSED:
         return EP if click else EN
-    return {RANKING: RN, PRERANKING: PRN, GLOBAL: GN}[source]
+    return GROUP_OF_SOURCE[source]
 
 
 class ContractError(ValueError):

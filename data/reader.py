@@ -102,6 +102,7 @@ def _tfrecord_payloads(path: str) -> Iterator[bytes]:
 
 
 def iter_tfrecord(path: str) -> Iterator[RawRow]:
+    # Here, not above: reading CSV data never loads TensorFlow.
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 

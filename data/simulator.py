@@ -58,8 +58,10 @@ import os
 from typing import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from hap.data import contract as c
+from hap.data import writer as wr
 
 CONTENT_TYPES = ("article", "short_video", "microblog", "long_video")
 CONTENT_TYPE_SHARE = (0.45, 0.30, 0.15, 0.10)
@@ -493,10 +495,6 @@ def simulate(out_dir: str, cfg: SimulationConfig, fmt: str = "csv", overwrite: b
     Samples go to one shard per day, `samples/day-<d>.<ext>`; funnel requests to
     `funnel/day-<last>.<ext>`.
     """
-    from tqdm import tqdm
-
-    from hap.data import writer as wr
-
     sim = FeedSimulator(cfg)
     enc = FeatureEncoder(sim.world)
     counts = {"requests": 0, "samples": 0, "funnel_requests": 0, "funnel_rows": 0}

@@ -65,7 +65,7 @@ class TFRecordShardWriter:
     list -> int64_list (possibly empty); a missing value (None) is left out of the example."""
 
     def __init__(self, path: str, columns: tuple[str, ...]):
-        import tensorflow as tf
+        import tensorflow as tf  # here, not above: `hap data simulate --format csv` never loads TensorFlow
 
         self._tf = tf
         self.columns = columns

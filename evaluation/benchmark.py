@@ -11,9 +11,9 @@ Variants (`VARIANTS`), each built from the models of `MODELS`:
     (g) HAP with f swept (5%, 10%, 20%, 50% by default).
 
 How. The TFX pipeline runs once (`hap.pipeline.local_runner.run`, cached across runs) for its
-Transform output; every model is then trained in-process with `models.trainer.train` on the
+Transform output; every model is then trained in-process with `trainer_module.train` on the
 transformed examples, as the pipeline's Trainer does, once per seed. Heavy-on-all-samples is
-`TrainerSettings(training_groups="all")`: every sample group and the loss over all four
+`TrainerSettings(sample_routing="light")`: every sample group and the loss over all four
 negative sources.
 
 Scoring, with the same metric code as `hap evaluate` (evaluation/evaluate.py):
@@ -33,7 +33,7 @@ N ~ 1000 is what pre-ranking serves, else the logged eval requests). Latency dep
 architecture, not the loss or seed: it is measured once, with the first seed's models, per
 architecture (light alone, heavy on all N, the cascade at each f) as in-process calls of the
 tf.function'd CascadeModule methods on up to `latency_requests` compute requests. Training time
-is the wall time of `trainer.train` (including its per-epoch eval AUC and the gradient-conflict
+is the wall time of `trainer_module.train` (including its per-epoch eval AUC and the gradient-conflict
 probe every 10 steps, which every model runs alike); a HAP variant's is its two models' sum.
 
 Outputs under OUT/report (written to a temporary folder and moved into place):
@@ -44,40 +44,45 @@ gradients over training), and the training logs under `logs/`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import platform
 import time
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tqdm import tqdm
 
 from hap.data import contract as c
 from hap.data import writer
+from hap.data.sample_routing import HEAVY, LIGHT
 from hap.evaluation import evaluate as ev
+from hap.evaluation import report
+from hap.evaluation.defaults import DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAULT_ROUTE_FRACTIONS, DEFAULT_SEEDS
+from hap.models import request_batches, trainer_module, training, transformed
+from hap.pipeline import local_runner, run_report
+from hap.serving import cascade, flops, routing
+from hap.serving import request as rq
 
-DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_ROUTE_FRACTIONS = (0.05, 0.1, 0.2, 0.5)
-HAP_ROUTE_FRACTION = 0.1  # the pipeline's CascadeSettings().route_fraction (checked in tests)
-DEFAULT_LATENCY_REQUESTS = 100
-LIGHT, HEAVY, CASCADE = "light", "heavy", "cascade"
+CASCADE = "cascade"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelRecipe:
-    """One model to train: its `trainer.TrainerSettings` fields besides seed and epochs."""
+    """One model to train: its `trainer_module.TrainerSettings` fields besides seed and epochs."""
 
-    role: str
+    model: str
     loss: str
-    training_groups: str = "default"
+    sample_routing: str = ""
 
 
 MODELS = {
     "light_mixed_bce": ModelRecipe(LIGHT, "mixed_bce"),
     "light_pooled_infonce": ModelRecipe(LIGHT, "pooled_infonce"),
     "light_ghcl": ModelRecipe(LIGHT, "ghcl"),
-    "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce", "all"),
-    "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl", "all"),
+    "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce", sample_routing=LIGHT),
+    "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT),
     "heavy_hard_ghcl": ModelRecipe(HEAVY, "ghcl"),
 }
 
@@ -104,74 +109,54 @@ class Variant:
 
 
 def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS) -> list[Variant]:
+    hap_fraction = cascade.CascadeSettings().route_fraction
     out = [
         Variant("a", "light, mixed_bce", light="light_mixed_bce"),
         Variant("b", "light, pooled_infonce", light="light_pooled_infonce"),
         Variant("c", "light, GHCL", light="light_ghcl"),
         Variant("d", "heavy on all samples, mixed_bce", heavy="heavy_all_mixed_bce"),
         Variant("e", "heavy on all samples, GHCL", heavy="heavy_all_ghcl"),
-        Variant("f", f"HAP, K = {HAP_ROUTE_FRACTION:.0%} of N", light="light_ghcl", heavy="heavy_hard_ghcl",
-                route_fraction=HAP_ROUTE_FRACTION),
+        Variant("f", f"HAP, K = {hap_fraction:.0%} of N", light="light_ghcl", heavy="heavy_hard_ghcl",
+                route_fraction=hap_fraction),
     ]
-    for fraction in sorted(set(route_fractions) - {HAP_ROUTE_FRACTION}):
+    for fraction in sorted(set(route_fractions) - {hap_fraction}):
         out.append(Variant(f"g{fraction:.0%}", f"HAP, K = {fraction:.0%} of N", light="light_ghcl",
                            heavy="heavy_hard_ghcl", route_fraction=fraction))
     return out
 
 
 def cascade_scores(request, light, heavy, route_fraction: float) -> np.ndarray:
-    """The cascade's ranking key per candidate: within each request (ids in `request`), the
-    K = ceil(route_fraction * N) candidates with the highest light score get 1 + heavy score,
-    the others keep their light score (serving/cascade.py `cascade`)."""
-    from hap.serving import flops
-
+    """The cascade's ranking key per candidate, request by request (ids in `request`), as
+    serving/routing.py routes and combines them."""
     request, light, heavy = np.asarray(request), np.asarray(light, np.float64), np.asarray(heavy, np.float64)
+    out = np.empty(len(light), np.float64)
     _, codes = np.unique(request, return_inverse=True)
-    codes = codes.reshape(-1)
-    order = np.lexsort((np.arange(len(light)), -light, codes))
-    size = np.bincount(codes)
-    first = np.concatenate([[0], np.cumsum(size)[:-1]])
-    rank = np.empty(len(light), np.int64)
-    rank[order] = np.arange(len(light)) - first[codes[order]]
-    k = np.array([flops.routed_count(int(n), route_fraction) for n in size], np.int64)
-    routed = rank < k[codes]
-    return np.where(routed, 1.0 + heavy, light)
+    for rows in np.split(np.argsort(codes.reshape(-1), kind="stable"), np.cumsum(np.bincount(codes.reshape(-1)))[:-1]):
+        out[rows] = routing.route_request(light[rows], heavy[rows], route_fraction)[0].numpy()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: the pipeline's Transform output and the dataset's raw requests
 
 
-def _latest(pattern: str) -> str:
-    paths = [p for p in glob.glob(pattern) if os.path.basename(p.rstrip("/")).isdigit()]
-    if not paths:
-        raise FileNotFoundError(f"nothing matches {pattern}: the pipeline run has no Transform output")
-    return max(paths, key=lambda p: int(os.path.basename(p.rstrip("/"))))
-
-
 @dataclasses.dataclass
 class Inputs:
     features: c.FeatureSet
     tft_output: object
-    model_spec: object
+    model_inputs: object
     train: dict
     eval: dict
     eval_day: int
     compute_part: str                 # FUNNEL or LOGGED: whose requests FLOPs and latency are taken on
-    compute_requests: list[dict]      # request tensors (numpy), as `rq.from_rows` makes them
+    compute_requests: list[dict]      # request arrays (numpy), as `RequestLayout.from_rows` makes them
     funnel: dict[str, list[dict]] | None
 
 
 def load_inputs(data_dir: str, run_dir: str) -> Inputs:
-    import tensorflow_transform as tft
-
-    from hap.models import request_batches, spec
-    from hap.serving import request as rq
-
     features = c.load_features(data_dir)
-    root = os.path.join(run_dir, "pipeline_root", "Transform")
-    tft_output = tft.TFTransformOutput(_latest(os.path.join(root, "transform_graph", "*")))
-    examples = _latest(os.path.join(root, "transformed_examples", "*"))
+    tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
+    examples = run_report.latest_artifact(run_dir, "Transform", "Examples").uri
     feature_spec = tft_output.transformed_feature_spec()
     missing = [f.name for f in features.features if f.name not in feature_spec]
     if missing:
@@ -180,15 +165,15 @@ def load_inputs(data_dir: str, run_dir: str) -> Inputs:
     train = request_batches.load_split(os.path.join(examples, "Split-train", "*"), feature_spec)
     evaluation = request_batches.load_split(os.path.join(examples, "Split-eval", "*"), feature_spec)
     day, logged = ev.eval_day_requests(data_dir, features)
-    split_requests = {k.decode() if isinstance(k, bytes) else str(k) for k in evaluation[spec.REQUEST_KEY]}
+    split_requests = {k.decode() if isinstance(k, bytes) else str(k) for k in evaluation[transformed.REQUEST_KEY]}
     if split_requests != set(logged):
         raise ValueError(f"{run_dir}: its eval split has {len(split_requests)} requests and {data_dir}'s day "
                          f"{day} has {len(logged)}, {len(split_requests ^ set(logged))} differing: the run was "
                          "not made from this dataset")
     funnel = ev.funnel_requests(data_dir, features)
     part, rows = (ev.FUNNEL, funnel) if funnel is not None else (ev.LOGGED, logged)
-    return Inputs(features, tft_output, spec.ModelSpec.from_transform_output(features, tft_output), train,
-                  evaluation, day, part, [rq.from_rows(r, features) for r in rows.values()], funnel)
+    return Inputs(features, tft_output, transformed.ModelInputs.from_transform_output(features, tft_output), train,
+                  evaluation, day, part, [rq.RequestLayout(features).from_rows(r) for r in rows.values()], funnel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,14 +184,12 @@ class Serving:
     """tf.function'd CascadeModule methods over one pair of models, one request per call."""
 
     def __init__(self, inputs: Inputs, tft_layer, light=None, heavy=None,
-                 route_fraction: float = HAP_ROUTE_FRACTION):
-        import tensorflow as tf
-
-        from hap.serving import cascade
-
+                 route_fraction: float | None = None):
+        settings = cascade.CascadeSettings() if route_fraction is None else cascade.CascadeSettings(route_fraction)
         module = cascade.CascadeModule(light, heavy, tft_layer, inputs.tft_output.raw_feature_spec(),
-                                       inputs.features, cascade.CascadeSettings(route_fraction=route_fraction))
-        signature = [cascade.input_signature(inputs.features)]
+                                       inputs.features, settings)
+        self._layout = rq.RequestLayout(inputs.features)
+        signature = [self._layout.signature()]
         self._module = module  # the tf.functions below hold its methods, and so the module
         self.functions = {LIGHT: tf.function(module.light_scores, input_signature=signature),
                           HEAVY: tf.function(module.heavy_scores, input_signature=signature),
@@ -214,11 +197,11 @@ class Serving:
 
     def scores(self, which: str, requests: list[dict]) -> np.ndarray:
         fn = self.functions[which]
-        return np.concatenate([fn(ev.to_tensors(r))["scores"].numpy().astype(np.float64) for r in requests])
+        return np.concatenate([fn(self._layout.to_tensors(r))["scores"].numpy().astype(np.float64) for r in requests])
 
     def latency_ms(self, which: str, requests: list[dict]) -> list[float]:
         fn = self.functions[which]
-        tensors = [ev.to_tensors(r) for r in requests]
+        tensors = [self._layout.to_tensors(r) for r in requests]
         fn(tensors[0])  # traces the function: not part of a served call
         out = []
         for t in tensors:
@@ -230,13 +213,11 @@ class Serving:
 
 def train_model(name: str, seed: int, epochs: int, inputs: Inputs, log_dir: str):
     """Trains MODELS[name]; returns (Keras scorer, seconds, history)."""
-    from hap.models import trainer
-
     recipe = MODELS[name]
-    settings = trainer.TrainerSettings(role=recipe.role, loss=recipe.loss, training_groups=recipe.training_groups,
-                                       epochs=epochs, seed=seed)
+    settings = trainer_module.TrainerSettings(model=recipe.model, loss=recipe.loss, sample_routing=recipe.sample_routing,
+                                              epochs=epochs, seed=seed)
     start = time.perf_counter()
-    scorer, history = trainer.train(settings, inputs.model_spec, inputs.train, inputs.eval,
+    scorer, history = trainer_module.train(settings, inputs.model_inputs, inputs.train, inputs.eval,
                                     os.path.join(log_dir, f"{name}-seed{seed}"))
     return scorer, time.perf_counter() - start, history
 
@@ -245,21 +226,17 @@ def warm_up(inputs: Inputs, log_dir: str, requests: int = 32) -> None:
     """One short, untimed training on a few requests: the first training in a process pays
     TensorFlow's one-off set-up (kernels, tracing machinery), which would otherwise be billed to
     whichever model is timed first (measured: about 15 s on 2 cores, doubling a light model's time)."""
-    from hap.models import request_batches, trainer
-
     batcher = request_batches.RequestBatcher(inputs.eval, batch_size=1)
     rows = np.concatenate(batcher.requests[:requests])
     subset = {k: v[rows] for k, v in inputs.eval.items()}
-    trainer.train(trainer.TrainerSettings(role=LIGHT, loss="mixed_bce"), inputs.model_spec, subset, subset,
-                  os.path.join(log_dir, "warm_up"))
+    trainer_module.train(trainer_module.TrainerSettings(model=LIGHT, loss="mixed_bce"), inputs.model_inputs,
+                         subset, subset, os.path.join(log_dir, "warm_up"))
 
 
 def _logged_columns(inputs: Inputs):
-    from hap.models import spec
-
     e = inputs.eval
-    return (e[spec.REQUEST_KEY], e[spec.LABEL].astype(np.int64),
-            np.asarray(c.SAMPLE_GROUPS)[e[spec.SAMPLE_GROUP].astype(np.int64)])
+    return (e[transformed.REQUEST_KEY], e[transformed.LABEL].astype(np.int64),
+            np.asarray(c.SAMPLE_GROUPS)[e[transformed.SAMPLE_GROUP].astype(np.int64)])
 
 
 def _funnel_columns(inputs: Inputs):
@@ -279,10 +256,6 @@ def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Var
     """Trains every model once with `seed` and evaluates every variant; returns
     {"models": {name: {seconds, per_source_auc, gradient_conflict}}, "metrics": {variant: {...}},
     "keras": {name: model}}."""
-    import tensorflow as tf
-
-    from hap.models import training
-
     needed = sorted({m for v in chosen for m in v.models}, key=list(MODELS).index)
     request, label, group = _logged_columns(inputs)
     if inputs.funnel is not None:
@@ -295,9 +268,9 @@ def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Var
         keras[name] = scorer
         logged_probs[name] = tf.sigmoid(training.predict_logits(scorer, inputs.eval)).numpy().astype(np.float64)
         if inputs.funnel is not None:
-            role = MODELS[name].role
-            serving = Serving(inputs, tft_layer, **{role: scorer})
-            funnel_probs[name] = serving.scores(role, inputs.compute_requests)
+            model = MODELS[name].model
+            serving = Serving(inputs, tft_layer, **{model: scorer})
+            funnel_probs[name] = serving.scores(model, inputs.compute_requests)
         progress.update()
     result = {}
     for v in chosen:
@@ -312,13 +285,10 @@ def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Var
 
 def measure_compute(inputs: Inputs, tft_layer, keras: dict, chosen: list[Variant], latency_requests: int) -> dict:
     """FLOPs per request (mean over the compute requests) and latency per architecture."""
-    from hap.serving import flops
-    from hap.serving import request as rq
-
     light_name = next(v.light for v in chosen if v.light)
     heavy_name = next(v.heavy for v in chosen if v.heavy)
     parts = flops.model_flops(keras[light_name], keras[heavy_name])
-    sizes = [rq.num_candidates(r, inputs.features) for r in inputs.compute_requests]
+    sizes = [rq.RequestLayout(inputs.features).num_candidates(r) for r in inputs.compute_requests]
     timed = inputs.compute_requests[:latency_requests]
     latency, out = {}, {"parts": parts, "part": inputs.compute_part, "requests": len(sizes),
                         "candidates_mean": float(np.mean(sizes)), "variants": {}}
@@ -335,7 +305,7 @@ def measure_compute(inputs: Inputs, tft_layer, keras: dict, chosen: list[Variant
             cost = "light_only" if v.light else "heavy_all"
             per_request = [flops.request_flops(parts, n, n)[cost] for n in sizes]
         else:
-            per_request = [flops.request_flops(parts, n, flops.routed_count(n, v.route_fraction))["cascade"]
+            per_request = [flops.request_flops(parts, n, routing.routed_count(n, v.route_fraction))["cascade"]
                            for n in sizes]
         out["variants"][v.key] = {"flops_mean": float(np.mean(per_request)), "latency": latency[v.architecture],
                                   "architecture": v.architecture}
@@ -363,14 +333,12 @@ def summarise(per_seed: list[dict], chosen: list[Variant]) -> dict:
 
 
 def machine() -> dict:
-    import tensorflow as tf
-
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
 
 
 def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, epochs: int = 1,
-              route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=ev.DEFAULT_KS,
+              route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS,
               latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
               progress: bool = True) -> dict:
     """Runs the benchmark (module docstring); returns the content of benchmark.json.
@@ -378,10 +346,6 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     `run_dir`: a finished `hap run` output made from `data_dir` whose Transform output is used
     as is; by default the pipeline runs into OUT/run (served from its cache when it already ran).
     """
-    from tqdm import tqdm
-
-    from hap.evaluation import report
-
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ValueError("at least one seed is needed")
@@ -397,7 +361,6 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     load_start = os.getloadavg()
     started = time.time()
     if run_dir is None:
-        from hap.pipeline import local_runner
 
         run_dir = os.path.join(out_dir, "run")
         local_runner.run(data_dir, run_dir)

@@ -1,14 +1,14 @@
 """`hap evaluate`: a pushed cascade SavedModel, request by request, on a dataset's eval day.
 
 The model is called the way TF Serving calls it: one request per call of its `cascade`, `light`
-and `heavy` signatures, with raw feature values (`hap.serving.request.from_rows`), so what is
+and `heavy` signatures, with raw feature values (`hap.serving.request.RequestLayout`), so what is
 measured is what is served, Transform included. Three scorers come out of every request:
 
 - `cascade`: the signature's `scores`, the ranking key (routed candidates first, in the heavy
   model's order; see serving/cascade.py);
 - `light`, `heavy`: one model alone on all N candidates.
 
-Quality (`hap.evaluation.metrics`, one tie rule for all):
+Quality (`hap.evaluation.auc_metrics` and `top_k_metrics`, one tie rule for all):
 
 - on the logged samples of the eval day (the last `day` of samples/): AUC of exposed positives
   against each negative source and their mean, GAUC over exposed samples, and HitRate@K and
@@ -39,17 +39,22 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
 
 from hap.data import contract as c
 from hap.data import reader
 from hap.data import writer
-from hap.evaluation import metrics
+from hap.evaluation import auc_metrics, report, top_k_metrics
+from hap.evaluation.metric_base import MetricResult
+from hap.evaluation.top_k_metrics import FUNNEL_K, FUNNEL_TOP
+from hap.evaluation.defaults import DEFAULT_KS
+from hap.serving import cascade, flops, model_versions, routing
+from hap.serving import request as rq
 
 SIGNATURES = ("cascade", "light", "heavy")
 # Which per-request FLOPs entry (serving/flops.py request_flops) each signature's call costs.
 FLOPS_OF_SIGNATURE = {"cascade": "cascade", "light": "light_only", "heavy": "heavy_all"}
-DEFAULT_KS = (1, 3, 5)
-FUNNEL_K, FUNNEL_TOP = 100, 10
 LOGGED, FUNNEL = "logged", "funnel"
 
 
@@ -65,12 +70,7 @@ def resolve_model(path: str) -> str:
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such model folder (expected OUT/serving/hap or one of its versions)")
-    versions = [v for v in os.listdir(path)
-                if v.isdigit() and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
-    if not versions:
-        raise FileNotFoundError(f"{path}: neither a SavedModel nor a model base path with a complete version "
-                                "(a numeric folder with saved_model.pb)")
-    return os.path.join(path, max(versions, key=int))
+    return model_versions.newest_complete_version(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,6 @@ class CascadeInfo:
 
 
 def load_info(version_dir: str) -> CascadeInfo:
-    from hap.serving import cascade
-
     path = os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing; is {version_dir} a cascade pushed by the HAP pipeline?")
@@ -151,19 +149,20 @@ def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dic
 # Metrics, shared with the benchmark so both report the same definitions
 
 
-def logged_metrics(request, label, group, score, ks=DEFAULT_KS) -> dict[str, metrics.MetricResult]:
+def logged_metrics(request, label, group, score, ks=DEFAULT_KS) -> dict[str, MetricResult]:
     """Per-source AUCs, GAUC over exposed samples, HitRate@K and Recall@K of clicks."""
-    out = dict(metrics.auc_by_source(label, score, group))
-    out["gauc"] = metrics.gauc(request, label, score, group)
+    out = dict(auc_metrics.auc_by_source(label, score, group))
+    out["gauc"] = auc_metrics.gauc(request, label, score, group)
     for k in ks:
-        out[f"hitrate@{k}"] = metrics.hitrate_at_k(request, label, score, k)
-        out[f"recall@{k}"] = metrics.recall_at_k(request, label, score, k)
+        out[f"hitrate@{k}"] = top_k_metrics.hitrate_at_k(request, label, score, k)
+        out[f"recall@{k}"] = top_k_metrics.recall_at_k(request, label, score, k)
     return out
 
 
-def funnel_metrics(request, utility, score) -> dict[str, metrics.MetricResult]:
-    return {f"oracle_recall@{FUNNEL_K}": metrics.oracle_recall_at_k(request, utility, score, FUNNEL_K, FUNNEL_TOP),
-            f"ndcg@{FUNNEL_K}": metrics.ndcg_at_k(request, utility, score, FUNNEL_K)}
+def funnel_metrics(request, utility, score) -> dict[str, MetricResult]:
+    return {f"oracle_recall@{FUNNEL_K}": top_k_metrics.oracle_recall_at_k(request, utility, score, FUNNEL_K,
+                                                                          FUNNEL_TOP),
+            f"ndcg@{FUNNEL_K}": top_k_metrics.ndcg_at_k(request, utility, score, FUNNEL_K)}
 
 
 def groups_of(rows: list[dict]) -> list[str]:
@@ -180,7 +179,7 @@ def latency_summary(ms) -> dict:
 
 def jsonable(x):
     """NaN becomes null (JSON has no NaN); MetricResults become dicts."""
-    if isinstance(x, metrics.MetricResult):
+    if isinstance(x, MetricResult):
         return jsonable(x.to_dict())
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
@@ -197,19 +196,10 @@ def jsonable(x):
 # Scoring the SavedModel
 
 
-def to_tensors(request: dict) -> dict:
-    """`rq.from_rows`' numpy request as the tensors a signature takes."""
-    import tensorflow as tf
-
-    return {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
-
-
 class SignatureCaller:
     """Calls the loaded model's signatures on request tensors, timing each call."""
 
     def __init__(self, version_dir: str):
-        import tensorflow as tf
-
         self.model = tf.saved_model.load(version_dir)
         missing = [s for s in SIGNATURES if s not in self.model.signatures]
         if missing:
@@ -239,12 +229,8 @@ class Scored:
 
 def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: CascadeInfo, part: str,
                progress: bool) -> Scored:
-    from tqdm import tqdm
-
-    from hap.serving import flops
-    from hap.serving import request as rq
-
     scored = Scored()
+    layout = rq.RequestLayout(info.features)
     first = True
     for request_id, rows in tqdm(requests.items(), desc=f"scoring {part} requests", unit="req",
                                  disable=not progress, mininterval=0.5):
@@ -252,12 +238,12 @@ def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: C
         if n > int(info.settings.get("max_candidates", n)):
             raise ValueError(f"{part} request {request_id}: {n} candidates, more than the model's "
                              f"max_candidates={info.settings['max_candidates']}")
-        tensors = to_tensors(rq.from_rows(rows, info.features))
+        tensors = layout.to_tensors(layout.from_rows(rows))
         if first:
             for signature in SIGNATURES:
                 caller(signature, tensors)
             first = False
-        k = flops.routed_count(n, info.route_fraction)
+        k = routing.routed_count(n, info.route_fraction)
         costs = flops.request_flops(info.flops, n, k)
         record = {"part": part, "request_id": request_id, "n": n, "k": k}
         for signature in SIGNATURES:
@@ -291,8 +277,6 @@ def evaluate(model: str, data_dir: str, out_dir: str, ks=DEFAULT_KS, overwrite: 
              progress: bool = True) -> dict:
     """Evaluates the pushed cascade `model` on `data_dir`; writes the outputs to `out_dir` and
     returns the content of metrics.json."""
-    from hap.evaluation import report
-
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] < 1:
         raise ValueError(f"K values must be integers >= 1, got {ks}")

@@ -10,13 +10,18 @@ import os
 
 import numpy as np
 
-from hap.evaluation.evaluate import FUNNEL_K, FUNNEL_TOP
+from hap.data import contract as c
+from hap.data.sample_routing import MEAN_AUC, contrast_metric
+from hap.evaluation.top_k_metrics import FUNNEL_K, FUNNEL_TOP
 
 SCORER_LABELS = {"cascade": "cascade scores", "light": "light alone", "heavy": "heavy alone"}
-PER_SOURCE = ("auc_EP_vs_EN", "auc_EP_vs_RN", "auc_EP_vs_PRN", "auc_EP_vs_GN")
+PER_SOURCE = tuple(contrast_metric(g) for g in c.NEGATIVE_GROUPS)
 
 
 def pyplot():
+    # Here, not at module level: the CLI imports this module (through evaluate.py) to build its
+    # parser, which should not pay pyplot's import (0.2 to 0.4 s here), and selecting the Agg
+    # backend only when a report is drawn leaves the backend of a notebook importing hap alone.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +48,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-_PREFIXES = {"auc_EP_vs_": "AUC EP vs ", "hitrate@": "HitRate@", "recall@": "Recall@",
+_PREFIXES = {contrast_metric(""): "AUC EP vs ", "hitrate@": "HitRate@", "recall@": "Recall@",
              "oracle_recall@": f"oracle top-{FUNNEL_TOP} Recall@", "ndcg@": "NDCG@"}
 
 
@@ -51,7 +56,7 @@ def metric_label(name: str) -> str:
     for prefix, label in _PREFIXES.items():
         if name.startswith(prefix):
             return label + name[len(prefix):]
-    return {"auc_mean": "AUC mean of 4 sources", "gauc": "GAUC (exposed)"}.get(name, name)
+    return {MEAN_AUC: f"AUC mean of {len(PER_SOURCE)} sources", "gauc": "GAUC (exposed)"}.get(name, name)
 
 
 def _value(metric) -> float:
@@ -87,7 +92,7 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
     logged = result["logged"]["metrics"]
     plots = []
 
-    names = list(PER_SOURCE) + ["auc_mean", "gauc"]
+    names = list(PER_SOURCE) + [MEAN_AUC, "gauc"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     _bars(ax, [metric_label(n) for n in names], {SCORER_LABELS[s]: [_value(logged[s][n]) for n in names]
                                                  for s in scorers})
@@ -146,7 +151,7 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
         "- scorers: the `cascade` signature's ranking key `scores`, and the `light` and `heavy` signatures (one "
         "model alone on all N candidates); every request is one signature call, as TF Serving makes it", "",
         "## Logged samples of the eval day", "",
-        _scorer_table(result["logged"], list(PER_SOURCE) + ["auc_mean", "gauc"]
+        _scorer_table(result["logged"], list(PER_SOURCE) + [MEAN_AUC, "gauc"]
                       + [f"{m}@{k}" for k in result["ks"] for m in ("hitrate", "recall")], scorers), "",
         "AUCs pool samples across requests (exact, ties count half); GAUC is the impression-weighted mean of "
         "per-request AUC over exposed samples; HitRate@K and Recall@K rank each request's logged candidates "
@@ -198,7 +203,7 @@ def _quality_names(result: dict) -> list[str]:
     """The metrics of the main table: the hardest source, the mean of four, GAUC, the smallest
     and largest K, and the funnel's two."""
     ks = result["ks"]
-    names = ["auc_EP_vs_EN", "auc_mean", "gauc", f"hitrate@{ks[0]}", f"recall@{ks[-1]}"]
+    names = [contrast_metric(c.EN), MEAN_AUC, "gauc", f"hitrate@{ks[0]}", f"recall@{ks[-1]}"]
     if result["funnel"]:
         names += [f"oracle_recall@{FUNNEL_K}", f"ndcg@{FUNNEL_K}"]
     return names
@@ -206,8 +211,8 @@ def _quality_names(result: dict) -> list[str]:
 
 def _pareto_names(result: dict) -> list[str]:
     if result["funnel"]:
-        return [f"ndcg@{FUNNEL_K}", f"oracle_recall@{FUNNEL_K}", "gauc", "auc_mean"]
-    return ["gauc", "auc_mean", f"hitrate@{result['ks'][0]}", f"recall@{result['ks'][-1]}"]
+        return [f"ndcg@{FUNNEL_K}", f"oracle_recall@{FUNNEL_K}", "gauc", MEAN_AUC]
+    return ["gauc", MEAN_AUC, f"hitrate@{result['ks'][0]}", f"recall@{result['ks'][-1]}"]
 
 
 def _pareto_plot(result: dict, path: str) -> None:
@@ -318,7 +323,7 @@ def write_benchmark_report(result: dict, out_dir: str) -> None:
         f"FLOPs per request are the mean over the {compute['requests']} {compute['part']} requests "
         f"(mean N = {compute['candidates_mean']:.0f}); latency is the in-process p50 of one request per call on up "
         f"to {compute['variants'][result['variants'][0]['key']]['latency'].get('requests', 0)} of them, measured "
-        "once per architecture; training time is the wall time of trainer.train (a HAP row: both models).", "",
+        "once per architecture; training time is the wall time of trainer_module.train (a HAP row: both models).", "",
         "## Every metric", "", full, "",
         "## Plots", "", "![quality against compute](pareto.png)", "",
     ]

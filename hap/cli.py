@@ -25,6 +25,7 @@ import time
 import hap  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from hap.data import contract
 from hap.data.simulator import SimulationConfig
+from hap.evaluation import defaults as evaluation_defaults
 
 
 def _simulate(args) -> int:
@@ -104,7 +105,7 @@ def _tensorboard(args) -> int:
     from hap.pipeline import local_runner
 
     dirs = local_runner.tensorboard_logdirs(args.out)
-    spec = ",".join(f"{role}:{path}" for role, path in dirs.items() if os.path.isdir(path))
+    spec = ",".join(f"{model}:{path}" for model, path in dirs.items() if os.path.isdir(path))
     if not spec:
         print(f"no training logs under {args.out}; run `hap run --out {args.out}` first", file=sys.stderr)
         return 1
@@ -140,12 +141,12 @@ def _query(args) -> int:
 
     stub = client.connect(args.server)
     try:
-        layout = client.layout_from_signature(client.signature_def(stub, args.model, "cascade"))
+        layout = rq.RequestLayout.from_signature_def(client.signature_def(stub, args.model, "cascade"))
         if args.json:
-            inputs, where = rq.load_json(args.json, layout), args.json
+            inputs, where = layout.load_json(args.json), args.json
         else:
             request_id, rows = client.request_rows(args.data, args.request_id)
-            inputs, where = rq.from_rows(rows, layout), f"request {request_id} of {args.data}"
+            inputs, where = layout.from_rows(rows), f"request {request_id} of {args.data}"
         start = time.time()
         outputs = client.predict(stub, args.model, "cascade", inputs)
     except grpc.RpcError as e:
@@ -286,14 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--top", type=int, default=20, help="rows to print")
     query.set_defaults(func=_query)
 
-    from hap.evaluation import benchmark, evaluate  # numpy only: --help stays fast
 
     ev = sub.add_parser("evaluate", help="evaluate a pushed cascade request by request on a dataset's eval day")
     ev.add_argument("--model", required=True,
                     help="a cascade version folder, or a model base path such as OUT/serving/hap (newest version)")
     ev.add_argument("--data", required=True, help="contract dataset: its last day of samples/, and funnel/ if any")
     ev.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots)")
-    ev.add_argument("--k", type=int, nargs="+", default=list(evaluate.DEFAULT_KS), help="K of HitRate@K and Recall@K")
+    ev.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS), help="K of HitRate@K and Recall@K")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)
@@ -302,14 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", required=True, help="contract dataset")
     bench.add_argument("--out", required=True, help="output folder: run/ (the pipeline run) and report/")
     bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
-    bench.add_argument("--seeds", type=int, nargs="+", default=list(benchmark.DEFAULT_SEEDS),
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
                        help="training seeds (mean ± std over them)")
     bench.add_argument("--epochs", type=int, default=1, help="training epochs of every model")
-    bench.add_argument("--route-fractions", type=float, nargs="+", default=list(benchmark.DEFAULT_ROUTE_FRACTIONS),
+    bench.add_argument("--route-fractions", type=float, nargs="+", default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
                        help="HAP's share of candidates re-scored by the heavy model (K = ceil(f N))")
-    bench.add_argument("--k", type=int, nargs="+", default=list(evaluate.DEFAULT_KS),
+    bench.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
                        help="K of HitRate@K and Recall@K")
-    bench.add_argument("--latency-requests", type=int, default=benchmark.DEFAULT_LATENCY_REQUESTS,
+    bench.add_argument("--latency-requests", type=int, default=evaluation_defaults.DEFAULT_LATENCY_REQUESTS,
                        help="requests timed per architecture")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing OUT/report")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")

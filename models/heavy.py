@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from hap.models import layers
-from hap.models import spec as model_spec
+from hap.models import transformed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,10 @@ class HeavyModel(layers.FeatureDictModel):
 
     config_class = HeavyConfig
 
-    def __init__(self, spec: model_spec.ModelSpec, config: HeavyConfig = HeavyConfig(), **kwargs):
-        features = spec.all_features
-        super().__init__(spec, config, [f.name for f in features], **kwargs)
-        self.embed = layers.FeatureEmbedding(spec, features, config.embedding_dim)
+    def __init__(self, model_inputs: transformed.ModelInputs, config: HeavyConfig = HeavyConfig(), **kwargs):
+        features = model_inputs.all_features
+        super().__init__(model_inputs, config, [f.name for f in features], **kwargs)
+        self.embed = layers.FeatureEmbedding(model_inputs, features, config.embedding_dim)
         self.attention = {
             f.name: layers.TargetAttention(config.attention_units, name=f"attention_{f.name}")
             for f in self.embed.sequences if f.target

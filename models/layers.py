@@ -1,8 +1,8 @@
 """Building blocks shared by the light and heavy models.
 
-Every layer here reads the tensors described in `models/spec.py`: categorical features as int64
+Every layer here reads the tensors described in `models/transformed.py`: categorical features as int64
 indices [B], numeric features as float32 [B], sequences as int64 indices [B, max_len] padded
-with `spec.PAD`.
+with `transformed.PAD`.
 """
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import dataclasses
 import tensorflow as tf
 
 from hap.data import contract as c
-from hap.models import spec as model_spec
+from hap.models import transformed
 
 # Keeps masked attention scores finite: an all-padding row then softmaxes to a uniform (later
 # zeroed) distribution instead of the NaN that -inf everywhere would give.
 _MASKED_SCORE = -1e9
 
 
-def embedding_tables(spec: model_spec.ModelSpec, features, dim: int) -> dict[str, tf.keras.layers.Embedding]:
+def embedding_tables(model_inputs: transformed.ModelInputs, features, dim: int) -> dict[str, tf.keras.layers.Embedding]:
     """One embedding table per vocabulary the categorical and sequence `features` index into."""
-    names = sorted({model_spec.vocabulary_name(f) for f in features if f.kind in (c.CATEGORICAL, c.SEQUENCE)})
+    names = sorted({transformed.vocabulary_name(f) for f in features if f.kind in (c.CATEGORICAL, c.SEQUENCE)})
     return {
-        n: tf.keras.layers.Embedding(spec.vocab_sizes[n], dim, name=f"embedding_{n}")
+        n: tf.keras.layers.Embedding(model_inputs.vocab_sizes[n], dim, name=f"embedding_{n}")
         for n in names
     }
 
@@ -30,7 +30,7 @@ def embedding_tables(spec: model_spec.ModelSpec, features, dim: int) -> dict[str
 class FeatureEmbedding(tf.keras.layers.Layer):
     """Looks up the embeddings of a group of features.
 
-    Tables are keyed by `spec.vocabulary_name`, so a sequence and its target feature (a click
+    Tables are keyed by `transformed.vocabulary_name`, so a sequence and its target feature (a click
     history and item_id) read the same table. Pass `tables` (from `embedding_tables`) to share
     them with another FeatureEmbedding, as the light model's two towers do.
 
@@ -42,7 +42,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
       when it has none, so callers can always concatenate it).
     """
 
-    def __init__(self, spec: model_spec.ModelSpec, features, dim: int, tables=None, **kwargs):
+    def __init__(self, model_inputs: transformed.ModelInputs, features, dim: int, tables=None, **kwargs):
         super().__init__(**kwargs)
         features = tuple(features)
         if not features:
@@ -51,10 +51,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.categorical = tuple(f for f in features if f.kind == c.CATEGORICAL)
         self.numeric = tuple(f for f in features if f.kind == c.NUMERIC)
         self.sequences = tuple(f for f in features if f.kind == c.SEQUENCE)
-        self.tables = tables if tables is not None else embedding_tables(spec, features, dim)
+        self.tables = tables if tables is not None else embedding_tables(model_inputs, features, dim)
 
     def lookup(self, feature: c.Feature, ids: tf.Tensor) -> tf.Tensor:
-        return self.tables[model_spec.vocabulary_name(feature)](ids)
+        return self.tables[transformed.vocabulary_name(feature)](ids)
 
     def call(self, inputs):
         if self.numeric:
@@ -65,7 +65,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         return {
             "categorical": {f.name: self.lookup(f, inputs[f.name]) for f in self.categorical},
             "sequence": {f.name: self.lookup(f, inputs[f.name]) for f in self.sequences},
-            "sequence_mask": {f.name: tf.not_equal(inputs[f.name], model_spec.PAD) for f in self.sequences},
+            "sequence_mask": {f.name: tf.not_equal(inputs[f.name], transformed.PAD) for f in self.sequences},
             "numeric": numeric,
         }
 
@@ -127,14 +127,14 @@ class TargetAttention(tf.keras.layers.Layer):
 
 
 class FeatureDictModel(tf.keras.Model):
-    """A model built from a ModelSpec and a frozen hyper-parameter dataclass, fed a dict of
+    """A model built from a ModelInputs and a frozen hyper-parameter dataclass, fed a dict of
     tensors of which it keeps only the features it was built on.
 
     Filtering in `__call__`, before Keras records the input signature of the first call, lets
     training batches carry labels, sample groups and request keys while the saved model's call
     signature lists exactly the model's features.
 
-    Subclasses are registered as Keras serializables and carry their spec and hyper-parameters
+    Subclasses are registered as Keras serializables and carry their inputs and hyper-parameters
     in `get_config`, so `tf.keras.models.load_model` rebuilds the subclass itself, with its
     extra methods (the light model's towers), rather than a generic revived model.
     `config_class` names the subclass's hyper-parameter dataclass.
@@ -142,9 +142,9 @@ class FeatureDictModel(tf.keras.Model):
 
     config_class: type = None
 
-    def __init__(self, spec: model_spec.ModelSpec, config, feature_names, **kwargs):
+    def __init__(self, model_inputs: transformed.ModelInputs, config, feature_names, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
+        self.model_inputs = model_inputs
         self.config = config
         self.feature_names = tuple(feature_names)
 
@@ -154,8 +154,8 @@ class FeatureDictModel(tf.keras.Model):
     def get_config(self):
         return {
             "name": self.name,
-            "features": [dataclasses.asdict(f) for f in self.spec.all_features],
-            "vocab_sizes": {n: int(v) for n, v in self.spec.vocab_sizes.items()},
+            "features": [dataclasses.asdict(f) for f in self.model_inputs.all_features],
+            "vocab_sizes": {n: int(v) for n, v in self.model_inputs.vocab_sizes.items()},
             "config": dataclasses.asdict(self.config),
         }
 
@@ -164,5 +164,5 @@ class FeatureDictModel(tf.keras.Model):
         features = c.FeatureSet(tuple(c.Feature(**f) for f in config["features"]))
         # JSON turned the dataclass's tuples into lists.
         hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in config["config"].items()}
-        spec = model_spec.ModelSpec(features, dict(config["vocab_sizes"]))
-        return cls(spec, cls.config_class(**hparams), name=config["name"])
+        model_inputs = transformed.ModelInputs(features, dict(config["vocab_sizes"]))
+        return cls(model_inputs, cls.config_class(**hparams), name=config["name"])

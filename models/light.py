@@ -13,7 +13,7 @@ import dataclasses
 import tensorflow as tf
 
 from hap.models import layers
-from hap.models import spec as model_spec
+from hap.models import transformed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +44,9 @@ class Tower(tf.keras.layers.Layer):
     the head's u * v term could not express a negative affinity.
     """
 
-    def __init__(self, spec: model_spec.ModelSpec, features, tables, config: LightConfig, **kwargs):
+    def __init__(self, model_inputs: transformed.ModelInputs, features, tables, config: LightConfig, **kwargs):
         super().__init__(**kwargs)
-        self.embed = layers.FeatureEmbedding(spec, features, config.embedding_dim, tables=tables)
+        self.embed = layers.FeatureEmbedding(model_inputs, features, config.embedding_dim, tables=tables)
         self.pools = {f.name: layers.MaskedMeanPool(name=f"pool_{f.name}") for f in self.embed.sequences}
         self.mlp = layers.MLP(config.tower_units)
         self.project = tf.keras.layers.Dense(config.output_dim)
@@ -63,22 +63,22 @@ class Tower(tf.keras.layers.Layer):
 class LightModel(layers.FeatureDictModel):
     """Two tower pre-ranking model; `call(features)` returns click logits, float32 [B].
 
-    `features` is a dict of the tensors described in `models/spec.py`; keys the model does not
+    `features` is a dict of the tensors described in `models/transformed.py`; keys the model does not
     use (training-only outputs, cross features) are ignored.
     """
 
     config_class = LightConfig
 
-    def __init__(self, spec: model_spec.ModelSpec, config: LightConfig = LightConfig(), **kwargs):
-        user_side, item_side = spec.user_side, spec.item_side
-        super().__init__(spec, config, [f.name for f in user_side + item_side], **kwargs)
+    def __init__(self, model_inputs: transformed.ModelInputs, config: LightConfig = LightConfig(), **kwargs):
+        user_side, item_side = model_inputs.user_side, model_inputs.item_side
+        super().__init__(model_inputs, config, [f.name for f in user_side + item_side], **kwargs)
         self.user_names = tuple(f.name for f in user_side)
         self.item_names = tuple(f.name for f in item_side)
         # One table per vocabulary across both towers: the user's click history and the
         # candidate's item_id then live in one space.
-        tables = layers.embedding_tables(spec, user_side + item_side, config.embedding_dim)
-        self.user_tower = Tower(spec, user_side, tables, config, name="user_tower")
-        self.item_tower = Tower(spec, item_side, tables, config, name="item_tower")
+        tables = layers.embedding_tables(model_inputs, user_side + item_side, config.embedding_dim)
+        self.user_tower = Tower(model_inputs, user_side, tables, config, name="user_tower")
+        self.item_tower = Tower(model_inputs, item_side, tables, config, name="item_tower")
         self.head = layers.MLP(config.head_units, name="head")
         self.logit = tf.keras.layers.Dense(1, name="logit")
 

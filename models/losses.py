@@ -10,7 +10,7 @@ GHCL keeps one contrastive group per negative source: each exposed positive of a
 contrasted, in its own softmax, with that request's negatives of one source only, so easy random
 negatives cannot hide the hard exposed and ranking ones in a pooled denominator:
 
-    total = bce_weight * BCE(samples selected by the role) + sum_g w_g * InfoNCE_g
+    total = bce_weight * BCE(the `bce_on` samples) + sum_g w_g * InfoNCE_g
 
 Harmonising rule (`LossHarmonizer`): each group g keeps an exponential moving average of its
 InfoNCE value, ema_g <- momentum * ema_g + (1 - momentum) * L_g (momentum 0.99 by default),
@@ -22,18 +22,16 @@ not drown the others in the shared gradient, nor does a small-loss one vanish fr
 total keeps its scale (sum_g w_g * ema_g = sum_g ema_g). The weights carry no gradient: they rescale the
 per-group gradients, they are not a quantity the model can reduce.
 
-Roles (`make_loss`):
-- light (two-tower, scores everything): InfoNCE groups EN, RN, PRN, GN; BCE on all samples.
-- heavy (cross-feature, re-scores hard candidates): InfoNCE groups EN, RN; BCE on the exposed
-  samples (EP, EN); PRN and GN samples are ignored entirely.
-The baselines use the same samples per role: `mixed_bce` is BCE alone over them (light: all
-samples; heavy: EP, EN, RN); `pooled_infonce` is the same BCE plus one softmax of each positive
-against all of its request's negatives of the role's groups, without harmonising, so it differs
-from GHCL only in pooling the sources.
+Which samples each model's loss reads comes from its `SampleRouting` (data/sample_routing.py,
+`make_loss`): GHCL has one InfoNCE group per contrast and BCE on the `bce_on` groups. The
+baselines read the same samples: `mixed_bce` is BCE alone over every group the model trains on;
+`pooled_infonce` is GHCL's BCE plus one softmax of each positive against all of its request's
+negatives of the contrast groups, without harmonising, so it differs from GHCL only in pooling
+the sources.
 
 The temperature divides the logits in the InfoNCE terms only; BCE sees the raw logits, which
 therefore stay calibrated click logits. Default 1.0: on the default data (3 seeds, light model,
-benchmarks/light_losses.py) temperature 0.1 made GHCL unstable across seeds and worse than
+as `hap benchmark` variant c trains it) temperature 0.1 made GHCL unstable across seeds and worse than
 mixed_bce (mean per-source AUC 0.815 +- 0.014 against 0.834 +- 0.001), while 1.0 gave
 0.838 +- 0.002.
 """
@@ -42,15 +40,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from hap.data import contract as c
-from hap.models import spec
+from hap.data.sample_routing import SampleRouting
+from hap.models import transformed
 
-LIGHT_NEGATIVE_GROUPS = (c.EN, c.RN, c.PRN, c.GN)
-HEAVY_NEGATIVE_GROUPS = spec.HARD_GROUPS
-EXPOSED_GROUPS = (c.EP, c.EN)
-ROLES = {
-    "light": {"negative_groups": LIGHT_NEGATIVE_GROUPS, "bce_on": None},
-    "heavy": {"negative_groups": HEAVY_NEGATIVE_GROUPS, "bce_on": EXPOSED_GROUPS},
-}
 LOSS_NAMES = ("ghcl", "mixed_bce", "pooled_infonce")
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MOMENTUM = 0.99
@@ -64,7 +56,7 @@ def _group_name(group) -> str:
 
 def in_groups(groups, names) -> tf.Tensor:
     """bool [B]: whether each sample belongs to one of the named groups."""
-    indices = tf.constant([spec.GROUP_INDEX[_group_name(g)] for g in names], tf.int32)
+    indices = tf.constant([transformed.GROUP_INDEX[_group_name(g)] for g in names], tf.int32)
     return tf.reduce_any(tf.cast(groups, tf.int32)[:, None] == indices[None, :], axis=1)
 
 
@@ -126,7 +118,7 @@ def grouped_infonce(logits, labels, groups, request_ids, num_requests, negative_
 
 def pooled_infonce(logits, labels, groups, request_ids, num_requests,
                    temperature=DEFAULT_TEMPERATURE,
-                   negative_groups=LIGHT_NEGATIVE_GROUPS) -> tuple[tf.Tensor, tf.Tensor]:
+                   negative_groups=c.NEGATIVE_GROUPS) -> tuple[tf.Tensor, tf.Tensor]:
     """As `grouped_infonce`, but one softmax against all negatives of `negative_groups`."""
     del labels
     return _infonce(logits, in_groups(groups, (c.EP,)), in_groups(groups, negative_groups),
@@ -175,7 +167,7 @@ class GHCLLoss:
     every active group weighs 1.
     """
 
-    def __init__(self, negative_groups=LIGHT_NEGATIVE_GROUPS, bce_on=None,
+    def __init__(self, negative_groups=c.NEGATIVE_GROUPS, bce_on=None,
                  temperature=DEFAULT_TEMPERATURE, bce_weight=1.0, harmonize=True,
                  momentum=DEFAULT_MOMENTUM):
         self.negative_groups = tuple(_group_name(g) for g in negative_groups)
@@ -210,7 +202,7 @@ class PooledInfoNCELoss:
     stateless: `update` is accepted only so trainers can call every loss alike.
     """
 
-    def __init__(self, negative_groups=LIGHT_NEGATIVE_GROUPS, bce_on=None,
+    def __init__(self, negative_groups=c.NEGATIVE_GROUPS, bce_on=None,
                  temperature=DEFAULT_TEMPERATURE, bce_weight=1.0):
         self.negative_groups = tuple(negative_groups)
         self.bce_on = bce_on
@@ -241,20 +233,16 @@ class MixedBCELoss:
         return {"loss": value, "bce": value}
 
 
-def make_loss(name: str, role: str, **settings):
-    """The loss `name` ("ghcl", "mixed_bce", "pooled_infonce") for `role` ("light", "heavy").
+def make_loss(name: str, routing: SampleRouting, **settings):
+    """The loss `name` ("ghcl", "mixed_bce", "pooled_infonce") over the samples `routing` selects.
 
     `settings` go to the loss's constructor (temperature, bce_weight, harmonize, momentum for
     GHCL; temperature, bce_weight for pooled_infonce; none for mixed_bce).
     """
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
-    selection = ROLES[role]
     if name == "ghcl":
-        return GHCLLoss(**selection, **settings)
+        return GHCLLoss(routing.contrasts, routing.bce_on, **settings)
     if name == "pooled_infonce":
-        return PooledInfoNCELoss(**selection, **settings)
+        return PooledInfoNCELoss(routing.contrasts, routing.bce_on, **settings)
     if name == "mixed_bce":
-        samples = None if role == "light" else (c.EP,) + tuple(selection["negative_groups"])
-        return MixedBCELoss(samples, **settings)
+        return MixedBCELoss(routing.trains_on, **settings)
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSS_NAMES}")

@@ -1,4 +1,4 @@
-"""Transform's `preprocessing_fn`: canonical examples in, the tensors of `models/spec.py` out.
+"""Transform's `preprocessing_fn`: canonical examples in, the tensors of `models/transformed.py` out.
 
 The feature set is not fixed: it travels in the Transform component's `custom_config` (see
 `make_custom_config`), so one module serves every dataset that follows the contract.
@@ -14,8 +14,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from hap.data import contract as c
-from hap.models import spec
-from hap.models.spec import TRAINING_ONLY  # noqa: F401  (re-exported for the pipeline)
+from hap.data.sample_routing import HARD_GROUPS
+from hap.models import transformed
 
 DEFAULT_SETTINGS = {
     "vocab_top_k": 100_000,
@@ -23,6 +23,12 @@ DEFAULT_SETTINGS = {
     "prerank_cutoff": c.PRERANK_CUTOFF,
 }
 MISSING = b""
+
+
+# Keys of the model configuration that Transform and both Trainers share: the features and
+# preprocessing settings, and the hash of the model code that invalidates TFX's cache.
+CODE_FINGERPRINT = "code_fingerprint"
+MODEL_CONFIG_KEYS = ("features", *DEFAULT_SETTINGS, CODE_FINGERPRINT)
 
 
 def make_custom_config(feature_set: c.FeatureSet, **settings) -> dict:
@@ -40,21 +46,17 @@ def feature_set_from_config(custom_config: dict) -> c.FeatureSet:
     return c.parse_features({"version": 1, "features": custom_config.get("features")}, "custom_config")
 
 
-def raw_serving_features(feature_set: c.FeatureSet) -> tuple[str, ...]:
-    """The canonical columns a serving request carries: the features, implicit ones included."""
-    return feature_set.names
-
-
 def sample_group(source: tf.Tensor, click: tf.Tensor) -> tf.Tensor:
     """int64 index into `contract.SAMPLE_GROUPS` of string `source` and int `click`.
 
     A source outside the contract counts as global (GN), the easiest group.
     """
-    g = spec.GROUP_INDEX
-    group = tf.where(tf.equal(source, c.RANKING), g[c.RN], g[c.GN])
-    group = tf.where(tf.equal(source, c.PRERANKING), g[c.PRN], group)
-    exposed = tf.where(tf.cast(click, tf.bool), g[c.EP], g[c.EN])
-    return tf.cast(tf.where(tf.equal(source, c.EXPOSED), exposed, group), tf.int64)
+    g = transformed.GROUP_INDEX
+    group = tf.fill(tf.shape(source), tf.constant(g[c.GN], tf.int64))
+    for name, negative_group in c.GROUP_OF_SOURCE.items():
+        group = tf.where(tf.equal(source, name), tf.constant(g[negative_group], tf.int64), group)
+    exposed = tf.where(tf.cast(click, tf.bool), tf.constant(g[c.EP], tf.int64), tf.constant(g[c.EN], tf.int64))
+    return tf.where(tf.equal(source, c.EXPOSED), exposed, group)
 
 
 def difficulty(source, click, prerank_pos, rank_pos, expose_pos, rank_cutoff, prerank_cutoff):
@@ -118,17 +120,17 @@ def _truncated(x, max_len: int) -> tf.SparseTensor:
 def _sequence(x: tf.SparseTensor, max_len: int, vocab) -> tf.Tensor:
     """int64 [B, max_len] indices of a truncated sequence, 0-padded at the end."""
     index = tf.SparseTensor(x.indices, _lookup(x.values, vocab), x.dense_shape)
-    return tf.reshape(tf.sparse.to_dense(index, default_value=spec.PAD), [-1, max_len])
+    return tf.reshape(tf.sparse.to_dense(index, default_value=transformed.PAD), [-1, max_len])
 
 
 def _vocabularies(features, columns, top_k: int) -> dict:
-    """One vocabulary per `spec.vocabulary_name`, over every column indexing into it: a sequence's
+    """One vocabulary per `transformed.vocabulary_name`, over every column indexing into it: a sequence's
     tokens count towards its target's vocabulary, so a history and its candidate share ids.
     Sequences come truncated: a token past max_len never reaches the model, so it earns no entry."""
     members: dict[str, list] = {}
     for f in features:
         if f.kind in (c.CATEGORICAL, c.SEQUENCE):
-            members.setdefault(spec.vocabulary_name(f), []).append(_tokens(columns[f.name]))
+            members.setdefault(transformed.vocabulary_name(f), []).append(_tokens(columns[f.name]))
     return {name: tft.vocabulary(tf.concat(tokens, axis=0), top_k=top_k, vocab_filename=name)
             for name, tokens in members.items()}
 
@@ -154,25 +156,25 @@ def preprocessing_fn(inputs: dict, custom_config: dict) -> dict:
     for f in features:
         x = columns[f.name]
         if f.kind == c.CATEGORICAL:
-            outputs[f.name] = _lookup(_dense(x, MISSING), vocabularies[spec.vocabulary_name(f)])
+            outputs[f.name] = _lookup(_dense(x, MISSING), vocabularies[transformed.vocabulary_name(f)])
         elif f.kind == c.NUMERIC:
             outputs[f.name] = _numeric(x)
         else:
-            outputs[f.name] = _sequence(x, f.max_len, vocabularies[spec.vocabulary_name(f)])
+            outputs[f.name] = _sequence(x, f.max_len, vocabularies[transformed.vocabulary_name(f)])
 
     source = _dense(inputs["source"], MISSING)
     click = _dense(inputs["click"], tf.constant(0, tf.int64))
     group = sample_group(source, click)
-    outputs[spec.LABEL] = tf.cast(click, tf.float32)
-    outputs[spec.SAMPLE_GROUP] = group
-    hard = tf.reduce_any(tf.stack([tf.equal(group, spec.GROUP_INDEX[g]) for g in spec.HARD_GROUPS]), axis=0)
-    outputs[spec.IS_HARD] = tf.cast(hard, tf.int64)
+    outputs[transformed.LABEL] = tf.cast(click, tf.float32)
+    outputs[transformed.SAMPLE_GROUP] = group
+    hard = tf.reduce_any(tf.stack([tf.equal(group, transformed.GROUP_INDEX[g]) for g in HARD_GROUPS]), axis=0)
+    outputs[transformed.IS_HARD] = tf.cast(hard, tf.int64)
     position = {p: _dense(inputs[p], tf.constant(-1, tf.int64)) for p in c.POSITION_COLUMNS}
-    outputs[spec.DIFFICULTY] = difficulty(
+    outputs[transformed.DIFFICULTY] = difficulty(
         source, click, position["prerank_pos"], position["rank_pos"], position["expose_pos"],
         settings["rank_cutoff"], settings["prerank_cutoff"])
-    outputs[spec.REQUEST_KEY] = _dense(inputs["request_id"], MISSING)
-    outputs[spec.CONTRAST] = contrast(group)
+    outputs[transformed.REQUEST_KEY] = _dense(inputs["request_id"], MISSING)
+    outputs[transformed.CONTRAST] = contrast(group)
     return outputs
 
 
@@ -180,6 +182,6 @@ def contrast(group: tf.Tensor) -> tf.SparseTensor:
     """The contrast groups a sample belongs to, for per-source evaluation slices: an exposed
     positive belongs to all four (it is contrasted with every negative source), a negative to its
     own source's."""
-    negatives = [g for g in c.SAMPLE_GROUPS if g != c.EP]
+    negatives = list(c.NEGATIVE_GROUPS)
     table = tf.ragged.constant([negatives] + [[g] for g in negatives])
     return tf.gather(table, group).to_sparse()

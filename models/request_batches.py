@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from hap.models import spec
+from hap.models import transformed
 
 
 def load_split(file_patterns: str | list[str], feature_spec: dict, read_batch: int = 8192) -> dict[str, np.ndarray]:
@@ -48,7 +48,7 @@ class RequestBatcher:
         self.arrays = arrays
         self.batch_size = batch_size
         self.seed = seed
-        keys = arrays[spec.REQUEST_KEY]
+        keys = arrays[transformed.REQUEST_KEY]
         order = np.argsort(keys, kind="stable")
         starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
         self.requests = np.split(order, starts[1:])

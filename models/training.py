@@ -22,7 +22,8 @@ import tensorflow as tf
 from sklearn import metrics
 
 from hap.data import contract as c
-from hap.models import losses, spec
+from hap.data.sample_routing import MEAN_AUC, contrast_metric
+from hap.models import losses, transformed
 
 
 def _replicas() -> int:
@@ -49,8 +50,8 @@ class RoutedTrainer(tf.keras.Model):
             logits, labels, groups, ids, num_requests = gather_replicas(
                 tf.distribute.get_replica_context(), logits, features)
         else:
-            labels, groups = features[spec.LABEL], features[spec.SAMPLE_GROUP]
-            ids, num_requests = losses.dense_request_ids(features[spec.REQUEST_KEY])
+            labels, groups = features[transformed.LABEL], features[transformed.SAMPLE_GROUP]
+            ids, num_requests = losses.dense_request_ids(features[transformed.REQUEST_KEY])
         return self.loss_fn(logits, labels, groups, ids, num_requests, update=training)
 
     def _track(self, terms: dict) -> dict:
@@ -70,6 +71,11 @@ class RoutedTrainer(tf.keras.Model):
             # Each replica holds the loss of the whole step (see gather_replicas) and the
             # optimizer sums the replicas' gradients: each replica contributes 1/N of it.
             loss = terms["loss"] / _replicas()
+            if self.losses:
+                # Regularisers and add_loss() terms of the scorer's layers, as tfrs.Model adds
+                # them; scaled by 1/N for the same reason as the loss.
+                terms["regularization"] = tf.add_n(self.losses)
+                loss += tf.nn.scale_regularization_loss(terms["regularization"])
         variables = self.scorer.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return self._track(terms)
@@ -89,11 +95,11 @@ def gather_replicas(context: tf.distribute.ReplicaContext, logits, features):
     the part for its own samples. Requests are whole on each replica, so (local request id,
     replica) names a request.
     """
-    local_ids, _ = losses.dense_request_ids(features[spec.REQUEST_KEY])
+    local_ids, _ = losses.dense_request_ids(features[transformed.REQUEST_KEY])
     request = local_ids * context.num_replicas_in_sync + tf.cast(context.replica_id_in_sync_group, tf.int32)
     # The non-differentiable columns travel together as float32 (exact for these small integers),
     # a dtype every collective implementation gathers.
-    side = tf.stack([tf.cast(features[spec.LABEL], tf.float32), tf.cast(features[spec.SAMPLE_GROUP], tf.float32),
+    side = tf.stack([tf.cast(features[transformed.LABEL], tf.float32), tf.cast(features[transformed.SAMPLE_GROUP], tf.float32),
                      tf.cast(request, tf.float32)], axis=1)
     logits = context.all_gather(logits, axis=0)
     side = context.all_gather(side, axis=0)
@@ -109,20 +115,19 @@ def auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     return float(metrics.roc_auc_score(labels, np.r_[positive_scores, negative_scores]))
 
 
-def per_source_auc(scores: np.ndarray, groups: np.ndarray,
-                   negative_groups=(c.EN, c.RN, c.PRN, c.GN)) -> dict[str, float]:
+def per_source_auc(scores: np.ndarray, groups: np.ndarray, negative_groups=c.NEGATIVE_GROUPS) -> dict[str, float]:
     """AUC of exposed positives against each negative source, and their mean."""
-    positives = scores[groups == spec.GROUP_INDEX[c.EP]]
-    result = {f"auc_EP_vs_{g}": auc(positives, scores[groups == spec.GROUP_INDEX[g]]) for g in negative_groups}
-    result["auc_mean"] = float(np.nanmean(list(result.values())))
+    positives = scores[groups == transformed.GROUP_INDEX[c.EP]]
+    result = {contrast_metric(g): auc(positives, scores[groups == transformed.GROUP_INDEX[g]]) for g in negative_groups}
+    result[MEAN_AUC] = float(np.nanmean(list(result.values())))
     return result
 
 
 def predict_logits(scorer: tf.keras.Model, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
-    n = len(arrays[spec.REQUEST_KEY])
+    n = len(arrays[transformed.REQUEST_KEY])
     outputs = []
     for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in arrays.items() if k != spec.REQUEST_KEY}
+        batch = {k: v[start:start + batch_size] for k, v in arrays.items() if k != transformed.REQUEST_KEY}
         outputs.append(scorer(batch, training=False).numpy())
     return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
 
@@ -136,7 +141,7 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        result = per_source_auc(predict_logits(self.scorer, self.eval_arrays), self.eval_arrays[spec.SAMPLE_GROUP])
+        result = per_source_auc(predict_logits(self.scorer, self.eval_arrays), self.eval_arrays[transformed.SAMPLE_GROUP])
         self.history.append(result)
         with self.writer.as_default(step=epoch):
             for name, value in result.items():
@@ -147,26 +152,26 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
 
 class GradientConflict(tf.keras.callbacks.Callback):
     def __init__(self, scorer, loss_fn, probe: dict[str, np.ndarray], log_dir: str, every_n_steps: int = 20,
-                 negative_groups=(c.EN, c.RN, c.PRN, c.GN)):
+                 negative_groups=c.NEGATIVE_GROUPS):
         super().__init__()
         self.scorer = scorer
         self.loss_fn = loss_fn
         self.every_n_steps = every_n_steps
         self.writer = tf.summary.create_file_writer(f"{log_dir}/gradient_conflict")
-        groups = probe[spec.SAMPLE_GROUP]
+        groups = probe[transformed.SAMPLE_GROUP]
         self.sub_batches = {}
         for g in negative_groups:
-            keep = (groups == spec.GROUP_INDEX[c.EP]) | (groups == spec.GROUP_INDEX[g])
-            if (groups[keep] == spec.GROUP_INDEX[g]).any() and (groups[keep] == spec.GROUP_INDEX[c.EP]).any():
+            keep = (groups == transformed.GROUP_INDEX[c.EP]) | (groups == transformed.GROUP_INDEX[g])
+            if (groups[keep] == transformed.GROUP_INDEX[g]).any() and (groups[keep] == transformed.GROUP_INDEX[c.EP]).any():
                 self.sub_batches[g] = {k: tf.constant(v[keep]) for k, v in probe.items()}
         self.history: list[dict[str, float]] = []
         self._step = 0
 
     def _gradient(self, batch) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            ids, num_requests = losses.dense_request_ids(batch[spec.REQUEST_KEY])
+            ids, num_requests = losses.dense_request_ids(batch[transformed.REQUEST_KEY])
             logits = self.scorer(batch, training=False)
-            loss = self.loss_fn(logits, batch[spec.LABEL], batch[spec.SAMPLE_GROUP], ids, num_requests,
+            loss = self.loss_fn(logits, batch[transformed.LABEL], batch[transformed.SAMPLE_GROUP], ids, num_requests,
                                 update=False)["loss"]
         grads = tape.gradient(loss, self.scorer.trainable_variables)
         return tf.concat([tf.reshape(g, [-1]) for g in grads if g is not None], axis=0)

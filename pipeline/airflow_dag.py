@@ -13,7 +13,7 @@ scheduler and the workers:
                    (default: configs.BEAM_PIPELINE_ARGS)
     HAP_SCHEDULE   the DAG's schedule, a cron expression or preset (default: @daily)
     HAP_AUC_FLOORS JSON replacing some of the Evaluators' per-source AUC floors, e.g.
-                   '{"light": {"EN": 0.5}}' (default: configs.AUC_FLOORS)
+                   '{"light": {"EN": 0.5}}' (default: data/sample_routing.py)
 
 Every component runs as one Airflow task, in the worker's process; the data-parallel ones
 (ExampleGen, StatisticsGen, Transform, Evaluator) hand their work to the Beam runner that

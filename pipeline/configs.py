@@ -1,23 +1,18 @@
 """Default settings of the HAP pipeline; every one can be overridden through create_pipeline()'s
 arguments or the `hap run` command line."""
-from hap.data import contract as c
+from hap.data.sample_routing import SAMPLE_ROUTING
 
 PIPELINE_NAME = "hap"
 EVAL_DAYS = 1                     # the last day is the eval split
 VOCAB_TOP_K = 100_000             # larger vocabularies keep their most frequent ids, the rest are OOV
 
 # Each Evaluator blesses its model only if, on the eval split, the AUC of exposed positives against
-# each negative source clears these floors, and (once a blessed model exists) does not fall more
-# than AUC_TOLERANCE below it. The floors are sanity floors (0.5 is a random scorer); the heavy
-# model is judged only on the hard sources it is trained on.
-AUC_FLOORS = {
-    "light": {c.EN: 0.55, c.RN: 0.60, c.PRN: 0.70, c.GN: 0.75},
-    "heavy": {c.EN: 0.55, c.RN: 0.60},
-}
+# each of its contrast groups clears that group's sanity floor (data/sample_routing.py), and (once a
+# blessed model exists) does not fall more than AUC_TOLERANCE below the blessed one.
 AUC_TOLERANCE = 0.01
 
-LIGHT_TRAINER = {"role": "light", "loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
-HEAVY_TRAINER = {"role": "heavy", "loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
+LIGHT_TRAINER = {"loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
+HEAVY_TRAINER = {"loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
 
 # Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
 # hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.
@@ -29,20 +24,22 @@ CLUSTER_BEAM_PIPELINE_ARGS = ["--direct_running_mode=multi_processing", "--direc
 
 
 def auc_floors_with(overrides: dict) -> dict:
-    """AUC_FLOORS with some floors replaced, e.g. {"light": {"EN": 0.5}}; an unknown model or
-    source, or a floor outside [0, 1], is an error naming it."""
-    floors = {role: dict(by_source) for role, by_source in AUC_FLOORS.items()}
+    """Each model's per-contrast AUC floors (data/sample_routing.py) with some replaced, e.g.
+    {"light": {"EN": 0.5}}; an unknown model or contrast, or a floor outside [0, 1], is an error
+    naming it."""
+    floors = {model: dict(routing.auc_floors) for model, routing in SAMPLE_ROUTING.items()}
     if not isinstance(overrides, dict):
         raise ValueError(f"AUC floors: expected a mapping of model to {{source: floor}}, got {overrides!r}")
-    for role, by_source in overrides.items():
-        if role not in floors:
-            raise ValueError(f"AUC floors: unknown model {role!r}; the models are {sorted(floors)}")
+    for model, by_source in overrides.items():
+        if model not in floors:
+            raise ValueError(f"AUC floors: unknown model {model!r}; the models are {sorted(floors)}")
         if not isinstance(by_source, dict):
-            raise ValueError(f"AUC floors: {role} needs a mapping of source to floor, got {by_source!r}")
+            raise ValueError(f"AUC floors: {model} needs a mapping of source to floor, got {by_source!r}")
         for source, floor in by_source.items():
-            if source not in floors[role]:
-                raise ValueError(f"AUC floors: {role} has no floor for {source!r}; its sources are {sorted(floors[role])}")
+            if source not in floors[model]:
+                raise ValueError(f"AUC floors: {model} has no floor for {source!r}; its sources are "
+                                 f"{sorted(floors[model])}")
             if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
-                raise ValueError(f"AUC floors: {role}.{source} must be a number in [0, 1], got {floor!r}")
-            floors[role][source] = float(floor)
+                raise ValueError(f"AUC floors: {model}.{source} must be a number in [0, 1], got {floor!r}")
+            floors[model][source] = float(floor)
     return floors

@@ -20,6 +20,7 @@ from tfx import v1 as tfx
 
 from hap import schema as default_schema
 from hap.data import contract as c
+from hap.data.sample_routing import MODELS
 from hap.pipeline import configs
 from hap.pipeline.pipeline import create_pipeline
 from hap.schema import derive
@@ -65,7 +66,7 @@ def show_component_progress() -> None:
 
 def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
     root = os.path.join(out_dir, "pipeline_root")
-    return {role: os.path.join(root, f"Trainer_{role}", "model_run") for role in ("light", "heavy")}
+    return {model: os.path.join(root, f"Trainer_{model}", "model_run") for model in MODELS}
 
 
 def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
@@ -85,7 +86,7 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         features=features,
         light_trainer={**configs.LIGHT_TRAINER, **(light_trainer or {})},
         heavy_trainer={**configs.HEAVY_TRAINER, **(heavy_trainer or {})},
-        auc_floors=auc_floors or configs.AUC_FLOORS,
+        auc_floors=auc_floors or configs.auc_floors_with({}),
         auc_tolerance=configs.AUC_TOLERANCE,
         eval_days=eval_days,
         vocab_top_k=configs.VOCAB_TOP_K,

@@ -15,12 +15,13 @@ from hap.components.anomaly_gate.component import AnomalyGate
 from hap.components.cascade_assembler.component import CascadeAssembler
 from hap.components.contract_example_gen.component import ContractExampleGen
 from hap.data import contract as c
-from hap.models import preprocessing, spec
+from hap.data.sample_routing import HEAVY, LIGHT
+from hap.models import preprocessing, transformed
+from hap.models.trainer_module import TrainerSettings
 from hap.serving.cascade import CascadeSettings
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
-RUN_FN = "hap.models.trainer.run_fn"
-CONTRAST = spec.CONTRAST
+RUN_FN = "hap.models.trainer_module.run_fn"
 
 
 def code_fingerprint() -> str:
@@ -48,7 +49,7 @@ def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     thresholds = []
     for group, floor in auc_floors.items():
         thresholds.append(tfma.PerSliceMetricThreshold(
-            slicing_specs=[tfma.SlicingSpec(feature_values={CONTRAST: group})],
+            slicing_specs=[tfma.SlicingSpec(feature_values={transformed.CONTRAST: group})],
             threshold=tfma.MetricThreshold(
                 value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
                 change_threshold=tfma.GenericChangeThreshold(
@@ -56,8 +57,8 @@ def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     # Thresholds live on the MetricConfig: MetricsSpec-level thresholds are keyed for in-graph
     # metrics and never match a post-export metric such as this AUC ("Metric not found").
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="transformed", label_key=spec.LABEL)],
-        slicing_specs=[tfma.SlicingSpec(feature_keys=[CONTRAST])],
+        model_specs=[tfma.ModelSpec(signature_name="transformed", label_key=transformed.LABEL)],
+        slicing_specs=[tfma.SlicingSpec(feature_keys=[transformed.CONTRAST])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=thresholds),
             tfma.MetricConfig(class_name="ExampleCount"),
@@ -85,7 +86,7 @@ def create_pipeline(
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
-                    "code_fingerprint": code_fingerprint()}
+                    preprocessing.CODE_FINGERPRINT: code_fingerprint()}
     example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
@@ -104,33 +105,35 @@ def create_pipeline(
     components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform]
     trained = {}
 
-    for role, settings in (("light", light_trainer), ("heavy", heavy_trainer)):
+    for model, settings in ((LIGHT, light_trainer), (HEAVY, heavy_trainer)):
+        trainer_config = {**model_config, **settings, "model": model}
+        TrainerSettings.from_config(trainer_config)  # a bad setting fails here, not in the Trainer
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
-            custom_config={**model_config, **settings, "role": role},
-        ).with_id(f"Trainer_{role}")
-        evaluator_id = f"Evaluator_{role}"
+            custom_config=trainer_config,
+        ).with_id(f"Trainer_{model}")
+        evaluator_id = f"Evaluator_{model}"
         baseline = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
             model=Channel(type=Model, producer_component_id=trainer.id),
             model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
-        ).with_id(f"LatestBlessedModel_{role}")
+        ).with_id(f"LatestBlessedModel_{model}")
         evaluator = tfx.components.Evaluator(
             examples=transform.outputs["transformed_examples"],
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["model"],
-            eval_config=eval_config(auc_floors[role], auc_tolerance),
+            eval_config=eval_config(auc_floors[model], auc_tolerance),
         ).with_id(evaluator_id)
         components += [trainer, baseline, evaluator]
-        trained[role] = (trainer.outputs["model"], evaluator.outputs["blessing"])
+        trained[model] = (trainer.outputs["model"], evaluator.outputs["blessing"])
 
     assembler = CascadeAssembler(
         transform_graph=transform.outputs["transform_graph"],
-        light_model=trained["light"][0], light_blessing=trained["light"][1],
-        heavy_model=trained["heavy"][0], heavy_blessing=trained["heavy"][1],
+        light_model=trained[LIGHT][0], light_blessing=trained[LIGHT][1],
+        heavy_model=trained[HEAVY][0], heavy_blessing=trained[HEAVY][1],
         custom_config=model_config, settings=cascade, model_name=model_name)
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
     # cascade only when both of its models were blessed.

@@ -4,14 +4,10 @@ hardest, in one graph with one request per call.
 Signatures (inputs as in `serving/request.py`):
 
 - `cascade` (also `serving_default`): runs Transform and the light user tower once for the
-  request, the light item tower and head on all N candidates, and the heavy model on the K
-  candidates with the highest light scores, K = ceil(route_fraction * N). Those are the hard
-  ones for pre-ranking: they compete for the places passed on to ranking, where the light
-  model's errors cost most, while a candidate far below the cut is dropped whatever its exact
-  score. The rest keep their light scores. Returns
-  `scores` float32 [N]: the ranking key, 1 + heavy probability for a routed candidate and the
-  light probability for the others, so routed candidates come first, ordered by the heavy
-  model (a key, not a probability);
+  request, the light item tower and head on all N candidates, and the heavy model on the
+  candidates that serving/routing.py routes (the K with the highest light scores). Returns
+  `scores` float32 [N]: the ranking key that serving/routing.py combines (routed candidates
+  first, ordered by the heavy model; a key, not a probability);
   `top_indices` int32 [min(k_out, N)]: candidate indices by descending score;
   `light_scores` float32 [N]: light click probabilities;
   `heavy_scores` float32 [N]: heavy click probabilities of routed candidates, 0 elsewhere;
@@ -37,6 +33,7 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.serving import request as rq
+from hap.serving import routing
 
 
 # Written beside the warm-up requests: the settings, the feature set and the per-part FLOPs
@@ -46,7 +43,7 @@ INFO_FILE = "hap_cascade.json"
 
 @dataclasses.dataclass(frozen=True)
 class CascadeSettings:
-    """route_fraction: share of the candidates re-scored by the heavy model (K = ceil(f * N)).
+    """route_fraction: share of the candidates re-scored by the heavy model (serving/routing.py).
     k_out: how many candidate indices `top_indices` returns (at most N).
     max_candidates: the largest N a call may carry."""
 
@@ -59,11 +56,6 @@ class CascadeSettings:
             raise ValueError(f"route_fraction must be in (0, 1], got {self.route_fraction}")
         if self.k_out < 1 or self.max_candidates < 1:
             raise ValueError(f"k_out and max_candidates must be positive: {self}")
-
-
-def input_signature(features: c.FeatureSet, roles=c.ROLES) -> dict:
-    return {f.name: tf.TensorSpec(rq.shape_of(f), tf.float32 if f.kind == c.NUMERIC else tf.string, name=f.name)
-            for f in features.features if f.role in roles}
 
 
 def _present(x: tf.Tensor, kind: str) -> tf.Tensor:
@@ -106,10 +98,10 @@ class CascadeModule(tf.Module):
         self._raw_spec = {n: raw_spec[n] for n in features.names}
         self._features = features
         self._settings = settings
-        self._request_names = tuple(f.name for f in features.features if rq.is_request_level(f))
-        self._candidate_names = tuple(f.name for f in features.features if not rq.is_request_level(f))
-        self._request_categoricals = tuple(f.name for f in features.features
-                                           if rq.is_request_level(f) and f.kind == c.CATEGORICAL)
+        self._layout = rq.RequestLayout(features)
+        self._request_names = tuple(f.name for f in self._layout.request_features)
+        self._candidate_names = tuple(f.name for f in self._layout.candidate_features)
+        self._request_categoricals = tuple(f.name for f in self._layout.request_features if f.kind == c.CATEGORICAL)
 
     # -- graph pieces --------------------------------------------------------------------------
 
@@ -156,24 +148,18 @@ class CascadeModule(tf.Module):
         u = self.light.user_embedding(user)
         return self.light.score_from_embeddings(u, self.light.item_embedding(items))
 
-    def route_count(self, n: tf.Tensor) -> tf.Tensor:
-        # float64, as Python computes it, so `flops.routed_count` agrees for every N.
-        k = tf.math.ceil(self._settings.route_fraction * tf.cast(n, tf.float64))
-        return tf.clip_by_value(tf.cast(k, tf.int32), 1, n)
-
     # -- signatures ----------------------------------------------------------------------------
 
     def cascade(self, request: dict) -> dict:
         n, user, items = self._split(request)
         light_logits = self._light_logits(user, items)
-        k = self.route_count(n)
-        routed_rows = tf.math.top_k(light_logits, k).indices
-        heavy_probs = tf.sigmoid(self._heavy_logits(user, items, routed_rows))
-        at = routed_rows[:, tf.newaxis]
-        routed = tf.scatter_nd(at, tf.ones([k], tf.bool), [n])
-        heavy_scores = tf.scatter_nd(at, heavy_probs, [n])
         light_scores = tf.sigmoid(light_logits)
-        scores = tf.where(routed, 1.0 + heavy_scores, light_scores)
+        # Logits, not probabilities: float32 sigmoids of large logits tie where the logits do not.
+        rows = routing.routed_rows(light_logits, self._settings.route_fraction)
+        at = rows[:, tf.newaxis]
+        routed = tf.scatter_nd(at, tf.ones_like(rows, tf.bool), [n])
+        heavy_scores = tf.scatter_nd(at, tf.sigmoid(self._heavy_logits(user, items, rows)), [n])
+        scores = routing.final_scores(light_scores, heavy_scores, routed)
         top = tf.math.top_k(scores, tf.minimum(self._settings.k_out, n)).indices
         return {"scores": scores, "top_indices": top, "light_scores": light_scores,
                 "heavy_scores": heavy_scores, "routed": routed}
@@ -201,8 +187,8 @@ class CascadeModule(tf.Module):
         return self._parse(serialized)
 
     def signatures(self) -> dict:
-        request = input_signature(self._features)
-        items = input_signature(self._features, roles=(c.ITEM,))
+        request = self._layout.signature()
+        items = self._layout.signature(roles=(c.ITEM,))
         examples = [tf.TensorSpec([None], tf.string, name="examples")]
 
         def concrete(method, spec):

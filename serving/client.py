@@ -2,9 +2,8 @@
 so it works the same against TF Serving and against `hap serve`.
 
 The request layout (which inputs are per request, which per candidate, their dtypes) is read
-from the model's own signature with GetModelMetadata, so the client needs no copy of the
-feature set: an input of shape [1] or [1, L] is a user or context feature, one of shape [N] or
-[N, L] a candidate feature (see `serving/request.py`).
+from the model's own signature with GetModelMetadata (`RequestLayout.from_signature_def`), so
+the client needs no copy of the feature set.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predictio
 from hap.data import contract as c
 from hap.data import reader
 from hap.serving import request as rq
-from hap.serving import warmup
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 
@@ -41,21 +39,8 @@ def signature_def(stub, model_name: str, signature: str = "cascade", timeout: fl
     return signature_map.signature_def[signature]
 
 
-def layout_from_signature(sig) -> c.FeatureSet:
-    """The request layout of a cascade signature as a FeatureSet: roles say only request level
-    (user) or candidate level (item); kinds follow dtype and rank."""
-    features = []
-    for name, info in sorted(sig.inputs.items()):
-        dims = [d.size for d in info.tensor_shape.dim]
-        kind = c.NUMERIC if info.dtype == tf.float32.as_datatype_enum else (
-            c.SEQUENCE if len(dims) == 2 else c.CATEGORICAL)
-        features.append(c.Feature(name, c.USER if dims and dims[0] == 1 else c.ITEM, kind,
-                                  max_len=dims[1] if kind == c.SEQUENCE else None))
-    return c.FeatureSet(tuple(features))
-
-
 def predict(stub, model_name: str, signature: str, inputs: dict, timeout: float = 30.0) -> dict:
-    response = stub.Predict(warmup.predict_request(model_name, signature, inputs), timeout=timeout)
+    response = stub.Predict(rq.predict_request(model_name, signature, inputs), timeout=timeout)
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 

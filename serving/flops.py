@@ -13,7 +13,6 @@ against N * heavy_per_candidate for the heavy model on all N.
 """
 from __future__ import annotations
 
-import math
 
 import tensorflow as tf
 
@@ -28,7 +27,7 @@ def graph_flops(fn, input_signature: list) -> int:
 
 
 def transformed_signature(features, batch: int) -> dict:
-    """TensorSpecs of transformed features (models/spec.py) at a fixed batch size."""
+    """TensorSpecs of transformed features (models/transformed.py) at a fixed batch size."""
     specs = {}
     for f in features:
         if f.kind == c.NUMERIC:
@@ -46,9 +45,9 @@ def _per_row(fn, signature_at) -> int:
 
 
 def model_flops(light, heavy) -> dict:
-    """Per-part FLOPs of a light and a heavy model (Keras models with a `spec`)."""
-    user_features = light.spec.user_side
-    item_features = light.spec.item_side
+    """Per-part FLOPs of a light and a heavy model (Keras models with a `model_inputs`)."""
+    user_features = light.model_inputs.user_side
+    item_features = light.model_inputs.item_side
     width = light.user_embedding({k: tf.zeros(s.shape, s.dtype) for k, s in
                                   transformed_signature(user_features, 1).items()}).shape[-1]
     light_user = graph_flops(light.user_embedding, [transformed_signature(user_features, 1)])
@@ -56,13 +55,8 @@ def model_flops(light, heavy) -> dict:
         lambda items, u: light.score_from_embeddings(u, light.item_embedding(items)),
         lambda b: [transformed_signature(item_features, b), tf.TensorSpec([1, width], tf.float32)])
     heavy_item = _per_row(lambda f: heavy(f, training=False),
-                             lambda b: [transformed_signature(heavy.spec.all_features, b)])
+                             lambda b: [transformed_signature(heavy.model_inputs.all_features, b)])
     return {"light_user": light_user, "light_per_candidate": light_item, "heavy_per_candidate": heavy_item}
-
-
-def routed_count(n: int, route_fraction: float) -> int:
-    """K of the cascade for N candidates (the graph's `CascadeModule.route_count`)."""
-    return min(max(math.ceil(route_fraction * n), 1), n)
 
 
 def request_flops(parts: dict, n: int, k: int) -> dict:

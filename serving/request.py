@@ -1,4 +1,4 @@
-"""The request format of the cascade SavedModel: one user and context once, N candidates.
+"""The request layout of the cascade SavedModel: one user and context once, N candidates.
 
 A pre-ranking call carries one request's user and context features once and its candidates'
 item and cross features N times, as dense tensors named after their features (TF Serving's
@@ -13,8 +13,10 @@ Values are raw, as in the dataset (ids as their decimal or string form); Transfo
 the model. A missing categorical value is "", a missing numeric value is NaN, and a sequence is
 padded at the end with "" to the longest one (L may be 0: an empty history).
 
-The same tensors feed the `cascade`, `light` and `heavy` signatures; `item_embeddings` takes the
-item features alone.
+`RequestLayout` is the one owner of this layout: the cascade's signatures, the warm-up records,
+the gRPC client, `hap evaluate` and `hap benchmark` all build, check and convert requests with it
+(numpy arrays, tensors, one tf.Example per candidate); `predict_request` puts any inputs on
+TF Serving's wire.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ import json
 import math
 
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2
 
+from hap.data import canonical
 from hap.data import contract as c
 
 REQUEST_ROLES = (c.USER, c.CONTEXT)
@@ -34,14 +39,14 @@ def is_request_level(feature: c.Feature) -> bool:
     return feature.role in REQUEST_ROLES
 
 
-def dtype_of(feature: c.Feature) -> np.dtype:
-    return np.dtype(np.float32) if feature.kind == c.NUMERIC else np.dtype(object)
-
-
 def shape_of(feature: c.Feature) -> tuple:
     """The signature shape of a feature's input: None is a free dimension."""
     rows = 1 if is_request_level(feature) else None
     return (rows, None) if feature.kind == c.SEQUENCE else (rows,)
+
+
+def dtype_of(feature: c.Feature) -> tf.DType:
+    return tf.float32 if feature.kind == c.NUMERIC else tf.string
 
 
 def _column(feature: c.Feature, values: list) -> np.ndarray:
@@ -57,58 +62,131 @@ def _column(feature: c.Feature, values: list) -> np.ndarray:
     return out
 
 
-def from_rows(rows: list[dict], features: c.FeatureSet, only: tuple[str, ...] | None = None) -> dict:
-    """The request tensors of one request's typed rows (as `hap.data.reader` reads them).
+class RequestLayout:
+    """The inputs of a cascade request for one feature set, and their conversions."""
 
-    The user and context values come from the first row: the contract makes them the same on
-    every row of a request. `only` restricts the output to these feature names.
-    """
-    if not rows:
-        raise ValueError("a request needs at least one candidate row")
-    out = {}
-    for f in features.features:
-        if only is not None and f.name not in only:
-            continue
-        values = [rows[0].get(f.name)] if is_request_level(f) else [r.get(f.name) for r in rows]
-        out[f.name] = _column(f, values)
-    return out
+    def __init__(self, features: c.FeatureSet):
+        self.features = features
+        self.request_features = tuple(f for f in features.features if is_request_level(f))
+        self.candidate_features = tuple(f for f in features.features if not is_request_level(f))
+
+    @classmethod
+    def from_signature_def(cls, signature_def) -> "RequestLayout":
+        """The layout of a served cascade signature, read from its SignatureDef (GetModelMetadata),
+        so a client needs no copy of the feature set: an input of shape [1] or [1, L] is request
+        level, one of [N] or [N, L] a candidate's; kinds follow dtype and rank."""
+        features = []
+        for name, info in sorted(signature_def.inputs.items()):
+            dims = [d.size for d in info.tensor_shape.dim]
+            kind = c.NUMERIC if info.dtype == tf.float32.as_datatype_enum else (
+                c.SEQUENCE if len(dims) == 2 else c.CATEGORICAL)
+            features.append(c.Feature(name, c.USER if dims and dims[0] == 1 else c.ITEM, kind,
+                                      max_len=dims[1] if kind == c.SEQUENCE else None))
+        return cls(c.FeatureSet(tuple(features)))
+
+    def signature(self, roles=c.ROLES) -> dict[str, tf.TensorSpec]:
+        """The TensorSpecs of the request inputs whose feature role is in `roles`."""
+        return {f.name: tf.TensorSpec(shape_of(f), dtype_of(f), name=f.name)
+                for f in self.features.features if f.role in roles}
+
+    # -- building requests -----------------------------------------------------------------------
+
+    def from_rows(self, rows: list[dict], only: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The request arrays of one request's typed rows (as `hap.data.reader` reads them).
+
+        The user and context values come from the first row: the contract makes them the same on
+        every row of a request. `only` restricts the output to these feature names.
+        """
+        if not rows:
+            raise ValueError("a request needs at least one candidate row")
+        out = {}
+        for f in self.features.features:
+            if only is not None and f.name not in only:
+                continue
+            values = [rows[0].get(f.name)] if is_request_level(f) else [r.get(f.name) for r in rows]
+            out[f.name] = _column(f, values)
+        return out
+
+    def from_json(self, doc: dict, where: str = "request") -> dict[str, np.ndarray]:
+        """Request arrays from `{"request": {feature: value}, "candidates": [{feature: value}, ...]}`.
+
+        A feature left out is missing (see the module docstring); an unknown name is an error, as a
+        typo would otherwise pass silently as a missing value.
+        """
+        if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), list):
+            raise ValueError(f"{where}: expected an object with a 'candidates' list (and a 'request' object)")
+        context = doc.get("request", {})
+        problems = []
+        request_names = {f.name for f in self.request_features}
+        for name in context:
+            if name not in request_names:
+                problems.append(f"{where}: request.{name} is not a user or context feature")
+        for i, cand in enumerate(doc["candidates"]):
+            for name in cand:
+                if name not in self.features.names or name in request_names:
+                    problems.append(f"{where}: candidates[{i}].{name} is not an item or cross feature")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self.from_rows([{**context, **cand} for cand in doc["candidates"]])
+
+    def load_json(self, path: str) -> dict[str, np.ndarray]:
+        with open(path, encoding="utf-8") as f:
+            try:
+                doc = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        return self.from_json(doc, where=path)
+
+    def missing(self, n: int) -> dict[str, np.ndarray]:
+        """A request of n candidates whose every value is missing, sequences at full length."""
+        out = {}
+        for f in self.features.features:
+            rows = 1 if is_request_level(f) else n
+            if f.kind == c.NUMERIC:
+                out[f.name] = np.full(rows, np.nan, np.float32)
+            elif f.kind == c.CATEGORICAL:
+                out[f.name] = np.full(rows, MISSING_TOKEN, object)
+            else:
+                out[f.name] = np.full((rows, f.max_len), MISSING_TOKEN, object)
+        return out
+
+    def num_candidates(self, request: dict) -> int:
+        for f in self.candidate_features:
+            if f.name in request:
+                return len(request[f.name])
+        raise ValueError("the request has no item or cross feature")
+
+    # -- converting requests ---------------------------------------------------------------------
+
+    def to_tensors(self, request: dict) -> dict[str, tf.Tensor]:
+        return {name: tf.constant(value, dtype=dtype_of(self.features[name])) for name, value in request.items()}
+
+    def to_examples(self, request: dict) -> list[bytes]:
+        """One serialized canonical tf.Example per candidate (data/canonical.py), the request's user
+        row beside each: what the `score_examples` signature and TFMA read."""
+        types = canonical.canonical_types(self.features)
+        return [canonical.to_example(self._row(request, i), types).SerializeToString()
+                for i in range(self.num_candidates(request))]
+
+    def _row(self, request: dict, i: int) -> dict:
+        """Candidate i as a typed row, missing values as None."""
+        row = {}
+        for f in self.features.features:
+            value = request[f.name][0 if is_request_level(f) else i]
+            if f.kind == c.NUMERIC:
+                row[f.name] = None if np.isnan(value) else float(value)
+            elif f.kind == c.CATEGORICAL:
+                row[f.name] = None if value == MISSING_TOKEN else str(value)
+            else:
+                row[f.name] = [str(t) for t in value if t != MISSING_TOKEN]
+        return row
 
 
-def from_json(doc: dict, features: c.FeatureSet, where: str = "request") -> dict:
-    """Request tensors from `{"request": {feature: value}, "candidates": [{feature: value}, ...]}`.
-
-    A feature left out is missing (see the module docstring); an unknown name is an error, as a
-    typo would otherwise pass silently as a missing value.
-    """
-    if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), list):
-        raise ValueError(f"{where}: expected an object with a 'candidates' list (and a 'request' object)")
-    context = doc.get("request", {})
-    problems = []
-    request_names = {f.name for f in features.features if is_request_level(f)}
-    for name in context:
-        if name not in request_names:
-            problems.append(f"{where}: request.{name} is not a user or context feature")
-    for i, cand in enumerate(doc["candidates"]):
-        for name in cand:
-            if name not in features.names or name in request_names:
-                problems.append(f"{where}: candidates[{i}].{name} is not an item or cross feature")
-    if problems:
-        raise ValueError("; ".join(problems))
-    rows = [{**context, **cand} for cand in doc["candidates"]]
-    return from_rows(rows, features)
-
-
-def load_json(path: str, features: c.FeatureSet) -> dict:
-    with open(path, encoding="utf-8") as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
-    return from_json(doc, features, where=path)
-
-
-def num_candidates(request: dict, features: c.FeatureSet) -> int:
-    for f in features.features:
-        if not is_request_level(f) and f.name in request:
-            return len(request[f.name])
-    raise ValueError("the request has no item or cross feature")
+def predict_request(model_name: str, signature: str, inputs: dict) -> predict_pb2.PredictRequest:
+    """A PredictRequest of numpy `inputs` (object arrays as strings), well-formed or not: the
+    tests and the load benchmark send malformed ones on purpose."""
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string if value.dtype == object else None))
+    return request

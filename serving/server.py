@@ -34,6 +34,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, status_pb2)
 
+from hap.serving.model_versions import complete_versions
 from hap.serving.warmup import WARMUP_FILE
 
 log = logging.getLogger("hap.serve")
@@ -49,14 +50,6 @@ class RequestError(Exception):
     def __init__(self, message: str, code=grpc.StatusCode.INVALID_ARGUMENT):
         super().__init__(message)
         self.code = code
-
-
-def complete_versions(base_path: str) -> list[int]:
-    """Version numbers under `base_path` whose SavedModel is completely written, ascending."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(name) for name in os.listdir(base_path)
-                  if name.isdigit() and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from hap.data import contract as c
 from hap.serving import request as rq
@@ -20,56 +20,15 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_SIZES = (1, 100, 1000)
 
 
-def empty_request(features: c.FeatureSet, n: int) -> dict:
-    """A request of n candidates whose every value is missing, sequences at full length."""
-    out = {}
-    for f in features.features:
-        rows = 1 if rq.is_request_level(f) else n
-        if f.kind == c.NUMERIC:
-            out[f.name] = np.full(rows, np.nan, np.float32)
-        elif f.kind == c.CATEGORICAL:
-            out[f.name] = np.full(rows, rq.MISSING_TOKEN, object)
-        else:
-            out[f.name] = np.full((rows, f.max_len), rq.MISSING_TOKEN, object)
-    return out
-
-
-def examples_from_request(request: dict, features: c.FeatureSet) -> list[bytes]:
-    """One serialized raw tf.Example per candidate, the request's user row beside each."""
-    n = rq.num_candidates(request, features)
-    serialized = []
-    for i in range(n):
-        feature = {}
-        for f in features.features:
-            value = request[f.name][0 if rq.is_request_level(f) else i]
-            if f.kind == c.NUMERIC:
-                if not np.isnan(value):
-                    feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-                continue
-            tokens = [t for t in (value if f.kind == c.SEQUENCE else [value]) if t != rq.MISSING_TOKEN]
-            if tokens or f.kind == c.SEQUENCE:
-                feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in tokens]))
-        serialized.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return serialized
-
-
-def predict_request(model_name: str, signature: str, inputs: dict) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-    for name, value in inputs.items():
-        value = np.asarray(value)
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string if value.dtype == object else None))
-    return request
-
-
 def warmup_logs(features: c.FeatureSet, model_name: str, sizes=WARMUP_SIZES) -> list:
+    layout = rq.RequestLayout(features)
     logs = []
     for n in sizes:
-        request = empty_request(features, n)
+        request = layout.missing(n)
         for signature, inputs in (("cascade", request),
-                                  ("score_examples", {"examples": np.array(examples_from_request(request, features),
-                                                                           object)})):
+                                  ("score_examples", {"examples": np.array(layout.to_examples(request), object)})):
             logs.append(prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=predict_request(model_name, signature, inputs))))
+                predict_log=prediction_log_pb2.PredictLog(request=rq.predict_request(model_name, signature, inputs))))
     return logs
 
 

@@ -19,18 +19,19 @@ import numpy as np
 import tensorflow as tf
 
 from hap.data import contract, simulator
-from hap.models import distribute, losses, request_batches, spec, trainer, training
+from hap.data.sample_routing import routing_of
+from hap.models import distribute, losses, request_batches, trainer_module, training, transformed
 
 VOCAB = 50
-# The (role, loss) stepped on both sides: GHCL carries harmoniser state from step to step. The
+# The (model, loss) stepped on both sides: GHCL carries harmoniser state from step to step. The
 # gathering is the same for every model and loss, and each case costs half a minute of tracing.
-ROLE, LOSS = "light", "ghcl"
+MODEL, LOSS = "light", "ghcl"
 
 
-def model_spec() -> spec.ModelSpec:
+def model_inputs() -> transformed.ModelInputs:
     features = simulator.FEATURE_SET
-    names = {spec.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
-    return spec.ModelSpec(features, {n: VOCAB for n in names})
+    names = {transformed.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
+    return transformed.ModelInputs(features, {n: VOCAB for n in names})
 
 
 def synthetic_arrays(num_requests: int, seed: int) -> dict[str, np.ndarray]:
@@ -48,9 +49,9 @@ def synthetic_arrays(num_requests: int, seed: int) -> dict[str, np.ndarray]:
         else:
             arrays[f.name] = rng.integers(0, VOCAB, (n, f.max_len))
     groups = np.concatenate([np.r_[0, rng.integers(0, 5, s - 1)] for s in sizes]).astype(np.int64)
-    arrays[spec.SAMPLE_GROUP] = groups
-    arrays[spec.LABEL] = (groups == 0).astype(np.float32)
-    arrays[spec.REQUEST_KEY] = np.concatenate([[f"r{i}".encode()] * s for i, s in enumerate(sizes)]).astype(object)
+    arrays[transformed.SAMPLE_GROUP] = groups
+    arrays[transformed.LABEL] = (groups == 0).astype(np.float32)
+    arrays[transformed.REQUEST_KEY] = np.concatenate([[f"r{i}".encode()] * s for i, s in enumerate(sizes)]).astype(object)
     order = rng.permutation(n)
     return {k: v[order] for k, v in arrays.items()}
 
@@ -68,22 +69,22 @@ def _initial_value(i: int, shape) -> np.ndarray:
     return np.random.default_rng(i).normal(scale=0.05, size=shape).astype(np.float32)
 
 
-def run_steps(strategy: tf.distribute.Strategy, steps, role: str = ROLE, loss: str = LOSS) -> dict[str, np.ndarray]:
+def run_steps(strategy: tf.distribute.Strategy, steps, model: str = MODEL, loss: str = LOSS) -> dict[str, np.ndarray]:
     """Trains from fixed weights with plain SGD (its update is the gradient itself, unlike Adam's
     first step) on `steps`, each a list of per-replica batches; returns the reported losses and
     the final weights. One replica gets each step's batches concatenated."""
     one = strategy.num_replicas_in_sync == 1
     with strategy.scope():
-        scorer = trainer.build_scorer(role, model_spec())
-        model = training.RoutedTrainer(scorer, losses.make_loss(loss, role))
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+        scorer = trainer_module.build_scorer(model, model_inputs())
+        trainer = training.RoutedTrainer(scorer, losses.make_loss(loss, routing_of(model)))
+        trainer.compile(optimizer=tf.keras.optimizers.SGD(0.5))
         scorer({k: tf.constant(v) for k, v in steps[0][0].items()})  # builds the weights
         for i, variable in enumerate(scorer.trainable_variables):
             variable.assign(_initial_value(i, variable.shape))
 
     @tf.function
     def train_step(batch):
-        return strategy.run(model.train_step, args=(batch,))
+        return strategy.run(trainer.train_step, args=(batch,))
 
     reported = []
     for step in steps:
@@ -103,7 +104,7 @@ def local_request_batches(strategy, arrays, batch_size: int) -> list[list[bytes]
     seen = []
     for step in distribute.request_dataset(strategy, batcher, epochs=1):
         for local in strategy.experimental_local_results(step):
-            seen.append(local[spec.REQUEST_KEY].numpy().tolist())
+            seen.append(local[transformed.REQUEST_KEY].numpy().tolist())
     return seen
 
 
@@ -116,8 +117,8 @@ def _mirrored(out: str) -> None:
               **run_steps(strategy, step_batches())}
     arrays = synthetic_arrays(30, seed=2)
     result["batches"] = json.dumps([[k.decode() for k in keys] for keys in local_request_batches(strategy, arrays, 40)])
-    settings = trainer.TrainerSettings(role="light", batch_size=80, conflict_every_n_steps=1)
-    _, history = trainer.train(settings, model_spec(), arrays, synthetic_arrays(10, seed=3),
+    settings = trainer_module.TrainerSettings(model="light", batch_size=80, conflict_every_n_steps=1)
+    _, history = trainer_module.train(settings, model_inputs(), arrays, synthetic_arrays(10, seed=3),
                                out + ".logs", strategy)
     result["history"] = json.dumps(history)
     np.savez(out, **result)

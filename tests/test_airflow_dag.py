@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from conftest import floors_at
 from hap.pipeline import local_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,8 +87,7 @@ def test_two_daily_dag_runs_succeed_and_push_the_cascade(e2e_data, tmp_path):
     out, dags = tmp_path / "out", tmp_path / "dags"
     dags.mkdir()
     shutil.copy(DAG_FILE, dags)
-    floors = {"light": dict.fromkeys(("EN", "RN", "PRN", "GN"), 0.0), "heavy": dict.fromkeys(("EN", "RN"), 0.0)}
-    env = _airflow_env(tmp_path, HAP_DATA=e2e_data, HAP_OUT=str(out), HAP_AUC_FLOORS=json.dumps(floors),
+    env = _airflow_env(tmp_path, HAP_DATA=e2e_data, HAP_OUT=str(out), HAP_AUC_FLOORS=json.dumps(floors_at(0.0)),
                        AIRFLOW__CORE__DAGS_FOLDER=str(dags))
     airflow = os.path.join(os.path.dirname(AIRFLOW_PYTHON), "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=600)

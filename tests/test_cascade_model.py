@@ -81,7 +81,7 @@ def test_cascade_agrees_with_the_light_and_heavy_signatures(model, requests):
 
 def test_score_examples_agree_with_the_request_signatures(model, requests, features):
     request = requests[0]
-    examples = np.array(warmup.examples_from_request(request, features), object)
+    examples = np.array(rq.RequestLayout(features).to_examples(request), object)
     scored = _call(model, "score_examples", {"examples": examples})
     np.testing.assert_allclose(scored["light_scores"], _call(model, "light", request)["scores"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scored["heavy_scores"], _call(model, "heavy", request)["scores"], rtol=1e-5, atol=1e-6)
@@ -126,7 +126,7 @@ def test_missing_values_and_empty_histories_are_served(model, requests, features
 ])
 def test_malformed_requests_fail_with_a_named_problem(model, features, problem, message):
     n = {"no candidates": 0, "too many candidates": DEFAULTS.max_candidates + 1}.get(problem, 4)
-    request = warmup.empty_request(features, n)
+    request = rq.RequestLayout(features).missing(n)
     if problem == "two user rows":
         request["user_id"] = np.array(["1", "2"], object)
     if problem == "ragged candidates":

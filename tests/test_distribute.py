@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import replica_checks
-from hap.models import distribute, spec
+from hap.models import distribute, transformed
 
 CHECKS = os.path.join(os.path.dirname(__file__), "replica_checks.py")
 
@@ -103,7 +103,7 @@ def _assert_same_training(result, reference):
 
 
 def _assert_whole_requests(batches, arrays, num_replicas):
-    sizes = dict(zip(*np.unique([k.decode() for k in arrays[spec.REQUEST_KEY]], return_counts=True)))
+    sizes = dict(zip(*np.unique([k.decode() for k in arrays[transformed.REQUEST_KEY]], return_counts=True)))
     seen = []
     for keys in batches:
         found, counts = np.unique(keys, return_counts=True) if keys else ([], [])
@@ -116,7 +116,7 @@ def _assert_whole_requests(batches, arrays, num_replicas):
 
 def test_the_steps_really_differ_between_replicas():
     for step in replica_checks.step_batches():
-        sizes = [len(part[spec.LABEL]) for part in step]
+        sizes = [len(part[transformed.LABEL]) for part in step]
         assert sizes[0] != sizes[1] and min(sizes) > 0, sizes
 
 

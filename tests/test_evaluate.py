@@ -13,7 +13,7 @@ import tensorflow as tf
 from hap import cli
 from hap.data import contract as c
 from hap.data import reader
-from hap.evaluation import evaluate, metrics
+from hap.evaluation import auc_metrics, evaluate, top_k_metrics
 from hap.serving import request as rq
 
 
@@ -77,7 +77,7 @@ def _signature_outputs(model_dir, data_dir, part):
     request, rows, scores = [], [], {s: [] for s in evaluate.SIGNATURES}
     for request_id, group in by_request.items():
         inputs = {k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
-                  for k, v in rq.from_rows(group, info.features).items()}
+                  for k, v in rq.RequestLayout(info.features).from_rows(group).items()}
         for s in evaluate.SIGNATURES:
             scores[s].append(model.signatures[s](**inputs)["scores"].numpy())
         request += [request_id] * len(group)
@@ -85,17 +85,17 @@ def _signature_outputs(model_dir, data_dir, part):
     return np.array(request), rows, {s: np.concatenate(v) for s, v in scores.items()}
 
 
-def test_metrics_match_the_metrics_module_on_signature_outputs(evaluated, cascade_model, funnel_data):
+def test_metrics_match_the_metric_modules_on_signature_outputs(evaluated, cascade_model, funnel_data):
     result = _strict_json(os.path.join(evaluated, "metrics.json"))
     request, rows, scores = _signature_outputs(cascade_model, funnel_data, c.SAMPLES_DIR)
     label = np.array([r["click"] for r in rows])
     group = np.array([c.sample_group(r["source"], r["click"]) for r in rows])
     for s in evaluate.SIGNATURES:
-        expected = dict(metrics.auc_by_source(label, scores[s], group))
-        expected["gauc"] = metrics.gauc(request, label, scores[s], group)
+        expected = dict(auc_metrics.auc_by_source(label, scores[s], group))
+        expected["gauc"] = auc_metrics.gauc(request, label, scores[s], group)
         for k in result["ks"]:
-            expected[f"hitrate@{k}"] = metrics.hitrate_at_k(request, label, scores[s], k)
-            expected[f"recall@{k}"] = metrics.recall_at_k(request, label, scores[s], k)
+            expected[f"hitrate@{k}"] = top_k_metrics.hitrate_at_k(request, label, scores[s], k)
+            expected[f"recall@{k}"] = top_k_metrics.recall_at_k(request, label, scores[s], k)
         got = result["logged"]["metrics"][s]
         assert set(got) == set(expected)
         for name, m in expected.items():
@@ -107,9 +107,9 @@ def test_metrics_match_the_metrics_module_on_signature_outputs(evaluated, cascad
     for s in evaluate.SIGNATURES:
         got = result["funnel"]["metrics"][s]
         assert got["ndcg@100"]["value"] == pytest.approx(
-            metrics.ndcg_at_k(request, utility, scores[s], 100).value, abs=1e-6)
+            top_k_metrics.ndcg_at_k(request, utility, scores[s], 100).value, abs=1e-6)
         assert got["oracle_recall@100"]["value"] == pytest.approx(
-            metrics.oracle_recall_at_k(request, utility, scores[s], 100, 10).value, abs=1e-6)
+            top_k_metrics.oracle_recall_at_k(request, utility, scores[s], 100, 10).value, abs=1e-6)
 
 
 def test_without_funnel_the_funnel_metrics_are_skipped_and_reported(cascade_model, e2e_data, tmp_path):

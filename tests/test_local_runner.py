@@ -5,6 +5,7 @@ import pytest
 
 from hap import schema as default_schema
 from hap.data import contract as c
+from hap.data.sample_routing import SAMPLE_ROUTING
 from hap.data import simulator
 from hap.pipeline import configs, local_runner
 from hap.schema import derive
@@ -54,9 +55,9 @@ def test_component_progress_survives_a_savedmodel_export(tmp_path):
 
 def test_auc_floors_with_replaces_only_the_floors_given():
     floors = configs.auc_floors_with({"light": {"EN": 0.5}, "heavy": {"RN": 1}})
-    assert floors["light"] == {**configs.AUC_FLOORS["light"], "EN": 0.5}
-    assert floors["heavy"] == {**configs.AUC_FLOORS["heavy"], "RN": 1.0}
-    assert configs.AUC_FLOORS["light"]["EN"] != 0.5, "the defaults themselves are left alone"
+    assert floors["light"] == {**SAMPLE_ROUTING["light"].auc_floors, "EN": 0.5}
+    assert floors["heavy"] == {**SAMPLE_ROUTING["heavy"].auc_floors, "RN": 1.0}
+    assert SAMPLE_ROUTING["light"].auc_floors["EN"] != 0.5, "the defaults themselves are left alone"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hap.data.sample_routing import routing_of
 from hap.models import losses
 
 EP, EN, RN, PRN, GN = range(5)
@@ -96,7 +97,7 @@ def test_pooled_infonce_uses_all_negatives():
     loss, count = losses.pooled_infonce(*batch(ALL_GROUPS), temperature=1.0)
     assert float(count) == 1.0
     assert float(loss) == pytest.approx(nce(1.5, sum(NEGATIVES.values(), [])), rel=1e-6)
-    out = losses.make_loss("pooled_infonce", "light", temperature=1.0)(*batch(ALL_GROUPS))
+    out = losses.make_loss("pooled_infonce", routing_of("light"), temperature=1.0)(*batch(ALL_GROUPS))
     assert float(out["loss"]) == pytest.approx(float(out["bce"]) + float(loss), rel=1e-6)
 
 
@@ -137,7 +138,7 @@ def test_group_without_negatives_gets_count_zero_and_weight_zero():
 def test_empty_batch_is_zero():
     empty = (tf.zeros([0]), tf.zeros([0]), tf.zeros([0], tf.int64), tf.zeros([0], tf.int32), 0)
     for name in losses.LOSS_NAMES:
-        out = losses.make_loss(name, "light")(*empty)
+        out = losses.make_loss(name, routing_of("light"))(*empty)
         assert float(out["loss"]) == 0.0 and _finite(out)
 
 
@@ -198,7 +199,7 @@ def test_weights_are_stop_gradient(update):
 
 
 def test_heavy_ghcl_ignores_prn_and_gn():
-    ghcl = losses.make_loss("ghcl", "heavy", temperature=1.0)
+    ghcl = losses.make_loss("ghcl", routing_of("heavy"), temperature=1.0)
     assert ghcl.negative_groups == ("EN", "RN")
     args = batch(ALL_GROUPS)
     logits = tf.Variable(args[0])
@@ -215,20 +216,20 @@ def test_heavy_ghcl_ignores_prn_and_gn():
 
 def test_heavy_baselines_use_ep_en_rn_only():
     args = batch(ALL_GROUPS)
-    out = losses.make_loss("mixed_bce", "heavy")(*args)
+    out = losses.make_loss("mixed_bce", routing_of("heavy"))(*args)
     assert float(out["loss"]) == pytest.approx(np_bce([1.5, 0.5, -0.2, 1.0], [1.0, 0.0, 0.0, 0.0]), rel=1e-6)
-    out = losses.make_loss("pooled_infonce", "heavy", temperature=1.0)(*args)
+    out = losses.make_loss("pooled_infonce", routing_of("heavy"), temperature=1.0)(*args)
     assert float(out["infonce_pooled"]) == pytest.approx(nce(1.5, [0.5, -0.2, 1.0]), rel=1e-6)
     assert float(out["bce"]) == pytest.approx(np_bce([1.5, 0.5, -0.2], [1.0, 0.0, 0.0]), rel=1e-6)
-    light = losses.make_loss("mixed_bce", "light")(*args)
+    light = losses.make_loss("mixed_bce", routing_of("light"))(*args)
     assert float(light["loss"]) == pytest.approx(np_bce([r[2] for r in ALL_GROUPS], [1.0] + [0.0] * 6), rel=1e-6)
 
 
 def test_losses_run_under_tf_function_with_unknown_batch():
     two_requests = ALL_GROUPS + [(1, EP, -0.5), (1, EN, 0.7), (1, GN, 0.1)]
     for name in losses.LOSS_NAMES:
-        graph_loss = losses.make_loss(name, "light", **({} if name == "mixed_bce" else {"temperature": 1.0}))
-        eager_loss = losses.make_loss(name, "light", **({} if name == "mixed_bce" else {"temperature": 1.0}))
+        graph_loss = losses.make_loss(name, routing_of("light"), **({} if name == "mixed_bce" else {"temperature": 1.0}))
+        eager_loss = losses.make_loss(name, routing_of("light"), **({} if name == "mixed_bce" else {"temperature": 1.0}))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32),
                                       tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string)])
@@ -260,7 +261,7 @@ def test_num_requests_is_inferred_when_omitted():
 
 
 def test_make_loss_rejects_unknown_names():
-    with pytest.raises(ValueError):
-        losses.make_loss("focal", "light")
-    with pytest.raises(ValueError):
-        losses.make_loss("ghcl", "medium")
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        losses.make_loss("focal", routing_of("light"))
+    with pytest.raises(ValueError, match="unknown model 'medium'"):
+        routing_of("medium")

@@ -1,6 +1,7 @@
 """Evaluation metrics on tiny data, expected values worked out by hand in the comments.
 
-The last tests run TFMA's own metrics (a Beam pipeline each, a few seconds) on the same data.
+The last tests run TFMA's own metrics (tests/tfma_checks.py: a Beam pipeline each, a few
+seconds) on the same data.
 """
 import itertools
 import math
@@ -8,7 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from hap.evaluation import metrics as m
+import tfma_checks
+from hap.evaluation import auc_metrics as auc
+from hap.evaluation import top_k_metrics as top_k
 
 L3 = math.log2(3)  # the discount of rank 2 is 1 / log2(3)
 
@@ -32,7 +35,7 @@ def labels_of(groups):
 
 
 def test_auc_by_source_ties_count_half():
-    result = m.auc_by_source(labels_of(AUC_GROUPS), AUC_SCORES, AUC_GROUPS)
+    result = auc.auc_by_source(labels_of(AUC_GROUPS), AUC_SCORES, AUC_GROUPS)
     # EN: 0.8>0.5, 0.8>0.2, 0.5=0.5 (1/2), 0.5>0.2 -> 3.5 / 4
     assert result["auc_EP_vs_EN"].value == pytest.approx(0.875)
     # RN: 0.8=0.8 (1/2), 0.8<0.9, 0.5<0.8, 0.5<0.9 -> 0.5 / 4
@@ -43,7 +46,7 @@ def test_auc_by_source_ties_count_half():
 
 
 def test_auc_by_source_without_samples_is_nan_and_left_out_of_the_mean():
-    result = m.auc_by_source(labels_of(AUC_GROUPS), AUC_SCORES, AUC_GROUPS)
+    result = auc.auc_by_source(labels_of(AUC_GROUPS), AUC_SCORES, AUC_GROUPS)
     assert math.isnan(result["auc_EP_vs_GN"].value)
     assert "no GN samples" in result["auc_EP_vs_GN"].note
     assert result["auc_mean"].value == pytest.approx((0.875 + 0.125 + 1.0) / 3)
@@ -52,7 +55,7 @@ def test_auc_by_source_without_samples_is_nan_and_left_out_of_the_mean():
 
 def test_auc_by_source_without_positives_is_nan_everywhere():
     groups = ["EN", "RN", "GN"]
-    result = m.auc_by_source([0, 0, 0], [0.1, 0.2, 0.3], groups)
+    result = auc.auc_by_source([0, 0, 0], [0.1, 0.2, 0.3], groups)
     assert all(math.isnan(r.value) for r in result.values())
     assert "no EP samples" in result["auc_EP_vs_EN"].note
 
@@ -60,14 +63,14 @@ def test_auc_by_source_without_positives_is_nan_everywhere():
 def test_auc_is_exact_for_logits_and_close_scores():
     # No binning: scores 1e-9 apart are ordered, and logits outside [0, 1] are fine.
     groups = ["EP", "EN", "EP", "RN"]
-    result = m.auc_by_source([1, 0, 1, 0], [1e-9, 0.0, -3.0, -5.0], groups)
+    result = auc.auc_by_source([1, 0, 1, 0], [1e-9, 0.0, -3.0, -5.0], groups)
     assert result["auc_EP_vs_EN"].value == pytest.approx(0.5)  # 1e-9 > 0, -3 < 0
     assert result["auc_EP_vs_RN"].value == pytest.approx(1.0)
 
 
 def test_auc_by_source_rejects_labels_that_contradict_groups():
     with pytest.raises(ValueError, match="label"):
-        m.auc_by_source([1, 1], [0.3, 0.2], ["EP", "EN"])
+        auc.auc_by_source([1, 1], [0.3, 0.2], ["EP", "EN"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ GAUC_ROWS = [
 
 def test_gauc_weights_requests_by_their_samples():
     request, label, score = shuffled(0, *zip(*GAUC_ROWS))
-    result = m.gauc(request, label, score)
+    result = auc.gauc(request, label, score)
     # r1: 0.9 > 0.5, 0.9 < 0.95 -> 1/2. r2: 0.3 vs (0.3 tie, 0.1, 0.6) = 1.5, 0.7 beats all = 3
     # -> 4.5 / 6. Weighted by 3 and 5 samples (the unweighted mean would be 0.625).
     assert result.value == pytest.approx((3 * 0.5 + 5 * 0.75) / 8)
@@ -100,14 +103,14 @@ def test_gauc_with_group_keeps_exposed_samples_only():
     request = [r for r, _, _ in rows] + ["r1", "r2", "r5"]
     label = [y for _, y, _ in rows] + [0, 0, 0]
     score = [s for _, _, s in rows] + [0.99, 0.99, 0.5]
-    result = m.gauc(request, label, score, group=groups + ["RN", "PRN", "GN"])
+    result = auc.gauc(request, label, score, group=groups + ["RN", "PRN", "GN"])
     assert result.value == pytest.approx((3 * 0.5 + 5 * 0.75) / 8)
     assert (result.requests, result.samples, result.excluded_requests) == (2, 8, 0)
-    assert m.gauc(request, label, score).value < result.value
+    assert auc.gauc(request, label, score).value < result.value
 
 
 def test_gauc_without_any_mixed_request_is_nan():
-    result = m.gauc([1, 1, 2], [1, 1, 0], [0.1, 0.2, 0.3])
+    result = auc.gauc([1, 1, 2], [1, 1, 0], [0.1, 0.2, 0.3])
     assert math.isnan(result.value) and result.requests == 0 and result.excluded_requests == 2
 
 
@@ -128,7 +131,7 @@ TOPK_ROWS = [
 
 def test_hitrate_at_k_with_a_tie_at_the_cut_off():
     request, label, score = shuffled(1, *zip(*TOPK_ROWS))
-    result = m.hitrate_at_k(request, label, score, k=2)
+    result = top_k.hitrate_at_k(request, label, score, k=2)
     # A: P(the click takes the 1 slot among 3) = 1 - C(2,1)/C(3,1) = 1/3.
     # B: 2 slots among 3 always hold a click (C(1,2) = 0) -> 1. C: 1.
     assert result.value == pytest.approx((1 / 3 + 1 + 1) / 3)
@@ -138,7 +141,7 @@ def test_hitrate_at_k_with_a_tie_at_the_cut_off():
 
 def test_recall_at_k_counts_the_straddling_tie_fractionally():
     request, label, score = shuffled(2, *zip(*TOPK_ROWS))
-    result = m.recall_at_k(request, label, score, k=2)
+    result = top_k.recall_at_k(request, label, score, k=2)
     # A: 1 click x 1/3 of 2 clicks = 1/6. B: 2 clicks x 2/3 of 2 = 2/3. C: 1.
     assert result.value == pytest.approx((1 / 6 + 2 / 3 + 1) / 3)
     assert (result.requests, result.samples, result.excluded_requests) == (3, 11, 1)
@@ -147,20 +150,20 @@ def test_recall_at_k_counts_the_straddling_tie_fractionally():
 def test_hitrate_is_hypergeometric_not_fractional():
     # A tie of 4 with 2 clicks, K=1: P(hit) = 1 - C(2,1)/C(4,1) = 1/2; recall = 2 x 1/4 / 2.
     request, label, score = ["q"] * 4, [1, 1, 0, 0], [0.6] * 4
-    assert m.hitrate_at_k(request, label, score, 1).value == pytest.approx(0.5)
-    assert m.recall_at_k(request, label, score, 1).value == pytest.approx(0.25)
+    assert top_k.hitrate_at_k(request, label, score, 1).value == pytest.approx(0.5)
+    assert top_k.recall_at_k(request, label, score, 1).value == pytest.approx(0.25)
 
 
 def test_top_k_metrics_reach_one_when_k_covers_every_request():
     request, label, score = zip(*TOPK_ROWS)
-    assert m.hitrate_at_k(request, label, score, 5).value == pytest.approx(1.0)
-    assert m.recall_at_k(request, label, score, 5).value == pytest.approx(1.0)
+    assert top_k.hitrate_at_k(request, label, score, 5).value == pytest.approx(1.0)
+    assert top_k.recall_at_k(request, label, score, 5).value == pytest.approx(1.0)
     # K=1: A has no click at rank 1; B's tie of 3 with 2 clicks gives 2/3; C's click is 2nd.
-    assert m.hitrate_at_k(request, label, score, 1).value == pytest.approx((0 + 2 / 3 + 0) / 3)
+    assert top_k.hitrate_at_k(request, label, score, 1).value == pytest.approx((0 + 2 / 3 + 0) / 3)
 
 
 def test_top_k_metrics_without_clicks_are_nan():
-    result = m.recall_at_k(["a", "a"], [0, 0], [0.2, 0.1], 1)
+    result = top_k.recall_at_k(["a", "a"], [0, 0], [0.2, 0.1], 1)
     assert math.isnan(result.value) and result.requests == 0 and result.excluded_requests == 1
 
 
@@ -182,15 +185,15 @@ ORACLE_ROWS = [
 
 def test_oracle_recall_at_k():
     request, utility, score = shuffled(3, *zip(*ORACLE_ROWS))
-    result = m.oracle_recall_at_k(request, utility, score, k=3, top=2)
+    result = top_k.oracle_recall_at_k(request, utility, score, k=3, top=2)
     assert result.value == pytest.approx((1 / 2 + 2 / 3 + 1 / 2) / 3)
     assert (result.requests, result.samples, result.excluded_requests) == (3, 14, 1)
     assert "all-zero utility" in result.note
 
 
 def test_oracle_recall_is_one_when_k_covers_the_request():
-    assert m.oracle_recall_at_k(["a"] * 3, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], k=3, top=2).value == 1.0
-    assert m.oracle_recall_at_k(["a"] * 3, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], k=1, top=2).value == 0.0
+    assert top_k.oracle_recall_at_k(["a"] * 3, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], k=3, top=2).value == 1.0
+    assert top_k.oracle_recall_at_k(["a"] * 3, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], k=1, top=2).value == 0.0
 
 
 NDCG_ROWS = [
@@ -207,7 +210,7 @@ NDCG_ROWS = [
 
 def test_ndcg_at_k_with_ties_and_an_all_zero_request():
     request, utility, score = shuffled(4, *zip(*NDCG_ROWS))
-    result = m.ndcg_at_k(request, utility, score, k=2)
+    result = top_k.ndcg_at_k(request, utility, score, k=2)
     n1 = 2 / (3 + 2 / L3)
     n2 = 0.5 * (1 + 1 / L3) / (2 + 1 / L3)
     n4 = (4 / 3) * (1 + 1 / L3) / 4
@@ -218,8 +221,8 @@ def test_ndcg_at_k_with_ties_and_an_all_zero_request():
 
 def test_ndcg_is_one_for_the_oracle_order():
     utility = [0.5, 2.0, 1.0, 0.0]
-    assert m.ndcg_at_k(["q"] * 4, utility, utility, k=2).value == pytest.approx(1.0)
-    assert m.ndcg_at_k(["q"] * 4, utility, [-u for u in utility], k=2).value < 0.5
+    assert top_k.ndcg_at_k(["q"] * 4, utility, utility, k=2).value == pytest.approx(1.0)
+    assert top_k.ndcg_at_k(["q"] * 4, utility, [-u for u in utility], k=2).value < 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,9 +256,9 @@ def test_tie_rules_equal_the_average_over_all_tie_orders():
         return sum(x / math.log2(i + 2) for i, x in enumerate(g[:k]))
 
     ndcg = average_over_tie_orders(request, utility, score, lambda v, a: dcg(v) / dcg(np.sort(a)[::-1]))
-    assert m.hitrate_at_k(request, label, score, k).value == pytest.approx(hit)
-    assert m.recall_at_k(request, label, score, k).value == pytest.approx(recall)
-    assert m.ndcg_at_k(request, utility, score, k).value == pytest.approx(ndcg)
+    assert top_k.hitrate_at_k(request, label, score, k).value == pytest.approx(hit)
+    assert top_k.recall_at_k(request, label, score, k).value == pytest.approx(recall)
+    assert top_k.ndcg_at_k(request, utility, score, k).value == pytest.approx(ndcg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,11 +266,11 @@ def test_tie_rules_equal_the_average_over_all_tie_orders():
 
 
 @pytest.mark.parametrize("call, argument", [
-    (lambda: m.gauc(["a", "b"], [1, 0], [0.1]), "score"),
-    (lambda: m.gauc(["a"], [1, 0], [0.1, 0.2]), "label"),
-    (lambda: m.auc_by_source([1, 0], [0.2, 0.1], ["EP"]), "group"),
-    (lambda: m.ndcg_at_k(["a", "a"], [1.0], [0.1, 0.2]), "utility"),
-    (lambda: m.hitrate_at_k(["a", "a"], [1, 0], [0.1, 0.2, 0.3], 1), "score"),
+    (lambda: auc.gauc(["a", "b"], [1, 0], [0.1]), "score"),
+    (lambda: auc.gauc(["a"], [1, 0], [0.1, 0.2]), "label"),
+    (lambda: auc.auc_by_source([1, 0], [0.2, 0.1], ["EP"]), "group"),
+    (lambda: top_k.ndcg_at_k(["a", "a"], [1.0], [0.1, 0.2]), "utility"),
+    (lambda: top_k.hitrate_at_k(["a", "a"], [1, 0], [0.1, 0.2, 0.3], 1), "score"),
 ])
 def test_mismatched_lengths_name_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"^{argument} has length"):
@@ -275,10 +278,10 @@ def test_mismatched_lengths_name_the_argument(call, argument):
 
 
 @pytest.mark.parametrize("call", [
-    lambda s: m.auc_by_source([1, 0], s, ["EP", "EN"]),
-    lambda s: m.gauc(["a", "a"], [1, 0], s),
-    lambda s: m.recall_at_k(["a", "a"], [1, 0], s, 1),
-    lambda s: m.ndcg_at_k(["a", "a"], [1.0, 0.0], s, 1),
+    lambda s: auc.auc_by_source([1, 0], s, ["EP", "EN"]),
+    lambda s: auc.gauc(["a", "a"], [1, 0], s),
+    lambda s: top_k.recall_at_k(["a", "a"], [1, 0], s, 1),
+    lambda s: top_k.ndcg_at_k(["a", "a"], [1.0, 0.0], s, 1),
 ])
 def test_nan_scores_are_rejected(call):
     with pytest.raises(ValueError, match="^score contains 1 NaN"):
@@ -287,42 +290,42 @@ def test_nan_scores_are_rejected(call):
 
 @pytest.mark.parametrize("k", [0, -1, 1.5, True, None])
 def test_k_must_be_a_positive_integer(k):
-    for call in (m.hitrate_at_k, m.recall_at_k):
+    for call in (top_k.hitrate_at_k, top_k.recall_at_k):
         with pytest.raises(ValueError, match="^k must be an integer >= 1"):
             call(["a"], [1], [0.1], k)
     with pytest.raises(ValueError, match="^k must be an integer >= 1"):
-        m.ndcg_at_k(["a"], [1.0], [0.1], k)
+        top_k.ndcg_at_k(["a"], [1.0], [0.1], k)
     with pytest.raises(ValueError, match="^k must be an integer >= 1"):
-        m.oracle_recall_at_k(["a"], [1.0], [0.1], k)
+        top_k.oracle_recall_at_k(["a"], [1.0], [0.1], k)
 
 
 def test_other_invalid_inputs_name_the_argument():
     with pytest.raises(ValueError, match="^top must"):
-        m.oracle_recall_at_k(["a"], [1.0], [0.1], k=1, top=0)
+        top_k.oracle_recall_at_k(["a"], [1.0], [0.1], k=1, top=0)
     with pytest.raises(ValueError, match="^utility must be finite and >= 0"):
-        m.ndcg_at_k(["a", "a"], [1.0, -0.5], [0.1, 0.2], 1)
+        top_k.ndcg_at_k(["a", "a"], [1.0, -0.5], [0.1, 0.2], 1)
     with pytest.raises(ValueError, match="^utility contains 1 NaN"):
-        m.ndcg_at_k(["a", "a"], [1.0, float("nan")], [0.1, 0.2], 1)
+        top_k.ndcg_at_k(["a", "a"], [1.0, float("nan")], [0.1, 0.2], 1)
     with pytest.raises(ValueError, match="^label must be 0 or 1"):
-        m.gauc(["a", "a"], [1, 2], [0.1, 0.2])
+        auc.gauc(["a", "a"], [1, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="^group must be one of"):
-        m.auc_by_source([1, 0], [0.1, 0.2], ["EP", "XN"])
+        auc.auc_by_source([1, 0], [0.1, 0.2], ["EP", "XN"])
     with pytest.raises(ValueError, match="^score must be a 1-D array"):
-        m.gauc(["a"], [1], [[0.1]])
+        auc.gauc(["a"], [1], [[0.1]])
 
 
 def test_empty_input_gives_nan_on_zero_requests():
-    assert math.isnan(m.gauc([], [], []).value)
-    result = m.ndcg_at_k([], [], [], 10)
+    assert math.isnan(auc.gauc([], [], []).value)
+    result = top_k.ndcg_at_k([], [], [], 10)
     assert math.isnan(result.value) and result.requests == 0
 
 
 def test_request_ids_of_any_dtype():
     request, label, score = zip(*GAUC_ROWS)
     codes = {"r1": 7, "r2": -3, "r3": 10**12, "r4": 0}
-    expected = m.gauc(request, label, score).value
-    assert m.gauc([codes[r] for r in request], label, score).value == expected
-    assert m.gauc(np.array(request, dtype=bytes), label, score).value == expected
+    expected = auc.gauc(request, label, score).value
+    assert auc.gauc([codes[r] for r in request], label, score).value == expected
+    assert auc.gauc(np.array(request, dtype=bytes), label, score).value == expected
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def test_auc_by_source_matches_tfma():
     groups = ["EP", "EN", "EN", "RN", "PRN", "EP", "EN", "RN", "RN", "PRN", "EP"]
     # Logits, ties within and across groups; no GN samples.
     scores = [2.0, 1.5, 2.0, -0.5, -2.0, 0.3, 0.3, 1.1, -1.0, 2.0, 0.8]
-    checks = m.tfma_cross_check_auc(labels_of(groups), scores, groups)
+    checks = tfma_checks.tfma_cross_check_auc(labels_of(groups), scores, groups)
     for name in ("auc_EP_vs_EN", "auc_EP_vs_RN", "auc_EP_vs_PRN", "auc_mean"):
         assert checks[name].comparable, checks[name]
         assert checks[name].agrees, checks[name]
@@ -348,18 +351,18 @@ def test_ndcg_and_oracle_recall_match_tfma():
     utility[24:] = 0.0  # q4: all-zero gains, skipped here and weighted 0 by TFMA
     score = rng.permutation(32) / 32.0
     score[24:] = 0.5  # ties where they cannot matter
-    checks = m.tfma_cross_check_funnel(request, utility, score, k=4, top=2)
+    checks = tfma_checks.tfma_cross_check_funnel(request, utility, score, k=4, top=2)
     for name in ("ndcg", "oracle_recall"):
         assert checks[name].comparable, checks[name]
         assert checks[name].agrees, checks[name]
-    assert checks["ndcg"].numpy_value == pytest.approx(m.ndcg_at_k(request, utility, score, 4).value)
+    assert checks["ndcg"].numpy_value == pytest.approx(top_k.ndcg_at_k(request, utility, score, 4).value)
 
 
 def test_tfma_cross_check_flags_ties_it_breaks_arbitrarily():
     request = ["q"] * 5
     utility = [4.0, 1.0, 3.0, 0.0, 2.0]
     score = [0.9, 0.9, 0.5, 0.5, 0.1]  # a tie inside the top 2 mixing utilities, one at rank 4
-    checks = m.tfma_cross_check_funnel(request, utility, score, k=3, top=2)
+    checks = tfma_checks.tfma_cross_check_funnel(request, utility, score, k=3, top=2)
     assert not checks["ndcg"].comparable and "mix different utilities" in checks["ndcg"].note
     assert not checks["oracle_recall"].comparable
     assert "score tie straddles rank 3" in checks["oracle_recall"].note

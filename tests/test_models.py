@@ -5,15 +5,15 @@ import tensorflow_recommenders as tfrs
 
 from hap.data import contract, simulator
 from hap.models import heavy, layers, light
-from hap.models import spec as model_spec
+from hap.models import transformed
 
 VOCAB = 50
 BATCH = 16
 
 
-def _spec(features: contract.FeatureSet) -> model_spec.ModelSpec:
-    names = {model_spec.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
-    return model_spec.ModelSpec(features, {n: VOCAB for n in names})
+def _model_inputs(features: contract.FeatureSet) -> transformed.ModelInputs:
+    names = {transformed.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
+    return transformed.ModelInputs(features, {n: VOCAB for n in names})
 
 
 def _column(feature: contract.Feature, rng: np.random.Generator) -> tf.Tensor:
@@ -25,7 +25,7 @@ def _column(feature: contract.Feature, rng: np.random.Generator) -> tf.Tensor:
     ids = rng.integers(1, VOCAB, (BATCH, feature.max_len))
     lengths = rng.integers(0, feature.max_len + 1, BATCH)
     lengths[0] = 0
-    ids[np.arange(feature.max_len) >= lengths[:, None]] = model_spec.PAD
+    ids[np.arange(feature.max_len) >= lengths[:, None]] = transformed.PAD
     return tf.constant(ids, tf.int64)
 
 
@@ -33,9 +33,9 @@ def _batch(features: contract.FeatureSet, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     batch = {f.name: _column(f, rng) for f in features.features}
     # Training-only keys the models must ignore.
-    batch[model_spec.LABEL] = tf.constant(rng.integers(0, 2, BATCH), tf.float32)
-    batch[model_spec.SAMPLE_GROUP] = tf.constant(rng.integers(0, 5, BATCH), tf.int64)
-    batch[model_spec.REQUEST_KEY] = tf.constant([f"r{i // 4}" for i in range(BATCH)])
+    batch[transformed.LABEL] = tf.constant(rng.integers(0, 2, BATCH), tf.float32)
+    batch[transformed.SAMPLE_GROUP] = tf.constant(rng.integers(0, 5, BATCH), tf.int64)
+    batch[transformed.REQUEST_KEY] = tf.constant([f"r{i // 4}" for i in range(BATCH)])
     return batch
 
 
@@ -46,8 +46,8 @@ def _redraw(batch: dict, features, seed: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def spec():
-    return _spec(simulator.FEATURE_SET)
+def model_inputs():
+    return _model_inputs(simulator.FEATURE_SET)
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,13 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def light_model(spec):
-    return light.LightModel(spec)
+def light_model(model_inputs):
+    return light.LightModel(model_inputs)
 
 
 @pytest.fixture(scope="module")
-def heavy_model(spec):
-    return heavy.HeavyModel(spec)
+def heavy_model(model_inputs):
+    return heavy.HeavyModel(model_inputs)
 
 
 def test_output_and_embedding_shapes(light_model, heavy_model, batch):
@@ -74,20 +74,20 @@ def test_output_and_embedding_shapes(light_model, heavy_model, batch):
     assert light_model.item_embedding(batch).shape == (BATCH, d)
 
 
-def test_item_embedding_reads_item_features_only(light_model, spec, batch):
+def test_item_embedding_reads_item_features_only(light_model, model_inputs, batch):
     v = light_model.item_embedding(batch).numpy()
-    others = spec.select((contract.USER, contract.CONTEXT, contract.CROSS))
+    others = model_inputs.select((contract.USER, contract.CONTEXT, contract.CROSS))
     np.testing.assert_array_equal(light_model.item_embedding(_redraw(batch, others, seed=1)).numpy(), v)
     # Precomputing the pool's embeddings needs no user at all.
-    items_only = {f.name: batch[f.name] for f in spec.item_side}
+    items_only = {f.name: batch[f.name] for f in model_inputs.item_side}
     np.testing.assert_array_equal(light_model.item_embedding(items_only).numpy(), v)
 
 
-def test_user_embedding_reads_user_and_context_features_only(light_model, spec, batch):
+def test_user_embedding_reads_user_and_context_features_only(light_model, model_inputs, batch):
     u = light_model.user_embedding(batch).numpy()
-    others = spec.select((contract.ITEM, contract.CROSS))
+    others = model_inputs.select((contract.ITEM, contract.CROSS))
     np.testing.assert_array_equal(light_model.user_embedding(_redraw(batch, others, seed=1)).numpy(), u)
-    user_only = {f.name: batch[f.name] for f in spec.user_side}
+    user_only = {f.name: batch[f.name] for f in model_inputs.user_side}
     np.testing.assert_array_equal(light_model.user_embedding(user_only).numpy(), u)
 
 
@@ -104,15 +104,15 @@ def test_one_user_embedding_scores_many_items(light_model, batch):
         light_model.score_from_embeddings(tiled, v).numpy(), rtol=1e-6)
 
 
-def test_cross_features_reach_the_heavy_model_only(light_model, heavy_model, spec, batch):
-    changed = _redraw(batch, spec.select((contract.CROSS,)), seed=2)
+def test_cross_features_reach_the_heavy_model_only(light_model, heavy_model, model_inputs, batch):
+    changed = _redraw(batch, model_inputs.select((contract.CROSS,)), seed=2)
     assert not np.allclose(heavy_model(changed).numpy(), heavy_model(batch).numpy())
     np.testing.assert_array_equal(light_model(changed).numpy(), light_model(batch).numpy())
     assert not any(isinstance(m, layers.TargetAttention) for m in light_model.submodules)
 
 
-def test_sequence_shares_its_target_table(spec, batch):
-    embed = layers.FeatureEmbedding(spec, spec.all_features, dim=8)
+def test_sequence_shares_its_target_table(model_inputs, batch):
+    embed = layers.FeatureEmbedding(model_inputs, model_inputs.all_features, dim=8)
     assert "vocab_item_id" in embed.tables and "vocab_u_click_seq" not in embed.tables
     history = batch["u_click_seq"].numpy()
     history[:, 0] = batch["item_id"].numpy()
@@ -120,8 +120,8 @@ def test_sequence_shares_its_target_table(spec, batch):
     np.testing.assert_array_equal(out["sequence"]["u_click_seq"][:, 0].numpy(), out["categorical"]["item_id"].numpy())
 
 
-def test_heavy_attends_over_histories_with_a_target_only(heavy_model, spec):
-    targeted = {f.name for f in spec.all_features if f.kind == contract.SEQUENCE and f.target}
+def test_heavy_attends_over_histories_with_a_target_only(heavy_model, model_inputs):
+    targeted = {f.name for f in model_inputs.all_features if f.kind == contract.SEQUENCE and f.target}
     assert set(heavy_model.attention) == targeted == {"u_click_seq", "u_cat_seq"}
     assert not heavy_model.pools
 
@@ -186,25 +186,25 @@ SMALL_FEATURE_SETS = {
 @pytest.mark.parametrize("name", sorted(SMALL_FEATURE_SETS))
 def test_models_build_on_feature_sets_with_empty_groups(name):
     features = contract.parse_features({"version": 1, "features": SMALL_FEATURE_SETS[name]}, name)
-    spec = _spec(features)
+    model_inputs = _model_inputs(features)
     batch = _batch(features)
-    light_model, heavy_model = light.LightModel(spec), heavy.HeavyModel(spec)
+    light_model, heavy_model = light.LightModel(model_inputs), heavy.HeavyModel(model_inputs)
     for logits in (light_model(batch), heavy_model(batch)):
         assert logits.shape == (BATCH,) and np.isfinite(logits.numpy()).all()
     # The listed user feature, a plain categorical or a history pooled for want of a target,
     # reaches both models.
-    changed = _redraw(batch, [spec.features.listed[0]], seed=3)
+    changed = _redraw(batch, [model_inputs.features.listed[0]], seed=3)
     for model in (light_model, heavy_model):
         assert not np.allclose(model(changed).numpy(), model(batch).numpy())
 
 
 @pytest.mark.parametrize("kind", ["light", "heavy"])
-def test_save_and_reload_give_the_same_logits(kind, light_model, heavy_model, spec, batch, tmp_path):
+def test_save_and_reload_give_the_same_logits(kind, light_model, heavy_model, model_inputs, batch, tmp_path):
     model = {"light": light_model, "heavy": heavy_model}[kind]
     expected = model(batch).numpy()
     path = str(tmp_path / kind)
     model.save(path, save_format="tf")
-    inputs = {f.name: batch[f.name] for f in spec.all_features if f.name in model.feature_names}
+    inputs = {f.name: batch[f.name] for f in model_inputs.all_features if f.name in model.feature_names}
     # Without the Python class, as TF Serving sees it: the signature takes the features only.
     np.testing.assert_allclose(tf.saved_model.load(path)(inputs).numpy(), expected, rtol=1e-5, atol=1e-6)
     rebuilt = tf.keras.models.load_model(path)

@@ -106,7 +106,7 @@ def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(e2e_data, run_pip
     # The pushed cascade serves this feature set's requests, string ids and empty histories included.
     features = c.load_features(str(foreign))
     rows = list(reader.read_rows(str(foreign), features=features))
-    request = rq.from_rows([r for r in rows if r["request_id"] == rows[0]["request_id"]], features)
+    request = rq.RequestLayout(features).from_rows([r for r in rows if r["request_id"] == rows[0]["request_id"]])
     assert request["user_id"][0].startswith("user-")
     model = tf.saved_model.load(os.path.join(out, "serving", "hap", _pushed(out)[0]))
     scores = model.signatures["cascade"](**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)

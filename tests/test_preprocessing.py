@@ -12,7 +12,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from hap.data import canonical
 from hap.data import contract as c
-from hap.models import preprocessing, spec
+from hap.models import preprocessing, transformed
 from hap.schema import derive
 
 FEATURES = c.parse_features({"version": 1, "features": [
@@ -86,8 +86,8 @@ def _analyze_and_transform(rows, features, feature_spec, temp_dir, **settings):
 
 def _columns(data, key=lambda r: r["x_user_cat_ctr"]):
     data = sorted(data, key=key)
-    columns = {k: np.array([r[k] for r in data]) for k in data[0] if k != spec.CONTRAST}
-    columns[spec.CONTRAST] = [tuple(v.decode() for v in r[spec.CONTRAST]) for r in data]
+    columns = {k: np.array([r[k] for r in data]) for k in data[0] if k != transformed.CONTRAST}
+    columns[transformed.CONTRAST] = [tuple(v.decode() for v in r[transformed.CONTRAST]) for r in data]
     return columns
 
 
@@ -97,7 +97,7 @@ def _z(values):
 
 
 @pytest.fixture(scope="module")
-def transformed(tmp_path_factory):
+def tft_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tft")
     spec_ = _mixed_spec(FEATURES)
     data, transform_fn = _analyze_and_transform(ROWS, FEATURES, spec_, tmp / "work")
@@ -106,43 +106,43 @@ def transformed(tmp_path_factory):
             "output": tft.TFTransformOutput(str(tmp / "transform")), "feature_spec": spec_, "tmp": tmp}
 
 
-def test_output_types_and_shapes_follow_the_spec(transformed):
+def test_output_types_and_shapes_follow_the_spec(tft_run):
     int_scalar, float_scalar = tf.io.FixedLenFeature([], tf.int64), tf.io.FixedLenFeature([], tf.float32)
-    assert transformed["output"].transformed_feature_spec() == {
+    assert tft_run["output"].transformed_feature_spec() == {
         "user_id": int_scalar, "item_id": int_scalar, "content_type": int_scalar,
         "u_segment": int_scalar, "i_category": int_scalar,
         "i_quality": float_scalar, "x_user_cat_ctr": float_scalar,
         "u_click_seq": tf.io.FixedLenFeature([3], tf.int64),
-        spec.LABEL: float_scalar, spec.SAMPLE_GROUP: int_scalar, spec.IS_HARD: int_scalar,
-        spec.DIFFICULTY: float_scalar, spec.REQUEST_KEY: tf.io.FixedLenFeature([], tf.string),
-        spec.CONTRAST: tf.io.VarLenFeature(tf.string),
+        transformed.LABEL: float_scalar, transformed.SAMPLE_GROUP: int_scalar, transformed.IS_HARD: int_scalar,
+        transformed.DIFFICULTY: float_scalar, transformed.REQUEST_KEY: tf.io.FixedLenFeature([], tf.string),
+        transformed.CONTRAST: tf.io.VarLenFeature(tf.string),
     }
 
 
-def test_categorical_indices_most_frequent_first_missing_zero(transformed):
-    col = transformed["columns"]
+def test_categorical_indices_most_frequent_first_missing_zero(tft_run):
+    col = tft_run["columns"]
     np.testing.assert_array_equal(col["user_id"], [1, 1, 1, 1, 2, 2, 2, 3])
     np.testing.assert_array_equal(col["u_segment"], [1, 1, 1, 1, 2, 2, 2, 3])
     np.testing.assert_array_equal(col["content_type"], [1, 1, 2, 2, 1, 2, 1, 1])
     np.testing.assert_array_equal(col["i_category"], [1, 1, 0, 2, 1, 0, 1, 2])
 
 
-def test_sequence_shares_the_item_vocabulary(transformed):
-    col, out = transformed["columns"], transformed["output"]
-    assert out.vocabulary_by_name(spec.vocabulary_name(FEATURES["item_id"])) == ITEM_VOCAB
+def test_sequence_shares_the_item_vocabulary(tft_run):
+    col, out = tft_run["columns"], tft_run["output"]
+    assert out.vocabulary_by_name(transformed.vocabulary_name(FEATURES["item_id"])) == ITEM_VOCAB
     index = {token.decode(): i + 1 for i, token in enumerate(ITEM_VOCAB)}
     np.testing.assert_array_equal(col["item_id"], [index[r["item_id"]] for r in ROWS])
     # Truncated to the 3 most recent tokens, 0-padded at the end.
     recent, az = [index["b"], index["c"], index["a"]], [index["a"], index["z"], 0]
     np.testing.assert_array_equal(col["u_click_seq"], [recent] * 4 + [[0, 0, 0], az, az, [0, 0, 0]])
-    model = spec.ModelSpec.from_transform_output(FEATURES, out)
+    model = transformed.ModelInputs.from_transform_output(FEATURES, out)
     assert model.vocab_sizes == {"vocab_item_id": 9, "vocab_user_id": 5, "vocab_content_type": 4,
                                  "vocab_u_segment": 5, "vocab_i_category": 4}
-    assert model.table_size(FEATURES["u_click_seq"]) == model.table_size(FEATURES["item_id"])
+    assert transformed.vocabulary_name(FEATURES["u_click_seq"]) == transformed.vocabulary_name(FEATURES["item_id"])
 
 
-def test_numeric_z_score_by_present_values_missing_to_zero(transformed):
-    col = transformed["columns"]
+def test_numeric_z_score_by_present_values_missing_to_zero(tft_run):
+    col = tft_run["columns"]
     present = np.array([1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0])
     expected = (np.array([1.0, 2.0, 3.0, present.mean(), 5.0, 6.0, 7.0, 8.0]) - present.mean()) / present.std()
     np.testing.assert_allclose(col["i_quality"], expected, rtol=1e-5, atol=1e-6)
@@ -150,25 +150,25 @@ def test_numeric_z_score_by_present_values_missing_to_zero(transformed):
     np.testing.assert_allclose(col["x_user_cat_ctr"], _z([r["x_user_cat_ctr"] for r in ROWS]), rtol=1e-5)
 
 
-def test_training_only_outputs(transformed):
-    col = transformed["columns"]
-    np.testing.assert_array_equal(col[spec.LABEL], [1, 0, 0, 0, 0, 1, 0, 0])
-    np.testing.assert_array_equal(col[spec.SAMPLE_GROUP], [0, 1, 2, 3, 4, 0, 2, 4])  # EP EN RN PRN GN EP RN GN
-    np.testing.assert_array_equal(col[spec.IS_HARD], [0, 1, 1, 0, 0, 0, 1, 0])
-    np.testing.assert_array_equal(col[spec.REQUEST_KEY], [b"r1"] * 4 + [b"r2"] * 3 + [b"r3"])
-    np.testing.assert_allclose(col[spec.DIFFICULTY],
+def test_training_only_outputs(tft_run):
+    col = tft_run["columns"]
+    np.testing.assert_array_equal(col[transformed.LABEL], [1, 0, 0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(col[transformed.SAMPLE_GROUP], [0, 1, 2, 3, 4, 0, 2, 4])  # EP EN RN PRN GN EP RN GN
+    np.testing.assert_array_equal(col[transformed.IS_HARD], [0, 1, 1, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(col[transformed.REQUEST_KEY], [b"r1"] * 4 + [b"r2"] * 3 + [b"r3"])
+    np.testing.assert_allclose(col[transformed.DIFFICULTY],
                                [1.0, 1.0, 0.625, 0.375, 0.0, 1.0, 0.5 + 25 / 51, 0.3125], rtol=1e-6)
     everything = ("EN", "RN", "PRN", "GN")
-    assert col[spec.CONTRAST] == [everything, ("EN",), ("RN",), ("PRN",), ("GN",), everything, ("RN",), ("GN",)]
+    assert col[transformed.CONTRAST] == [everything, ("EN",), ("RN",), ("PRN",), ("GN",), everything, ("RN",), ("GN",)]
 
 
-def test_unseen_values_are_out_of_vocabulary(transformed):
+def test_unseen_values_are_out_of_vocabulary(tft_run):
     new = _sample("r9", "u-new", "item-new", c.EXPOSED, 0, (1, 1, 1), "s-new", "c-new", None,
                   ["item-new", "a"], 0.3, "podcast")
-    spec_ = transformed["feature_spec"]
+    spec_ = tft_run["feature_spec"]
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec_))
-    with tft_beam.Context(temp_dir=str(transformed["tmp"] / "new"), force_tf_compat_v1=False):
-        data, _ = (((_instances([new], spec_), metadata), transformed["transform_fn"])
+    with tft_beam.Context(temp_dir=str(tft_run["tmp"] / "new"), force_tf_compat_v1=False):
+        data, _ = (((_instances([new], spec_), metadata), tft_run["transform_fn"])
                    | tft_beam.TransformDataset())
     (row,) = data
     # V + 1 for every vocabulary: item 7, user 3, content type 2, segment 3, category 2.
@@ -178,25 +178,25 @@ def test_unseen_values_are_out_of_vocabulary(transformed):
     assert row["i_quality"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_serving_needs_only_the_raw_features(transformed):
+def test_serving_needs_only_the_raw_features(tft_run):
     # Fed without source, click or positions, Transform prunes the training-only outputs.
-    names = preprocessing.raw_serving_features(FEATURES)
+    names = FEATURES.names
     types = canonical.canonical_types(FEATURES)
     serialized = [canonical.to_example({k: v for k, v in row.items() if k in names}, types).SerializeToString()
                   for row in ROWS]
-    parsed = tf.io.parse_example(serialized, {n: transformed["feature_spec"][n] for n in names})
-    served = transformed["output"].transform_features_layer()(parsed)
+    parsed = tf.io.parse_example(serialized, {n: tft_run["feature_spec"][n] for n in names})
+    served = tft_run["output"].transform_features_layer()(parsed)
     assert set(served) == set(names)
     for name in names:
-        np.testing.assert_allclose(served[name].numpy(), transformed["columns"][name], rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(served[name].numpy(), tft_run["columns"][name], rtol=1e-6, err_msg=name)
 
 
-def test_every_input_sparse_gives_the_same_outputs(transformed, tmp_path):
+def test_every_input_sparse_gives_the_same_outputs(tft_run, tmp_path):
     data, _ = _analyze_and_transform(ROWS, FEATURES, _derived_spec(FEATURES), tmp_path)
     sparse = _columns(data)
-    assert set(sparse) == set(transformed["columns"])
-    for name, values in transformed["columns"].items():
-        if name == spec.CONTRAST:
+    assert set(sparse) == set(tft_run["columns"])
+    for name, values in tft_run["columns"].items():
+        if name == transformed.CONTRAST:
             assert sparse[name] == values
         elif values.dtype.kind == "f":
             np.testing.assert_allclose(sparse[name], values, rtol=1e-6, err_msg=name)
@@ -218,10 +218,11 @@ def test_no_sequence_and_string_ids(tmp_path):
             ])]
     data, transform_fn = _analyze_and_transform(rows, features, _derived_spec(features), tmp_path,
                                                 prerank_cutoff=99)
-    col = _columns(data, key=lambda r: (r[spec.DIFFICULTY], r[spec.LABEL]))  # GN, PRN, EN, EP
-    assert set(col) == set(features.names) | set(spec.TRAINING_ONLY)
+    col = _columns(data, key=lambda r: (r[transformed.DIFFICULTY], r[transformed.LABEL]))  # GN, PRN, EN, EP
+    assert set(col) == set(features.names) | {transformed.LABEL, transformed.SAMPLE_GROUP, transformed.IS_HARD,
+                                                transformed.DIFFICULTY, transformed.REQUEST_KEY, transformed.CONTRAST}
     np.testing.assert_array_equal(col["i_author"], [1, 0, 2, 1])
-    np.testing.assert_allclose(col[spec.DIFFICULTY][:2], [0.0, 0.25 + 0.25 * 99 / 251])
+    np.testing.assert_allclose(col[transformed.DIFFICULTY][:2], [0.0, 0.25 + 0.25 * 99 / 251])
     output = str(tmp_path / "transform")
     transform_fn | tft_beam.WriteTransformFn(output)
     vocab = tft.TFTransformOutput(output).vocabulary_by_name("vocab_item_id")
@@ -260,9 +261,6 @@ def test_custom_config_round_trip():
                                      "max_len": 3, "target": "item_id"}
     assert (config["vocab_top_k"], config["rank_cutoff"], config["prerank_cutoff"]) == (10, 50, 200)
     assert preprocessing.feature_set_from_config(config).features == FEATURES.features
-    assert preprocessing.raw_serving_features(FEATURES) == (
-        "user_id", "item_id", "content_type", "u_segment", "i_category", "i_quality", "u_click_seq",
-        "x_user_cat_ctr")
     with pytest.raises(TypeError, match="rank_cut"):
         preprocessing.make_custom_config(FEATURES, rank_cut=5)
 

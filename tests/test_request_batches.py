@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from hap.models import request_batches, spec
+from hap.models import request_batches, transformed
 
 
 def _arrays(sizes, seed=0):
     rng = np.random.default_rng(seed)
     keys = np.concatenate([[f"r{i}".encode()] * n for i, n in enumerate(sizes)])
     order = rng.permutation(len(keys))  # ExampleGen shuffles records
-    return {spec.REQUEST_KEY: keys[order], "x": np.arange(len(keys), dtype=np.float32)[order]}
+    return {transformed.REQUEST_KEY: keys[order], "x": np.arange(len(keys), dtype=np.float32)[order]}
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 30, 1000])
@@ -18,7 +18,7 @@ def test_a_batch_never_splits_a_request(batch_size):
     batcher = request_batches.RequestBatcher(arrays, batch_size=batch_size, seed=1)
     seen = []
     for idx in batcher.batch_indices(epoch=0):
-        keys, counts = np.unique(arrays[spec.REQUEST_KEY][idx], return_counts=True)
+        keys, counts = np.unique(arrays[transformed.REQUEST_KEY][idx], return_counts=True)
         for k, n in zip(keys, counts):
             assert n == sizes[int(k.decode()[1:])], "request split across batches"
         assert len(idx) <= batch_size or len(keys) == 1, "a batch overflows only for a single large request"
@@ -40,7 +40,7 @@ def test_dataset_yields_whole_requests_as_tensors():
     batcher = request_batches.RequestBatcher(arrays, batch_size=10, seed=0)
     batches = list(batcher.dataset(epochs=2).as_numpy_iterator())
     assert sum(len(b["x"]) for b in batches) == 2 * 15
-    assert all(b[spec.REQUEST_KEY].dtype == object for b in batches)
+    assert all(b[transformed.REQUEST_KEY].dtype == object for b in batches)
 
 
 def test_each_replica_takes_its_own_batch_of_a_step_and_the_last_step_is_padded():

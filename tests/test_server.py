@@ -19,7 +19,6 @@ from hap import cli
 from hap.data import contract as c
 from hap.serving import client, server
 from hap.serving import request as rq
-from hap.serving import warmup
 
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 TF_SERVING = shutil.which("tensorflow_model_server")
@@ -112,7 +111,7 @@ def test_a_round_trip_gives_what_the_model_gives_in_process(stub, good_request, 
 
 def test_metadata_describes_the_request_layout(stub, features):
     signature = client.signature_def(stub, "hap", "cascade")
-    layout = client.layout_from_signature(signature)
+    layout = rq.RequestLayout.from_signature_def(signature).features
     assert set(layout.names) == set(features.names)
     for f in features.features:
         assert rq.is_request_level(layout[f.name]) == rq.is_request_level(f), f.name
@@ -134,8 +133,8 @@ def _bad_requests(good: dict, features: c.FeatureSet) -> dict:
         "wrong dtype": ("cascade", {**good, numeric: good[numeric].astype(str).astype(object)}, "hap", invalid,
                         numeric),
         "wrong shape": ("cascade", {**good, user: np.repeat(good[user], 3)}, "hap", invalid, user),
-        "no candidates": ("cascade", warmup.empty_request(features, 0), "hap", invalid, "N = 0"),
-        "too many candidates": ("cascade", warmup.empty_request(features, 5001), "hap", invalid, "5000"),
+        "no candidates": ("cascade", rq.RequestLayout(features).missing(0), "hap", invalid, "N = 0"),
+        "too many candidates": ("cascade", rq.RequestLayout(features).missing(5001), "hap", invalid, "5000"),
         "unknown model": ("cascade", good, "rank", grpc.StatusCode.NOT_FOUND, "rank"),
     }
 
@@ -171,7 +170,7 @@ def test_a_pushed_version_is_swapped_in_without_failing_requests(cascade_model, 
     running = server.start(base, "hap", port=0, poll_seconds=0.2)
     stub = client.connect(f"127.0.0.1:{running.port}")
     versions, errors, stop = [], [], threading.Event()
-    request = warmup.predict_request("hap", "cascade", good_request)
+    request = rq.predict_request("hap", "cascade", good_request)
 
     def stream():
         while not stop.is_set():

@@ -9,7 +9,7 @@ from tfx.types import standard_artifacts
 from hap.components.cascade_assembler import component, executor
 from hap.data import contract as c
 from hap.models import preprocessing
-from hap.serving import cascade, flops
+from hap.serving import cascade, flops, routing
 
 
 def _artifact(cls, uri, blessed=None):
@@ -62,7 +62,7 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
     parts = info["flops"]
     # The heavy model is the expensive one per candidate; the routed quarter costs accordingly.
     assert parts["heavy_per_candidate"] > 10 * parts["light_per_candidate"] > 0
-    cost = flops.request_flops(parts, 1000, flops.routed_count(1000, 0.25))
+    cost = flops.request_flops(parts, 1000, routing.routed_count(1000, 0.25))
     assert cost["light_only"] < cost["cascade"] < 0.3 * cost["heavy_all"]
 
 

@@ -18,7 +18,7 @@ click, positions); Transform prunes them from a serving graph fed only model inp
 
 - `label`: float32 [B], the click.
 - `sample_group`: int64 [B], index into `contract.SAMPLE_GROUPS` (0 EP, 1 EN, 2 RN, 3 PRN, 4 GN).
-- `is_hard`: int64 [B], 1 for EN and RN.
+- `is_hard`: int64 [B], 1 for the hard groups (`sample_routing.HARD_GROUPS`: EN and RN).
 - `difficulty`: float32 [B] in [0, 1], from the stage positions (see preprocessing.difficulty).
 - `request_key`: string [B], the raw request_id, to keep requests whole in batches.
 - `contrast`: string [B, None], the contrast groups of a sample (EP: EN, RN, PRN, GN; a negative:
@@ -36,10 +36,8 @@ IS_HARD = "is_hard"
 DIFFICULTY = "difficulty"
 REQUEST_KEY = "request_key"
 CONTRAST = "contrast"
-TRAINING_ONLY = (LABEL, SAMPLE_GROUP, IS_HARD, DIFFICULTY, REQUEST_KEY, CONTRAST)
 
 GROUP_INDEX = {g: i for i, g in enumerate(c.SAMPLE_GROUPS)}
-HARD_GROUPS = (c.EN, c.RN)
 PAD = 0
 
 
@@ -51,7 +49,7 @@ def vocabulary_name(feature: c.Feature) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
+class ModelInputs:
     """The feature set and vocabulary sizes a model is built from.
 
     `vocab_sizes` maps a vocabulary name (see `vocabulary_name`) to its table size V + 2.
@@ -59,9 +57,6 @@ class ModelSpec:
 
     features: c.FeatureSet
     vocab_sizes: dict
-
-    def table_size(self, feature: c.Feature) -> int:
-        return self.vocab_sizes[vocabulary_name(feature)]
 
     def select(self, roles: tuple[str, ...], kinds: tuple[str, ...] = c.KINDS) -> tuple[c.Feature, ...]:
         return tuple(f for f in self.features.features if f.role in roles and f.kind in kinds)
@@ -81,6 +76,6 @@ class ModelSpec:
         return self.features.features
 
     @classmethod
-    def from_transform_output(cls, features: c.FeatureSet, tft_output) -> "ModelSpec":
+    def from_transform_output(cls, features: c.FeatureSet, tft_output) -> "ModelInputs":
         names = {vocabulary_name(f) for f in features.features if f.kind in (c.CATEGORICAL, c.SEQUENCE)}
         return cls(features, {n: tft_output.vocabulary_size_by_name(n) + 2 for n in sorted(names)})
