@@ -6,7 +6,7 @@
     hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--epochs E] [--beam-arg ARG ...]
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
-    hap serve MODEL_BASE_PATH [--port 8500] [--host 127.0.0.1]
+    hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--host 127.0.0.1]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
     hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--epochs 1] [--overwrite]
@@ -116,20 +116,38 @@ def _tensorboard(args) -> int:
 
 def _serve(args) -> int:
     import logging
+    import signal
+    import threading
 
     from hap.serving import server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    running = server.start(args.model_base_path, args.model_name, host=args.host, port=args.port,
-                           max_message_bytes=args.max_message_mb * 1024 * 1024, poll_seconds=args.poll_seconds)
-    version = running.model_server.current.version
-    print(f"hap serve: model {args.model_name!r} version {version} on {args.host}:{running.port} "
+    if args.model_config_file:
+        if args.model_base_path:
+            raise ValueError("give a model base path or --model-config-file, not both")
+        config = server.load_model_config(args.model_config_file)
+    elif args.model_base_path:
+        config = server.ModelConfig(args.model_name, args.model_base_path)
+    else:
+        raise ValueError("give a model base path (e.g. OUT/serving/hap) or --model-config-file")
+    running = server.start(config.base_path, config.name, host=args.host, port=args.port,
+                           max_message_bytes=args.max_message_mb * 1024 * 1024, poll_seconds=args.poll_seconds,
+                           version_policy=config.version_policy, version_labels=config.version_labels)
+    versions = sorted(v for v, st in running.model_server.statuses().items() if st.state == server.State.AVAILABLE)
+    print(f"hap serve: model {config.name!r} version(s) {versions} on {args.host}:{running.port} "
           "(TF Serving's gRPC API; a development server: production uses TF Serving, see serving/README.md). "
-          "Ctrl-C stops it.", flush=True)
-    try:
-        running.grpc_server.wait_for_termination()
-    except KeyboardInterrupt:
-        running.stop()
+          "Ctrl-C or SIGTERM stops it.", flush=True)
+
+    def drain(signum, frame):
+        # grpc's stop() blocks until the requests in flight finish: not in a signal handler.
+        print(f"hap serve: {signal.Signals(signum).name}: no new requests; draining those in flight "
+              f"(up to {args.drain_seconds:g} s), then exiting", flush=True)
+        threading.Thread(target=running.stop, args=(args.drain_seconds,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    running.grpc_server.wait_for_termination()
+    print("hap serve: stopped", flush=True)
     return 0
 
 
@@ -269,12 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=_tensorboard)
 
     serve = sub.add_parser("serve", help="serve a pushed model over TF Serving's gRPC API (development server)")
-    serve.add_argument("model_base_path", help="the folder of version folders, e.g. OUT/serving/hap")
+    serve.add_argument("model_base_path", nargs="?", help="the folder of version folders, e.g. OUT/serving/hap")
     serve.add_argument("--model-name", default="hap")
+    serve.add_argument("--model-config-file",
+                       help="a TF Serving model config file (one model): base path, version policy, version labels")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving's default, 8500)")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest request or response")
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    serve.add_argument("--drain-seconds", type=float, default=10.0,
+                       help="on SIGTERM or SIGINT, how long requests in flight may take to finish")
     serve.set_defaults(func=_serve)
 
     query = sub.add_parser("query", help="send one request to a served cascade and print the ranking")

@@ -5,11 +5,17 @@ Debian package of its own); this server lets tests, benchmarks and `hap query` r
 same model base path with the same client code. It implements, from the tensorflow-serving-api
 protos, PredictionService.Predict and .GetModelMetadata and ModelService.GetModelStatus:
 
-- it serves the newest complete version under `<model_base_path>/<version>/` (a version is
-  complete once its `saved_model.pb` exists: TFX's Pusher copies that file last, as TF Serving
-  expects) and polls for newer ones; a new version is loaded beside the current one and swapped
-  in atomically, so requests in flight finish on the version they started on; a version that
-  fails to load is logged and retried, and the current one keeps serving;
+- the versions it serves follow the model base path, as TF Serving's file-system source does:
+  the complete versions under `<model_base_path>/<version>/` (complete once `saved_model.pb`
+  exists: TFX's Pusher copies that file last) that the version policy selects, by default the
+  newest one (`latest {num_versions: 1}`); `specific {versions: ...}` and `all {}` as in a TF
+  Serving model config file, with version labels. Polling picks up a pushed version and, when
+  the newest is removed, goes back to the one left (a rollback). A version is loaded and warmed
+  up beside the served ones and swapped in atomically, so requests in flight finish on the
+  version they started on;
+- a version that fails to load or warm up is retried `max_load_retries` times with exponential
+  back-off, then given up until its folder changes, and GetModelStatus reports it (END, with
+  the error) while the served versions keep serving;
 - malformed requests (unknown model, version or signature, a missing or extra input, a wrong
   dtype or shape, and whatever the graph rejects, such as N = 0 or N over the limit) are
   answered with INVALID_ARGUMENT (NOT_FOUND for an unknown model or version, as TF Serving does)
@@ -25,14 +31,17 @@ import logging
 import os
 import re
 import threading
+import time
 from concurrent import futures
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
+from google.protobuf import text_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, status_pb2)
+from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
 from hap.serving.model_versions import complete_versions
 from hap.serving.warmup import WARMUP_FILE
@@ -42,6 +51,13 @@ log = logging.getLogger("hap.serve")
 DEFAULT_PORT = 8500
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SIGNATURE_DEF = "signature_def"
+# TF Serving retries a failed load --max_num_load_retries=5 times; it waits a fixed minute between
+# tries, this server backs off from RETRY_SECONDS (1, 2, 4, 8, 16 s) so tests need not wait.
+MAX_LOAD_RETRIES = 5
+RETRY_SECONDS = 1.0
+VersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
+LATEST_ONE = VersionPolicy(latest=VersionPolicy.Latest(num_versions=1))
+State = get_model_status_pb2.ModelVersionStatus.State
 
 
 class RequestError(Exception):
@@ -129,50 +145,164 @@ def _graph_message(error: tf.errors.OpError) -> str:
     return lines[-1][:500] if lines else type(error).__name__
 
 
-class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
-    """Serves the newest version of one model; `poll()` picks up newly pushed versions."""
+def select_versions(policy: VersionPolicy, on_disk: list[int]) -> list[int]:
+    """The versions of `on_disk` (ascending) that a TF Serving version policy serves."""
+    choice = policy.WhichOneof("policy_choice") or "latest"
+    if choice == "all":
+        return list(on_disk)
+    if choice == "specific":
+        return [v for v in on_disk if v in set(policy.specific.versions)]
+    return on_disk[-max(policy.latest.num_versions, 1):] if on_disk else []
 
-    def __init__(self, model_base_path: str, model_name: str):
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What `hap serve` takes from a TF Serving model config file (its one model)."""
+
+    name: str
+    base_path: str
+    version_policy: VersionPolicy = dataclasses.field(default_factory=lambda: LATEST_ONE)
+    version_labels: dict = dataclasses.field(default_factory=dict)
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """A TF Serving `--model_config_file` (text ModelServerConfig) with one model; relative base
+    paths are taken from the file's folder. Errors name the file and what is wrong."""
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(path, encoding="utf-8") as f:
+        try:
+            text_format.Parse(f.read(), config)
+        except text_format.ParseError as e:
+            raise ValueError(f"{path}: not a TF Serving model config (ModelServerConfig text): {e}") from None
+    models = list(config.model_config_list.config)
+    if len(models) != 1:
+        raise ValueError(f"{path}: hap serve serves one model; the file lists {len(models)}")
+    model = models[0]
+    if not model.name or not model.base_path:
+        raise ValueError(f"{path}: the model needs a name and a base_path")
+    policy = model.model_version_policy if model.HasField("model_version_policy") else LATEST_ONE
+    if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
+        raise ValueError(f"{path}: model_version_policy specific lists no versions")
+    labels = dict(model.version_labels)
+    if labels and policy.WhichOneof("policy_choice") != "specific":
+        # TF Serving's own rule: a label must name a version the policy keeps loaded.
+        raise ValueError(f"{path}: version_labels need a 'specific' version policy listing their versions")
+    unknown = {label: v for label, v in labels.items() if v not in set(policy.specific.versions)}
+    if unknown:
+        raise ValueError(f"{path}: version_labels {unknown} name versions the policy does not serve")
+    base = model.base_path if os.path.isabs(model.base_path) else os.path.join(os.path.dirname(path), model.base_path)
+    return ModelConfig(model.name, base, policy, labels)
+
+
+@dataclasses.dataclass
+class VersionState:
+    """What GetModelStatus reports of a version: its state and, after a failed load, the error."""
+
+    state: int
+    error: str = ""
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
+    """Serves the versions of one model that its version policy selects on disk; `poll()` makes
+    the served set follow the base path (see the module docstring). Versions outside the policy
+    are unloaded only once a version it selects is serving, so a broken push or a rollback to a
+    version that fails to load never leaves the model without a version."""
+
+    def __init__(self, model_base_path: str, model_name: str, version_policy: VersionPolicy = LATEST_ONE,
+                 version_labels: dict | None = None, max_load_retries: int = MAX_LOAD_RETRIES,
+                 retry_seconds: float = RETRY_SECONDS):
         self.base_path = os.path.abspath(model_base_path)
         self.model_name = model_name
-        self._current: LoadedVersion | None = None
-        self._failed: set[int] = set()
+        self.version_policy = version_policy
+        self.version_labels = dict(version_labels or {})
+        self.max_load_retries = max_load_retries
+        self.retry_seconds = retry_seconds
+        # Replaced, never mutated, under the lock: a request reads one consistent snapshot.
+        self._loaded: dict[int, LoadedVersion] = {}
+        self._states: dict[int, VersionState] = {}
         self._lock = threading.Lock()
 
     @property
     def current(self) -> LoadedVersion | None:
-        return self._current
+        """The newest served version (what a request naming no version gets)."""
+        loaded = self._loaded
+        return loaded[max(loaded)] if loaded else None
+
+    def statuses(self) -> dict[int, VersionState]:
+        return dict(self._states)
 
     def poll(self) -> bool:
-        """Loads the newest complete version if it is newer than the one served; True if swapped."""
-        versions = complete_versions(self.base_path)
+        """Loads the versions the policy selects that are not served, unloads the served ones it
+        no longer selects (removed from disk: a rollback); True if the served set changed."""
+        on_disk = complete_versions(self.base_path)
+        wanted = select_versions(self.version_policy, on_disk)
         with self._lock:
-            if not versions or (self._current and versions[-1] <= self._current.version):
-                return False
-            newest = versions[-1]
-            try:
-                loaded = LoadedVersion.load(self.base_path, newest)
-            except Exception as e:  # a version still being written, or broken: keep serving the old one
-                if newest not in self._failed:
-                    log.warning("could not load version %s of %s (%s); will retry", newest, self.model_name, e)
-                    self._failed.add(newest)
-                return False
-            self._current = loaded
-            self._failed.discard(newest)
-        log.info("serving %s version %s from %s", self.model_name, newest, loaded.path)
-        return True
+            loaded = dict(self._loaded)
+            for version in set(self._states) - set(on_disk) - set(loaded):
+                del self._states[version]  # a version re-pushed into a removed folder is tried afresh
+            for version in sorted(set(wanted) - set(loaded), reverse=True):
+                new = self._try_load(version)
+                if new is not None:
+                    loaded[version] = new
+            # Availability first, as TF Serving: the old versions go once a wanted one serves.
+            retired = sorted(set(loaded) - set(wanted)) if set(wanted) & set(loaded) else []
+            for version in retired:
+                del loaded[version]
+                self._states[version] = VersionState(State.END)
+                log.warning("unloaded %s version %s: %s", self.model_name, version,
+                            "outside the version policy" if version in on_disk else "removed from the base path")
+            changed = loaded.keys() != self._loaded.keys()
+            self._loaded = loaded
+        if changed:
+            log.info("serving %s version(s) %s from %s", self.model_name, sorted(loaded), self.base_path)
+        return changed
+
+    def _try_load(self, version: int) -> LoadedVersion | None:
+        state = self._states.setdefault(version, VersionState(State.LOADING))
+        if state.state == State.END and state.error or time.monotonic() < state.retry_at:
+            return None
+        try:
+            loaded = LoadedVersion.load(self.base_path, version)
+        except Exception as e:  # a broken version: keep serving the others, retry with back-off, then give up
+            state.attempts += 1
+            state.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            if state.attempts > self.max_load_retries:
+                state.state = State.END
+                log.error("giving up on %s version %s after %d attempts: %s", self.model_name, version,
+                          state.attempts, state.error)
+            else:
+                delay = self.retry_seconds * 2 ** (state.attempts - 1)
+                state.retry_at = time.monotonic() + delay
+                log.warning("could not load %s version %s (%s); retry %d of %d in %.0f s", self.model_name, version,
+                            state.error, state.attempts, self.max_load_retries, delay)
+            return None
+        self._states[version] = VersionState(State.AVAILABLE)
+        return loaded
 
     def _servable(self, model_spec) -> LoadedVersion:
-        current = self._current
+        loaded = self._loaded
         if model_spec.name != self.model_name:
             raise RequestError(f"unknown model {model_spec.name!r}; this server serves {self.model_name!r}",
                                grpc.StatusCode.NOT_FOUND)
-        if current is None:
+        if not loaded:
             raise RequestError(f"no version of {self.model_name!r} is loaded yet", grpc.StatusCode.UNAVAILABLE)
-        if model_spec.HasField("version") and model_spec.version.value != current.version:
-            raise RequestError(f"version {model_spec.version.value} of {self.model_name!r} is not served "
-                               f"(serving version {current.version})", grpc.StatusCode.NOT_FOUND)
-        return current
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            label = model_spec.version_label
+            if label not in self.version_labels:
+                raise RequestError(f"unknown version label {label!r} of {self.model_name!r}; the labels are "
+                                   f"{sorted(self.version_labels)}")
+            version = self.version_labels[label]
+        elif choice == "version":
+            version = model_spec.version.value
+        else:
+            return loaded[max(loaded)]
+        if version not in loaded:
+            raise RequestError(f"version {version} of {self.model_name!r} is not available (serving "
+                               f"{sorted(loaded)})", grpc.StatusCode.NOT_FOUND)
+        return loaded[version]
 
     def _answer(self, context, work):
         try:
@@ -225,11 +355,22 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         def work():
-            servable = self._servable(request.model_spec)
+            spec = request.model_spec
+            if spec.name != self.model_name:
+                raise RequestError(f"unknown model {spec.name!r}; this server serves {self.model_name!r}",
+                                   grpc.StatusCode.NOT_FOUND)
+            states = self.statuses()
+            if spec.WhichOneof("version_choice") is not None:
+                version = self._servable(spec).version if spec.WhichOneof("version_choice") == "version_label" \
+                    else spec.version.value
+                if version not in states:
+                    raise RequestError(f"version {version} of {self.model_name!r} is not known", grpc.StatusCode.NOT_FOUND)
+                states = {version: states[version]}
             response = get_model_status_pb2.GetModelStatusResponse()
-            response.model_version_status.add(
-                version=servable.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
-                status=status_pb2.StatusProto(error_code=0))
+            for version, state in sorted(states.items()):
+                response.model_version_status.add(
+                    version=version, state=state.state,
+                    status=status_pb2.StatusProto(error_code=2 if state.error else 0, error_message=state.error))
             return response
         return self._answer(context, work)
 
@@ -261,13 +402,16 @@ class RunningServer:
 
 def start(model_base_path: str, model_name: str = "hap", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, poll_seconds: float = 1.0,
-          threads: int = 8) -> RunningServer:
-    """Loads the newest version and starts serving; port 0 picks a free port. Raises if there is
-    no loadable version yet, so a typo in the path fails at once rather than on every request."""
-    model_server = ModelServer(model_base_path, model_name)
+          threads: int = 8, version_policy: VersionPolicy = LATEST_ONE, version_labels: dict | None = None,
+          max_load_retries: int = MAX_LOAD_RETRIES) -> RunningServer:
+    """Loads the versions the policy selects and starts serving; port 0 picks a free port. Raises
+    if no version loads, so a typo in the path fails at once rather than on every request."""
+    model_server = ModelServer(model_base_path, model_name, version_policy, version_labels, max_load_retries)
     if not model_server.poll():
+        errors = "; ".join(f"version {v}: {st.error}" for v, st in sorted(model_server.statuses().items()) if st.error)
         raise FileNotFoundError(f"{model_server.base_path}: no loadable model version (expected "
-                                "<model_base_path>/<version>/saved_model.pb, e.g. OUT/serving/hap)")
+                                "<model_base_path>/<version>/saved_model.pb, e.g. OUT/serving/hap)"
+                                + (f"; {errors}" if errors else ""))
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)

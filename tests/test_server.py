@@ -4,8 +4,10 @@ import collections
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -241,3 +243,150 @@ def test_hap_query_takes_a_json_request_and_names_unknown_features(target, tmp_p
     path.write_text(json.dumps(doc))
     assert cli.main(["query", "--json", str(path), "--server", target.address]) == 2
     assert "candidates[1].item_colour" in capsys.readouterr().err
+
+
+def _status(model_server) -> dict[int, tuple[str, str]]:
+    names = dict((v, k) for k, v in get_model_status_pb2.ModelVersionStatus.State.items())
+    return {v: (names[s.state], s.error) for v, s in model_server.statuses().items()}
+
+
+def test_removing_the_newest_version_rolls_back_to_the_one_left(cascade_model, tmp_path):
+    """TF Serving serves the newest version on disk: deleting it is a rollback."""
+    base = str(tmp_path / "hap")
+    _copy_version(cascade_model, base, 1)
+    _copy_version(cascade_model, base, 2)
+    model_server = server.ModelServer(base, "hap")
+    assert model_server.poll() and sorted(model_server._loaded) == [2]
+    shutil.rmtree(os.path.join(base, "2"))
+    assert model_server.poll()
+    assert model_server.current.version == 1 and sorted(model_server._loaded) == [1]
+    assert _status(model_server) == {1: ("AVAILABLE", ""), 2: ("END", "")}  # unloaded, reported once
+    assert not model_server.poll() and _status(model_server) == {1: ("AVAILABLE", "")}
+
+
+def test_a_broken_version_is_retried_a_bounded_number_of_times_and_reported(cascade_model, tmp_path, monkeypatch):
+    base = str(tmp_path / "hap")
+    _copy_version(cascade_model, base, 1)
+    model_server = server.ModelServer(base, "hap", max_load_retries=2, retry_seconds=0.0)
+    assert model_server.poll()
+    # Parseable, but without its variables: TensorFlow fails to restore it.
+    os.makedirs(os.path.join(base, "2"))
+    shutil.copy(os.path.join(cascade_model, "saved_model.pb"), os.path.join(base, "2"))
+    loads = []
+    real_load = server.LoadedVersion.load
+
+    def counting_load(base_path, version):
+        loads.append(version)
+        return real_load(base_path, version)
+
+    monkeypatch.setattr(server.LoadedVersion, "load", counting_load)
+    for _ in range(6):
+        assert not model_server.poll()
+    assert loads == [2, 2, 2], "one try and two retries, then no more loading"
+    assert model_server.current.version == 1
+    state, error = _status(model_server)[2]
+    assert state == "END" and error, error
+    assert _status(model_server)[1] == ("AVAILABLE", "")
+
+
+def test_version_policies_select_versions_as_tf_serving_does():
+    on_disk = [3, 5, 8]
+    policy = server.VersionPolicy
+    assert server.select_versions(server.LATEST_ONE, on_disk) == [8]
+    assert server.select_versions(policy(latest=policy.Latest(num_versions=2)), on_disk) == [5, 8]
+    assert server.select_versions(policy(all=policy.All()), on_disk) == [3, 5, 8]
+    assert server.select_versions(policy(specific=policy.Specific(versions=[3, 4])), on_disk) == [3]
+    assert server.select_versions(server.LATEST_ONE, []) == []
+
+
+def test_a_model_config_file_sets_policy_and_labels(cascade_model, good_request, tmp_path):
+    base = tmp_path / "models" / "hap"
+    _copy_version(cascade_model, str(base), 1)
+    _copy_version(cascade_model, str(base), 2)
+    config_file = tmp_path / "models.config"
+    config_file.write_text("""model_config_list {
+  config {
+    name: "hap"
+    base_path: "models/hap"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+}
+""")
+    config = server.load_model_config(str(config_file))
+    assert config.base_path == str(base) and config.version_labels == {"stable": 1, "canary": 2}
+    running = server.start(config.base_path, config.name, port=0, version_policy=config.version_policy,
+                           version_labels=config.version_labels)
+    try:
+        stub = client.connect(f"127.0.0.1:{running.port}")
+        for label, version in (("stable", 1), ("canary", 2)):
+            request = rq.predict_request("hap", "cascade", good_request)
+            request.model_spec.version_label = label
+            assert stub.Predict(request, timeout=60).model_spec.version.value == version
+        request.model_spec.version_label = "nightly"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=60)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nightly" in error.value.details()
+        request.model_spec.version.value = 1
+        assert stub.Predict(request, timeout=60).model_spec.version.value == 1
+        status = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+        answer = status.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name="hap")), timeout=30)
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert [(s.version, s.state) for s in answer.model_version_status] == [(1, available), (2, available)]
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model_config_list { config { name: 'a' base_path: '/x' } config { name: 'b' base_path: '/y' } }", "lists 2"),
+    ("model_config_list { config { name: 'a' base_path: '/x' version_labels { key: 's' value: 1 } } }",
+     "need a 'specific' version policy"),
+    ("model_config_list { config { name: 'a' base_path: '/x' model_version_policy { specific { versions: 2 } }"
+     " version_labels { key: 's' value: 1 } } }", "name versions the policy does not serve"),
+    ("model_config_list { config { nme: 'a' } }", "not a TF Serving model config"),
+])
+def test_a_bad_model_config_file_is_named(tmp_path, text, message):
+    path = tmp_path / "models.config"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        server.load_model_config(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_sigterm_drains_and_exits_cleanly(base_path, good_request):
+    """Kubernetes and `docker stop` send SIGTERM: stop taking requests, finish those in flight,
+    exit 0 (Python's default would kill the process at once, exit status -15)."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", base_path, "--port", str(port),
+                                "--drain-seconds", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_available(f"127.0.0.1:{port}")
+        stub = client.connect(f"127.0.0.1:{port}")
+        request = rq.predict_request("hap", "cascade", good_request)
+        answered, failed = [], []
+
+        def stream():
+            for _ in range(200):
+                try:
+                    answered.append(stub.Predict(request, timeout=60).model_spec.version.value)
+                except grpc.RpcError as e:
+                    failed.append(e.code())
+                    return
+
+        threads = [threading.Thread(target=stream) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=120)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-2000:]
+    assert "SIGTERM" in output and "draining" in output
+    assert answered and set(failed) <= {grpc.StatusCode.UNAVAILABLE}
