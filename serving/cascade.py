@@ -36,6 +36,11 @@ from hap.serving import request as rq
 from hap.serving import routing
 
 
+# The signatures by what they take: a request, the item features alone, or serialized tf.Examples.
+REQUEST_SIGNATURES = ("serving_default", "cascade", "light", "heavy")
+ITEM_SIGNATURES = ("item_embeddings",)
+EXAMPLE_SIGNATURES = ("score_examples", "transform_features")
+
 # Written beside the warm-up requests: the settings, the feature set and the per-part FLOPs
 # (serving/flops.py) of the assembled model, for benchmarks and evaluation.
 INFO_FILE = "hap_cascade.json"
@@ -102,6 +107,7 @@ class CascadeModule(tf.Module):
         self._request_names = tuple(f.name for f in self._layout.request_features)
         self._candidate_names = tuple(f.name for f in self._layout.candidate_features)
         self._request_categoricals = tuple(f.name for f in self._layout.request_features if f.kind == c.CATEGORICAL)
+        self._numerics = tuple(f.name for f in features.features if f.kind == c.NUMERIC)
 
     # -- graph pieces --------------------------------------------------------------------------
 
@@ -127,8 +133,17 @@ class CascadeModule(tf.Module):
             checks.append(tf.debugging.assert_equal(
                 tf.shape(request[name])[0], n, message=f"{name}: every item and cross feature needs N = "
                                                         f"len({first}) rows"))
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(checks + self._finite_checks(request)):
             return tf.identity(n)
+
+    def _finite_checks(self, request: dict) -> list:
+        """An infinite numeric is refused, as the data contract refuses it in a dataset (NaN is the
+        request's missing value): z-scored, it would saturate every score it reaches, ranking
+        the candidates by nothing (a user's) or putting one first (a candidate's)."""
+        return [tf.debugging.assert_equal(
+                    tf.reduce_any(tf.math.is_inf(request[name])), False,
+                    message=f"{name}: a numeric value is infinite; send a finite number, or NaN for a missing value")
+                for name in self._numerics if name in request]
 
     def _split(self, request: dict):
         n = self._checked_size(request)
@@ -173,7 +188,8 @@ class CascadeModule(tf.Module):
         return {"scores": tf.sigmoid(self._heavy_logits(user, items, tf.range(n)))}
 
     def item_embeddings(self, items: dict) -> dict:
-        return {"embeddings": self.light.item_embedding(self._transform(items))}
+        with tf.control_dependencies(self._finite_checks(items)):
+            return {"embeddings": self.light.item_embedding(self._transform(items))}
 
     def _parse(self, serialized: tf.Tensor) -> dict:
         return self.tft_layer(tf.io.parse_example(serialized, self._raw_spec))

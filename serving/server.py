@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import threading
@@ -121,6 +122,7 @@ def _check_inputs(fn, inputs: dict) -> dict:
         if proto.dtype != spec.dtype.as_datatype_enum:
             got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
             raise RequestError(f"input {name!r}: expected dtype {spec.dtype.name}, got {got}")
+        _check_declared_shape(name, proto, spec.dtype)
         try:
             value = tf.make_ndarray(proto)
         except Exception as e:  # a TensorProto whose content does not match its shape
@@ -130,6 +132,26 @@ def _check_inputs(fn, inputs: dict) -> dict:
             raise RequestError(f"input {name!r}: expected shape {want}, got {list(value.shape)}")
         tensors[name] = tf.constant(value, dtype=spec.dtype)
     return tensors
+
+
+# Where a TensorProto keeps its values when they are not packed in tensor_content.
+_VALUE_FIELDS = {tf.string: "string_val", tf.float32: "float_val", tf.float64: "double_val",
+                 tf.int32: "int_val", tf.int64: "int64_val", tf.bool: "bool_val"}
+
+
+def _check_declared_shape(name: str, proto, dtype: tf.DType) -> None:
+    """The declared shape must hold exactly the values the request carries, checked before any
+    allocation: TensorFlow would fill a shape of 10,000,000 rows from one value."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise RequestError(f"input {name!r}: negative dimension in shape {dims}")
+    if dtype not in _VALUE_FIELDS:
+        return
+    carried = (len(proto.tensor_content) // dtype.size if proto.tensor_content
+               else len(getattr(proto, _VALUE_FIELDS[dtype])))
+    declared = math.prod(dims)
+    if carried != declared:
+        raise RequestError(f"input {name!r}: shape {dims} holds {declared} values, the request carries {carried}")
 
 
 def _graph_message(error: tf.errors.OpError) -> str:

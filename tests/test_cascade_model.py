@@ -123,6 +123,8 @@ def test_missing_values_and_empty_histories_are_served(model, requests, features
     ("too many candidates", "at most 5000"),
     ("two user rows", "one row per request"),
     ("ragged candidates", "needs N"),
+    ("an infinite user numeric", "is infinite"),
+    ("an infinite item numeric", "is infinite"),
 ])
 def test_malformed_requests_fail_with_a_named_problem(model, features, problem, message):
     n = {"no candidates": 0, "too many candidates": DEFAULTS.max_candidates + 1}.get(problem, 4)
@@ -132,6 +134,11 @@ def test_malformed_requests_fail_with_a_named_problem(model, features, problem, 
     if problem == "ragged candidates":
         name = next(f.name for f in features.features if f.role == c.ITEM and f.name != "item_id")
         request[name] = request[name][:2]
+    if problem.startswith("an infinite"):
+        level = rq.is_request_level if "user" in problem else (lambda f: not rq.is_request_level(f))
+        name = next(f.name for f in features.features if f.kind == c.NUMERIC and level(f))
+        request[name] = request[name].copy()
+        request[name][0] = np.inf
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         _call(model, "cascade", request)
 
@@ -139,7 +146,7 @@ def test_malformed_requests_fail_with_a_named_problem(model, features, problem, 
 def test_warmup_requests_replay_against_the_model(model, cascade_model):
     path = os.path.join(cascade_model, "assets.extra", warmup.WARMUP_FILE)
     logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
-    assert {log.predict_log.request.model_spec.signature_name for log in logs} == {"cascade", "score_examples"}
+    assert {log.predict_log.request.model_spec.signature_name for log in logs} == set(model.signatures)
     sizes = set()
     for log in logs:
         request = log.predict_log.request

@@ -137,12 +137,15 @@ def _bad_requests(good: dict, features: c.FeatureSet) -> dict:
         "wrong shape": ("cascade", {**good, user: np.repeat(good[user], 3)}, "hap", invalid, user),
         "no candidates": ("cascade", rq.RequestLayout(features).missing(0), "hap", invalid, "N = 0"),
         "too many candidates": ("cascade", rq.RequestLayout(features).missing(5001), "hap", invalid, "5000"),
+        "infinite numeric": ("cascade", {**good, numeric: np.full_like(good[numeric], np.inf)}, "hap", invalid,
+                             numeric),
         "unknown model": ("cascade", good, "rank", grpc.StatusCode.NOT_FOUND, "rank"),
     }
 
 
 @pytest.mark.parametrize("problem", ["unknown signature", "missing feature", "extra feature", "wrong dtype",
-                                     "wrong shape", "no candidates", "too many candidates", "unknown model"])
+                                     "wrong shape", "no candidates", "too many candidates", "infinite numeric",
+                                     "unknown model"])
 def test_malformed_requests_are_rejected_and_the_server_keeps_serving(stub, target, good_request, features,
                                                                        problem):
     signature, inputs, model_name, code, words = _bad_requests(good_request, features)[problem]
@@ -390,3 +393,20 @@ def test_sigterm_drains_and_exits_cleanly(base_path, good_request):
     assert process.returncode == 0, output[-2000:]
     assert "SIGTERM" in output and "draining" in output
     assert answered and set(failed) <= {grpc.StatusCode.UNAVAILABLE}
+
+
+@pytest.mark.parametrize("rows, message", [(10_000_000, "holds 10000000 values, the request carries"),
+                                           (-1, "negative dimension")])
+def test_a_declared_shape_must_match_the_values_carried(stub, target, good_request, rows, message):
+    """Refused by the server's own check, which runs before TensorFlow would allocate the declared
+    shape from the values sent (the graph's own checks would name N, not the values)."""
+    request = rq.predict_request("hap", "cascade", good_request)
+    user = next(name for name, proto in request.inputs.items()
+                if proto.dtype == tf.string.as_datatype_enum and len(proto.tensor_shape.dim) == 1
+                and proto.tensor_shape.dim[0].size == 1)
+    request.inputs[user].tensor_shape.dim[0].size = rows
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    if target.kind == "hap serve":
+        assert message in error.value.details() and user in error.value.details()
