@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import tensorflow as tf
+
 from hap.data import contract as c
 
 LABEL = "label"
@@ -39,6 +41,19 @@ CONTRAST = "contrast"
 
 GROUP_INDEX = {g: i for i, g in enumerate(c.SAMPLE_GROUPS)}
 PAD = 0
+
+
+def tensor_specs(features, batch: int | None = None) -> dict:
+    """TensorSpecs of the model inputs of `features`, as described above."""
+    specs = {}
+    for f in features:
+        if f.kind == c.NUMERIC:
+            specs[f.name] = tf.TensorSpec([batch], tf.float32)
+        elif f.kind == c.CATEGORICAL:
+            specs[f.name] = tf.TensorSpec([batch], tf.int64)
+        else:
+            specs[f.name] = tf.TensorSpec([batch, f.max_len], tf.int64)
+    return specs
 
 
 def vocabulary_name(feature: c.Feature) -> str:

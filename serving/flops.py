@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from hap.data import contract as c
+from hap.models import transformed
 
 
 def graph_flops(fn, input_signature: list) -> int:
@@ -24,19 +24,6 @@ def graph_flops(fn, input_signature: list) -> int:
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
-
-
-def transformed_signature(features, batch: int) -> dict:
-    """TensorSpecs of transformed features (models/transformed.py) at a fixed batch size."""
-    specs = {}
-    for f in features:
-        if f.kind == c.NUMERIC:
-            specs[f.name] = tf.TensorSpec([batch], tf.float32)
-        elif f.kind == c.CATEGORICAL:
-            specs[f.name] = tf.TensorSpec([batch], tf.int64)
-        else:
-            specs[f.name] = tf.TensorSpec([batch, f.max_len], tf.int64)
-    return specs
 
 
 def _per_row(fn, signature_at) -> int:
@@ -49,13 +36,13 @@ def model_flops(light, heavy) -> dict:
     user_features = light.model_inputs.user_side
     item_features = light.model_inputs.item_side
     width = light.user_embedding({k: tf.zeros(s.shape, s.dtype) for k, s in
-                                  transformed_signature(user_features, 1).items()}).shape[-1]
-    light_user = graph_flops(light.user_embedding, [transformed_signature(user_features, 1)])
+                                  transformed.tensor_specs(user_features, 1).items()}).shape[-1]
+    light_user = graph_flops(light.user_embedding, [transformed.tensor_specs(user_features, 1)])
     light_item = _per_row(
         lambda items, u: light.score_from_embeddings(u, light.item_embedding(items)),
-        lambda b: [transformed_signature(item_features, b), tf.TensorSpec([1, width], tf.float32)])
+        lambda b: [transformed.tensor_specs(item_features, b), tf.TensorSpec([1, width], tf.float32)])
     heavy_item = _per_row(lambda f: heavy(f, training=False),
-                             lambda b: [transformed_signature(heavy.model_inputs.all_features, b)])
+                             lambda b: [transformed.tensor_specs(heavy.model_inputs.all_features, b)])
     return {"light_user": light_user, "light_per_candidate": light_item, "heavy_per_candidate": heavy_item}
 
 
