@@ -130,8 +130,9 @@ def cascade_scores(request, light, heavy, route_fraction: float) -> np.ndarray:
     serving/routing.py routes and combines them."""
     request, light, heavy = np.asarray(request), np.asarray(light, np.float64), np.asarray(heavy, np.float64)
     out = np.empty(len(light), np.float64)
-    _, codes = np.unique(request, return_inverse=True)
-    for rows in np.split(np.argsort(codes.reshape(-1), kind="stable"), np.cumsum(np.bincount(codes.reshape(-1)))[:-1]):
+    codes = np.unique(request, return_inverse=True)[1].reshape(-1)
+    rows_by_request = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    for rows in rows_by_request:
         out[rows] = routing.route_request(light[rows], heavy[rows], route_fraction)[0].numpy()
     return out
 

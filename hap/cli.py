@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a cascade version folder, or a model base path such as OUT/serving/hap (newest version)")
     ev.add_argument("--data", required=True, help="contract dataset: its last day of samples/, and funnel/ if any")
     ev.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots)")
-    ev.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS), help="K of HitRate@K and Recall@K")
+    ev.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
+                    help="K of HitRate@K and Recall@K")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
                        help="training seeds (mean ± std over them)")
     bench.add_argument("--epochs", type=int, default=1, help="training epochs of every model")
-    bench.add_argument("--route-fractions", type=float, nargs="+", default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
+    bench.add_argument("--route-fractions", type=float, nargs="+",
+                       default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
                        help="HAP's share of candidates re-scored by the heavy model (K = ceil(f N))")
     bench.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
                        help="K of HitRate@K and Recall@K")

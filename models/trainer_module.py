@@ -3,10 +3,10 @@
 The Trainer's `custom_config` says which model to train and how (`TrainerSettings`); the feature
 set travels in it too, so the same module serves any contract dataset. Which samples the model
 trains on, and how its loss reads them, comes from its `SampleRouting`
-(data/sample_routing.py). The exported SavedModel carries the Transform graph and the
-`transformed` signature: serialized transformed tf.Examples -> {"score"}, what the Evaluator
-(TFMA) reads, so evaluation slices on Transform's routing features without re-running Transform.
-Serving goes through the cascade SavedModel (serving/cascade.py), which rebuilds the Keras model.
+(data/sample_routing.py). The exported Keras SavedModel has one signature, `transformed`:
+serialized transformed tf.Examples -> {"score"}, what the Evaluator (TFMA) reads, so evaluation
+slices on Transform's routing features without re-running Transform. Serving goes through the
+cascade SavedModel (serving/cascade.py), which rebuilds the Keras model and adds Transform.
 """
 from __future__ import annotations
 

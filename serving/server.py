@@ -38,7 +38,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import error_codes_pb2, saved_model_pb2
 from google.protobuf import text_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, status_pb2)
@@ -283,7 +283,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
 
     def _try_load(self, version: int) -> LoadedVersion | None:
         state = self._states.setdefault(version, VersionState(State.LOADING))
-        if state.state == State.END and state.error or time.monotonic() < state.retry_at:
+        if (state.state == State.END and state.error) or time.monotonic() < state.retry_at:
             return None
         try:
             loaded = LoadedVersion.load(self.base_path, version)
@@ -382,9 +382,9 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
                 raise RequestError(f"unknown model {spec.name!r}; this server serves {self.model_name!r}",
                                    grpc.StatusCode.NOT_FOUND)
             states = self.statuses()
-            if spec.WhichOneof("version_choice") is not None:
-                version = self._servable(spec).version if spec.WhichOneof("version_choice") == "version_label" \
-                    else spec.version.value
+            choice = spec.WhichOneof("version_choice")
+            if choice is not None:
+                version = spec.version.value if choice == "version" else self._servable(spec).version
                 if version not in states:
                     raise RequestError(f"version {version} of {self.model_name!r} is not known", grpc.StatusCode.NOT_FOUND)
                 states = {version: states[version]}
@@ -392,7 +392,8 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
             for version, state in sorted(states.items()):
                 response.model_version_status.add(
                     version=version, state=state.state,
-                    status=status_pb2.StatusProto(error_code=2 if state.error else 0, error_message=state.error))
+                    status=status_pb2.StatusProto(error_code=error_codes_pb2.UNKNOWN if state.error else error_codes_pb2.OK,
+                                                  error_message=state.error))
             return response
         return self._answer(context, work)
 
