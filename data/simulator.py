@@ -15,14 +15,16 @@ every simulated click is prepended to it.
 Ground truth. For user u with history H_u (the 20 most recent clicks), candidate i and context x,
 the click logit is
 
-    s(u, i, x) = b0 + b_u + <p_u, q_i>                 (two-tower representable)
-               + 0.7 Z[u, k(i)]                        (user x category cross, full rank)
-               + 1.5 max_{j in H_u} cos(q_j, q_i)      (affinity of the candidate to the history)
+    s(u, i, x) = b0 + b_u + <p_u, q_i>                        (two-tower representable)
+               + 0.7 c_cross Z[u, k(i)]                       (user x category cross, full rank)
+               + 1.5 c_hist max_{j in H_u} cos(q_j, q_i)      (affinity of the candidate to the history)
                + 0.4 a_i + 0.2 pop_i + T[u, t(i)] + D[t(i), daypart(x)] - 0.3 log1p(age_i / 24h)
 
+with c_cross = `cross_strength` and c_hist = `history_strength` (both 1 by default, see Regimes),
 and `oracle_utility` = sigmoid(s), the expected engagement without position bias. The Z term is
 a full-rank user x category table that a low-dimensional dot product of a user and an item
-embedding cannot hold; the cross feature `x_user_cat_ctr` reveals it, noisily. The history term
+embedding cannot hold; the cross feature `x_user_cat_ctr` reveals it, noisily (as a past-period
+click rate it follows c_cross Z, so it loses its use where the cross term does). The history term
 is a max over the history, which a pooled history embedding in the user tower cannot express
 but target attention of the candidate over the sequence can. Both are what the heavy model
 should win on, and they matter most among candidates that already score well on the dot product.
@@ -35,9 +37,13 @@ those by s + N(0, 0.5^2) and keeps the top 50; the feed exposes the top 8-12 of 
 s + N(0, 0.3^2). Each stage is a noisy estimate of the truth with less noise at later stages, so
 the sample sources differ in difficulty as in production.
 
-Feedback. An exposed item at position p is clicked with probability sigmoid(s) (1 + p)^-0.4
-(position bias); a click is liked with probability 0.5 sigmoid(s - 1) and commented with
-probability 0.1 sigmoid(s); a click's dwell time is log-normal around 30 s, longer when s is high.
+Feedback. An exposed item at position p is clicked with probability
+sigmoid(s - `click_sparsity`) (1 + p)^-0.4 (position bias). Then, with probability `click_noise`,
+an exposed item's click label is replaced by a coin flip whose heads probability is the mean click
+probability of the request's exposed items: noise that leaves the expected number of clicks as it
+is but cuts the link between a label and the utility. A click (after noise) is liked with
+probability 0.5 sigmoid(s - 1) and commented with probability 0.1 sigmoid(s); a click's dwell time
+is log-normal around 30 s, longer when s is high.
 
 Sampling, per request, as the contract says: every exposed item; 10 ranking negatives drawn from
 rank positions >= 50; 10 pre-ranking negatives from pre-ranking positions >= 200; 2 random
@@ -50,10 +56,36 @@ and their `oracle_utility`.
 Features: 29 anonymised ones (`FEATURES`), all categorical values as random integer codes; some
 are missing by design (age and gender of some users, video duration of text items, the past
 CTRs and the history match of new users, whose histories are empty).
+
+Regimes
+-------
+The routing and contrastive-learning benchmarks compare methods across regimes: how much a heavy
+model gains over the light one depends on how much of the utility the two towers cannot see, and
+how much a loss gains from the unclicked samples depends on how few and how unreliable clicks are.
+Four knobs of `SimulationConfig` set this; their defaults reproduce the original simulator
+byte for byte under the same seed.
+
+- `cross_strength` (c_cross, >= 0, default 1): multiplies the user x category cross term.
+- `history_strength` (c_hist, >= 0, default 1): multiplies the history-affinity term.
+- `click_noise` (in [0, 1), default 0): share of exposed items whose click label is a coin flip
+  (see Feedback).
+- `click_sparsity` (>= 0, default 0): subtracted from the click logit at the feedback stage only,
+  so the cascade, the oracle utility and the orderings stay as they are while clicks get rarer.
+
+`REGIMES` names sets of them; `config_for_regime` and `hap data simulate --regime` apply one:
+
+- `default`: the generative model above; the heavy model has cross and history effects to win on.
+- `sparse_noisy`: like real logs, clicks about three times rarer (`click_sparsity` 1.5) and one
+  exposed label in ten a coin flip (`click_noise` 0.1): the negatives' share of the signal grows.
+- `light_enough`: cross and history terms at a tenth (0.1 each), so a two-tower model is nearly
+  enough and routing to the heavy model should gain little. `base_logit` goes from -5 to -3.5 to
+  make up for what the two terms add on average to the exposed items' logits, keeping the click
+  rate near the default's: the regime differs in what drives clicks, not in how many there are.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Iterator
 
@@ -134,6 +166,11 @@ class SimulationConfig:
     noise_rank: float = 0.5
     noise_expose: float = 0.3
     base_logit: float = -5.0
+    # Regime knobs (module docstring, Regimes).
+    cross_strength: float = 1.0
+    history_strength: float = 1.0
+    click_noise: float = 0.0
+    click_sparsity: float = 0.0
 
     def __post_init__(self):
         if self.requests < 1 or self.days < 1 or self.funnel_requests < 0:
@@ -142,6 +179,28 @@ class SimulationConfig:
             raise ValueError("need rank_keep < prerank_keep < retrieval_size < n_items")
         if self.exposed_range[1] > self.rank_keep:
             raise ValueError("cannot expose more items than ranking keeps")
+        for knob in ("cross_strength", "history_strength", "click_sparsity"):
+            value = getattr(self, knob)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{knob} must be a finite number >= 0, got {value!r}")
+        # At 1 every label would be a coin flip and say nothing about the utility.
+        if not 0 <= self.click_noise < 1:
+            raise ValueError(f"click_noise must be in [0, 1), got {self.click_noise!r}")
+
+
+# Named regimes: SimulationConfig fields that differ from the defaults (module docstring, Regimes).
+REGIMES: dict[str, dict] = {
+    "default": {},
+    "sparse_noisy": {"click_sparsity": 1.5, "click_noise": 0.1},
+    "light_enough": {"cross_strength": 0.1, "history_strength": 0.1, "base_logit": -3.5},
+}
+
+
+def config_for_regime(name: str, **overrides) -> SimulationConfig:
+    """The SimulationConfig of regime `name`, with `overrides` (any fields) on top."""
+    if name not in REGIMES:
+        raise ValueError(f"unknown simulator regime {name!r}; known regimes: {', '.join(REGIMES)}")
+    return SimulationConfig(**{**REGIMES[name], **overrides})
 
 
 @dataclasses.dataclass
@@ -235,7 +294,7 @@ class FeedWorld:
         terms = {
             "base": np.full(n, self.cfg.base_logit + self.user_bias[user]),
             "dot": self.item_q[items] @ self.user_p[user],
-            "cross": W_CROSS * self.user_cat_taste[user, self.item_cat[items]],
+            "cross": W_CROSS * self.cfg.cross_strength * self.user_cat_taste[user, self.item_cat[items]],
             "history": np.zeros(n),
             "item": (W_QUALITY * self.item_quality[items] + W_POP * self.item_pop[items]
                      - W_AGE * np.log1p(self.item_age_hours(items, day, hour) / 24.0)),
@@ -243,7 +302,7 @@ class FeedWorld:
         }
         if history:
             sims = self.item_qn[history[:HISTORY_WINDOW]] @ self.item_qn[items].T
-            terms["history"] = W_HISTORY * sims.max(axis=0)
+            terms["history"] = W_HISTORY * self.cfg.history_strength * sims.max(axis=0)
         return terms
 
     def truth_logit(self, user: int, history: list[int], hour: int, day: int, items: np.ndarray) -> np.ndarray:
@@ -272,6 +331,8 @@ class FeedSimulator:
         self.cfg = cfg
         self.world = FeedWorld(cfg)
         self.rng = np.random.default_rng([cfg.seed, 1])
+        # Its own stream, so that noise-free regimes draw exactly what the simulator always drew.
+        self.label_noise_rng = np.random.default_rng([cfg.seed, 5])
         hour_w = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 2.5, 2, 2.5,
                            3, 2.5, 2, 2, 2, 2.5, 3, 3.5, 4, 4, 3, 2], float)
         self.hour_p = hour_w / hour_w.sum()
@@ -313,8 +374,10 @@ class FeedSimulator:
         expose_pos[to_expose[shown]] = order[shown]
 
         exposed = expose_pos >= 0
-        p_click = _sigmoid(s) * (1.0 + np.maximum(expose_pos, 0)) ** -POSITION_BIAS
+        p_click = _sigmoid(s - cfg.click_sparsity) * (1.0 + np.maximum(expose_pos, 0)) ** -POSITION_BIAS
         click = (exposed & (rng.random(n) < p_click)).astype(np.int64)
+        if cfg.click_noise > 0:
+            click = self._add_label_noise(click, exposed, p_click)
         like = (click.astype(bool) & (rng.random(n) < 0.5 * _sigmoid(s - 1))).astype(np.int64)
         comment = (click.astype(bool) & (rng.random(n) < 0.1 * _sigmoid(s))).astype(np.int64)
         dwell = np.where(click == 1, np.exp(np.log(30000.0) + 0.3 * s + rng.normal(0, 0.6, n)), 0).astype(np.int64)
@@ -352,6 +415,14 @@ class FeedSimulator:
             history=history,
             seen=seen,
         )
+
+    def _add_label_noise(self, click: np.ndarray, exposed: np.ndarray, p_click: np.ndarray) -> np.ndarray:
+        """`click` with a `click_noise` share of the exposed labels replaced by coin flips at the
+        request's mean click probability, so the expected number of clicks stays as it is."""
+        rng, n = self.label_noise_rng, len(click)
+        flipped = exposed & (rng.random(n) < self.cfg.click_noise)
+        coin = rng.random(n) < p_click[exposed].mean()
+        return np.where(flipped, coin, click).astype(np.int64)
 
     def _global_negatives(self, retrieved: np.ndarray, count: int) -> np.ndarray:
         taken = np.zeros(self.cfg.n_items, dtype=bool)
@@ -411,7 +482,7 @@ class FeatureEncoder:
         self.i_tag = np.argmax(w.item_qn @ rng.normal(0, 1, (cfg.latent_dim, 64)), axis=1)
 
         # Past-period statistics: noisy views of the hidden tastes, unknown for new users.
-        self.x_cat_ctr = _sigmoid(-1.5 + 0.8 * (w.user_p @ w.centroids.T + w.user_cat_taste)
+        self.x_cat_ctr = _sigmoid(-1.5 + 0.8 * (w.user_p @ w.centroids.T + cfg.cross_strength * w.user_cat_taste)
                                   + rng.normal(0, 0.3, (nu, nk)))
         self.x_ctype_ctr = _sigmoid(-1.5 + w.user_ctype_taste + rng.normal(0, 0.2, w.user_ctype_taste.shape))
         self.refresh_rng = np.random.default_rng([cfg.seed, 4])

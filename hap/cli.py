@@ -1,15 +1,16 @@
 """The `hap` command line.
 
-    hap data simulate --out DIR [--requests N] [--seed S] [--format csv|tfrecord]
+    hap data simulate --out DIR [--requests N] [--seed S] [--format csv|tfrecord] [--regime NAME]
+                      [--cross-strength C] [--history-strength H] [--click-noise P] [--click-sparsity S]
     hap data validate DIR
     hap schema derive --features features.yaml --out schema.pbtxt
-    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--epochs E] [--beam-arg ARG ...]
+    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--max-epochs E] [--beam-arg ARG ...]
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
     hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--host 127.0.0.1]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
-    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--epochs 1] [--overwrite]
+    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--max-epochs E] [--overwrite]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -24,15 +25,18 @@ import time
 
 import hap  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from hap.data import contract
-from hap.data.simulator import SimulationConfig
+from hap.data.simulator import REGIMES, SimulationConfig
 from hap.evaluation import defaults as evaluation_defaults
 
 
 def _simulate(args) -> int:
     from hap.data import simulator
 
-    cfg = SimulationConfig(requests=args.requests, seed=args.seed, days=args.days,
-                                     funnel_requests=args.funnel_requests)
+    given_knobs = {knob: getattr(args, knob) for knob in
+                   ("cross_strength", "history_strength", "click_noise", "click_sparsity")
+                   if getattr(args, knob) is not None}
+    cfg = simulator.config_for_regime(args.regime, requests=args.requests, seed=args.seed, days=args.days,
+                                      funnel_requests=args.funnel_requests, **given_knobs)
     start = time.time()
     counts = simulator.simulate(args.out, cfg, fmt=args.format, overwrite=args.overwrite,
                                 progress=not args.quiet)
@@ -71,7 +75,7 @@ def _derive_schema(args) -> int:
 def _run(args) -> int:
     from hap.pipeline import local_runner
 
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
     start = time.time()
     local_runner.run(args.data, args.out,
                      light_trainer={**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
@@ -192,7 +196,7 @@ def _evaluate(args) -> int:
 def _benchmark(args) -> int:
     from hap.evaluation import benchmark, report
 
-    result = benchmark.benchmark(args.data, args.out, run_dir=args.run, seeds=args.seeds, epochs=args.epochs,
+    result = benchmark.benchmark(args.data, args.out, run_dir=args.run, seeds=args.seeds, max_epochs=args.max_epochs,
                                  route_fractions=args.route_fractions, ks=args.k,
                                  latency_requests=args.latency_requests, overwrite=args.overwrite,
                                  progress=not args.quiet)
@@ -213,7 +217,7 @@ def _demo(args) -> int:
     print(("OK: " if report.ok else "INVALID: ") + report.summary())
     if not report.ok:
         return 1
-    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), epochs=None, light_loss=None,
+    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), max_epochs=None, light_loss=None,
                                    heavy_loss=None, beam_arg=None, no_cache=False))
 
 
@@ -232,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--funnel-requests", type=int, default=defaults.funnel_requests,
                      help="held-out full-funnel requests on the last day (0: no funnel/)")
     sim.add_argument("--format", choices=["csv", "tfrecord"], default="csv")
+    sim.add_argument("--regime", choices=list(REGIMES), default="default",
+                     help="named setting of the knobs below, which override it (data/simulator.py documents "
+                          "regimes and knobs)")
+    sim.add_argument("--cross-strength", type=float, metavar="C",
+                     help="multiplier of the user x category cross term of the hidden utility, >= 0")
+    sim.add_argument("--history-strength", type=float, metavar="H",
+                     help="multiplier of the history-affinity term of the hidden utility, >= 0")
+    sim.add_argument("--click-noise", type=float, metavar="P",
+                     help="share of exposed click labels replaced by a coin flip, in [0, 1)")
+    sim.add_argument("--click-sparsity", type=float, metavar="S",
+                     help="shift subtracted from the click logit when clicks are drawn, >= 0")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
@@ -257,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output directory (artifacts, ML Metadata, pushed models)")
     run.add_argument("--light-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
     run.add_argument("--heavy-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
-    run.add_argument("--epochs", type=int, help="training epochs of both models")
+    run.add_argument("--max-epochs", type=int,
+                     help="most training epochs of both models (the epoch is chosen by validation)")
     run.add_argument("--beam-arg", action="append",
                      help="a Beam pipeline argument, e.g. --beam-arg=--direct_running_mode=multi_processing")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
@@ -327,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
     bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
                        help="training seeds (mean ± std over them)")
-    bench.add_argument("--epochs", type=int, default=1, help="training epochs of every model")
+    bench.add_argument("--max-epochs", type=int, help="most training epochs of every model (default: the trainer's)")
     bench.add_argument("--route-fractions", type=float, nargs="+",
                        default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
                        help="HAP's share of candidates re-scored by the heavy model (K = ceil(f N))")

@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import filecmp
 import os
 
@@ -150,3 +151,111 @@ def test_requests_size_the_dataset(tmp_path):
     assert counts["requests"] == 10
     assert not os.path.exists(tmp_path / "d" / c.FUNNEL_DIR)
     assert counts["samples"] == sum(1 for _ in reader.read_rows(str(tmp_path / "d")))
+
+
+def _same_files(left: str, right: str) -> bool:
+    for sub, _, names in os.walk(left):
+        other = os.path.join(right, os.path.relpath(sub, left))
+        if sorted(os.listdir(other)) != sorted(os.listdir(sub)):
+            return False
+        _, mismatch, errors = filecmp.cmpfiles(sub, other, names, shallow=False)
+        if mismatch or errors:
+            return False
+    return True
+
+
+def _click_rate(reqs) -> float:
+    exposed = np.concatenate([r.source == c.EXPOSED for r in reqs])
+    return float(np.concatenate([r.click for r in reqs])[exposed].mean())
+
+
+def test_default_regime_and_default_knobs_write_the_default_files(tmp_path, tiny_csv):
+    explicit = dataclasses.replace(TINY, cross_strength=1.0, history_strength=1.0, click_noise=0.0,
+                                   click_sparsity=0.0)
+    regime = simulator.config_for_regime("default", requests=TINY.requests, funnel_requests=TINY.funnel_requests,
+                                         seed=TINY.seed)
+    assert explicit == regime == TINY
+    simulator.simulate(str(tmp_path / "default"), regime, progress=False)
+    assert _same_files(tiny_csv, str(tmp_path / "default"))
+
+
+def test_sparse_noisy_clicks_are_much_rarer(requests):
+    sparse = _requests(simulator.config_for_regime("sparse_noisy", requests=TINY.requests, funnel_requests=0,
+                                                   seed=TINY.seed))
+    assert _click_rate(sparse) < 0.5 * _click_rate(requests)
+
+
+@pytest.mark.parametrize("knob", [{"click_sparsity": 1.5}, {"click_noise": 0.5}])
+def test_click_knobs_leave_the_cascade_alone(knob):
+    # Only the first request is comparable: later ones see histories grown from other clicks.
+    for seed in range(4):
+        base = dataclasses.replace(TINY, seed=seed)
+        before = next(simulator.FeedSimulator(base).requests())
+        after = next(simulator.FeedSimulator(dataclasses.replace(base, **knob)).requests())
+        shown, shown_after = before.source == c.EXPOSED, after.source == c.EXPOSED
+        for field in ("items", "expose_pos", "rank_pos", "prerank_pos", "utility"):
+            assert np.array_equal(getattr(before, field)[shown], getattr(after, field)[shown_after]), field
+        if "click_sparsity" in knob:
+            # The same uniform draws against lower click probabilities.
+            assert not (after.click[shown_after] > before.click[shown]).any()
+
+
+def test_label_noise_flips_its_share_of_exposed_labels_to_coins_at_the_mean_click_probability():
+    n = 200_000
+    sim = simulator.FeedSimulator(dataclasses.replace(TINY, click_noise=0.3))
+    exposed = np.arange(n) % 4 != 0
+    p_click = np.where(np.arange(n) % 2 == 0, 0.05, 0.15)  # the exposed items' mean is 0.1
+    clicked = sim._add_label_noise(exposed.astype(np.int64), exposed, p_click)
+    assert not clicked[~exposed].any()
+    assert abs((clicked[exposed] == 0).mean() - 0.3 * 0.9) < 0.01
+    unclicked = sim._add_label_noise(np.zeros(n, dtype=np.int64), exposed, p_click)
+    assert abs(unclicked[exposed].mean() - 0.3 * 0.1) < 0.005
+
+
+def test_light_enough_scales_down_exactly_the_terms_a_two_tower_model_cannot_see():
+    default, light = (simulator.FeedWorld(simulator.config_for_regime(name, requests=TINY.requests, seed=TINY.seed))
+                      for name in ("default", "light_enough"))
+    light_knobs = simulator.REGIMES["light_enough"]
+    items = np.arange(0, TINY.n_items, 7)
+    shares = {"default": [], "light_enough": []}
+    for u in range(40):
+        hist = default.histories[u]
+        if not hist:
+            continue
+        terms, light_terms = default.truth_terms(u, hist, 12, 0, items), light.truth_terms(u, hist, 12, 0, items)
+        np.testing.assert_allclose(light_terms["cross"], light_knobs["cross_strength"] * terms["cross"], rtol=1e-12)
+        np.testing.assert_allclose(light_terms["history"], light_knobs["history_strength"] * terms["history"],
+                                   rtol=1e-12)
+        for name in ("dot", "item", "content_type"):
+            assert np.array_equal(light_terms[name], terms[name])
+        for regime, t in (("default", terms), ("light_enough", light_terms)):
+            shares[regime].append(np.var(t["cross"] + t["history"]) / np.var(sum(t.values())))
+    assert np.median(shares["light_enough"]) < 0.1 * np.median(shares["default"])
+
+
+def test_unknown_regime_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="'realistic'.*default, sparse_noisy, light_enough"):
+        simulator.config_for_regime("realistic")
+
+
+@pytest.mark.parametrize("knob,value", [
+    ("cross_strength", -0.1), ("history_strength", float("nan")), ("click_sparsity", float("inf")),
+    ("click_sparsity", -1.0), ("click_noise", 1.0), ("click_noise", -0.01)])
+def test_out_of_range_knobs_are_refused_by_name(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        simulator.SimulationConfig(**{knob: value})
+
+
+def test_cli_applies_the_regime_and_the_knobs_over_it(tmp_path, capsys):
+    from hap import cli
+
+    out = str(tmp_path / "cli")
+    assert cli.main(["data", "simulate", "--out", out, "--requests", "20", "--funnel-requests", "0",
+                     "--regime", "sparse_noisy", "--click-sparsity", "2", "--quiet"]) == 0
+    expected = str(tmp_path / "expected")
+    simulator.simulate(expected, simulator.config_for_regime("sparse_noisy", requests=20, funnel_requests=0,
+                                                             click_sparsity=2.0), progress=False)
+    assert _same_files(out, expected)
+    assert cli.main(["data", "simulate", "--out", str(tmp_path / "bad"), "--requests", "20",
+                     "--click-noise", "1", "--quiet"]) == 2
+    assert "click_noise" in capsys.readouterr().err
