@@ -27,7 +27,7 @@ def tiny_tfrecord(tmp_path_factory):
 
 # The end-to-end pipeline data: a few more requests than TINY, so both Evaluators have every slice.
 E2E = simulator.SimulationConfig(requests=150, funnel_requests=0, seed=3)
-QUICK_TRAINER = {"epochs": 1, "batch_size": 512}
+QUICK_TRAINER = {"max_epochs": 2, "patience": 1, "batch_size": 512}
 
 
 def _run_pipeline(data: str, out: str, floor: float) -> None:

@@ -1,14 +1,13 @@
-"""Throughput of the pipeline's data-parallel components under Beam's DirectRunner in
-multi-processing mode, with 1 and 2 worker processes (or the counts given):
+"""Each Beam component under the DirectRunner in-memory (one process) and multi-process:
 
-    .venv/bin/python benchmarks/beam_throughput.py --data demo/data [--workers 1 2] [--work DIR]
+    .venv/bin/python benchmarks/beam_throughput.py --data DATA [--workers 2] [--work DIR]
 
-For each worker count it runs the pipeline up to Transform (ExampleGen, StatisticsGen, the
-schema, ExampleValidator, AnomalyGate, Transform: the components of `hap run`, from
-`local_runner.build`, with `--direct_running_mode=multi_processing --direct_num_workers=N`) with
-the cache off, and reads each component's wall time back from ML Metadata. Rows are the
-examples of both splits, which each of these components reads. Prints a markdown table with
-the 1-minute load average when each run started: on a shared machine other work skews it.
+Runs the whole pipeline twice with the cache off, once with every Beam component in memory
+(`--direct_running_mode=in_memory --direct_num_workers=1`) and once with every one in
+`--direct_running_mode=multi_processing --direct_num_workers=N`, reads each component's wall
+time back from ML Metadata, and prints a markdown table with the ratio per component and the
+1-minute load average when each run started (on a shared machine other work skews it). The
+pipeline's per-component choice (configs.COMPONENT_BEAM_ARGS) is read off this table.
 """
 from __future__ import annotations
 
@@ -18,65 +17,51 @@ import tempfile
 import time
 
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
-import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
-from tfx.orchestration.pipeline import RunOptions
 
-from hap.pipeline import local_runner, run_report
-
-MEASURED = ("ContractExampleGen", "StatisticsGen", "Transform")
+from hap.pipeline import configs, local_runner, run_report
 
 
-def beam_args(workers: int) -> list[str]:
-    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-
-
-def run_until_transform(data: str, out: str, workers: int) -> None:
-    pipeline = local_runner.build(data, out, beam_pipeline_args=beam_args(workers), enable_cache=False)
-    local_runner.show_component_progress()
-    # A partial run: Transform and what it depends on.
-    tfx.orchestration.LocalDagRunner().run(pipeline, run_options=RunOptions(to_nodes=["Transform"]))
-
-
-def example_count(out: str) -> int:
-    """Examples of all splits, from StatisticsGen's own statistics."""
-    root = os.path.join(out, "pipeline_root", "StatisticsGen", "statistics")
-    (execution,) = os.listdir(root)
-    total = 0
-    for split in os.listdir(os.path.join(root, execution)):
-        stats = tfdv.load_stats_binary(os.path.join(root, execution, split, "FeatureStats.pb"))
-        total += sum(d.num_examples for d in stats.datasets)
-    return total
+def modes(workers: int) -> dict[str, list[str]]:
+    return {"in_memory": configs.BEAM_PIPELINE_ARGS,
+            f"multi_processing x{workers}": ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="contract dataset (e.g. the `hap data simulate` default)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Beam worker processes per run")
+    parser.add_argument("--workers", type=int, default=2, help="Beam worker processes in multi-process mode")
     parser.add_argument("--work", help="keep every run's artifacts here (default: a temporary directory)")
     args = parser.parse_args()
-    if any(w < 1 for w in args.workers):
+    if args.workers < 1:
         parser.error("--workers must be >= 1")
     if args.work and os.path.exists(args.work) and os.listdir(args.work):
         parser.error(f"--work {args.work} is not empty")
 
     with tempfile.TemporaryDirectory(prefix="beam_throughput_") as tmp:
         work = args.work or tmp
-        rows = []
-        for workers in args.workers:
-            out = os.path.join(work, f"workers_{workers}")
-            load = os.getloadavg()[0]
+        seconds, loads = {}, {}
+        for name, beam_args in modes(args.workers).items():
+            out = os.path.join(work, name.replace(" ", "_"))
+            loads[name] = os.getloadavg()[0]
             start = time.time()
-            run_until_transform(args.data, out, workers)
-            print(f"{workers} worker(s): {time.time() - start:.0f}s")
-            seconds = run_report.latest_by_node(out)
-            examples = example_count(out)
-            rows += [(node, workers, examples, seconds[node]["seconds"], load) for node in MEASURED]
+            pipeline = local_runner.build(args.data, out, beam_pipeline_args=beam_args, component_beam_args={},
+                                          enable_cache=False)
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+            print(f"{name}: {time.time() - start:.0f}s")
+            seconds[name] = {node: e["seconds"] for node, e in run_report.latest_by_node(out).items()}
+            beam_nodes = [c.id for c in pipeline.components if hasattr(c.executor_spec, "beam_pipeline_args")]
 
-    print("\n| component | Beam workers | rows | seconds | rows/s | load avg (1 min) at start |")
-    print("|---|---|---|---|---|---|")
-    for node, workers, examples, seconds, load in sorted(rows, key=lambda r: (MEASURED.index(r[0]), r[1])):
-        print(f"| {node} | {workers} | {examples:,} | {seconds:.1f} | {examples / seconds:,.0f} | {load:.2f} |")
+    first, second = list(seconds)
+    print(f"\n| component | {first} s | {second} s | {second} / {first} |")
+    print("|---|---|---|---|")
+    for node in beam_nodes:
+        a, b = seconds[first][node], seconds[second][node]
+        print(f"| {node} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    total = {name: sum(s.values()) for name, s in seconds.items()}
+    print(f"| whole pipeline | {total[first]:.0f} | {total[second]:.0f} | {total[second] / total[first]:.2f} |")
+    print(f"\nload average (1 min) at the start of each run: "
+          + ", ".join(f"{name} {load:.2f}" for name, load in loads.items()))
 
 
 if __name__ == "__main__":

@@ -60,17 +60,19 @@ from hap.data.sample_routing import HEAVY, LIGHT
 from hap.evaluation import evaluate as ev
 from hap.evaluation import report
 from hap.evaluation.defaults import DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAULT_ROUTE_FRACTIONS, DEFAULT_SEEDS
-from hap.models import request_batches, trainer_module, training, transformed
+from hap.models import request_records, trainer_module, training, transformed
 from hap.pipeline import local_runner, run_report
 from hap.serving import cascade, flops, routing
 from hap.serving import request as rq
 
 CASCADE = "cascade"
+# What the metrics read of the eval records besides the scores.
+EVALUATION_COLUMNS = (transformed.LABEL, transformed.SAMPLE_GROUP, transformed.REQUEST_KEY)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelRecipe:
-    """One model to train: its `trainer_module.TrainerSettings` fields besides seed and epochs."""
+    """One model to train: its `trainer_module.TrainerSettings` fields besides seed and max_epochs."""
 
     model: str
     loss: str
@@ -146,8 +148,9 @@ class Inputs:
     features: c.FeatureSet
     tft_output: object
     model_inputs: object
-    train: dict
-    eval: dict
+    train: request_records.RequestRecords
+    eval: request_records.RequestRecords
+    eval_columns: dict                # EVALUATION_COLUMNS of the eval records, in their order
     eval_day: int
     compute_part: str                 # FUNNEL or LOGGED: whose requests FLOPs and latency are taken on
     compute_requests: list[dict]      # request arrays (numpy), as `RequestLayout.from_rows` makes them
@@ -157,16 +160,18 @@ class Inputs:
 def load_inputs(data_dir: str, run_dir: str) -> Inputs:
     features = c.load_features(data_dir)
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
-    examples = run_report.latest_artifact(run_dir, "Transform", "Examples").uri
+    examples = run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
     feature_spec = tft_output.transformed_feature_spec()
     missing = [f.name for f in features.features if f.name not in feature_spec]
     if missing:
         raise ValueError(f"{run_dir}: its Transform output has no {', '.join(missing)}: the run was not made "
                          f"from {data_dir}")
-    train = request_batches.load_split(os.path.join(examples, "Split-train", "*"), feature_spec)
-    evaluation = request_batches.load_split(os.path.join(examples, "Split-eval", "*"), feature_spec)
+    train, evaluation = (request_records.RequestRecords.from_split(os.path.join(examples, f"Split-{split}", "*"),
+                                                                   feature_spec, features)
+                         for split in ("train", "eval"))
+    eval_columns = evaluation.columns(EVALUATION_COLUMNS)
     day, logged = ev.eval_day_requests(data_dir, features)
-    split_requests = {k.decode() if isinstance(k, bytes) else str(k) for k in evaluation[transformed.REQUEST_KEY]}
+    split_requests = {k.decode() for k in eval_columns[transformed.REQUEST_KEY]}
     if split_requests != set(logged):
         raise ValueError(f"{run_dir}: its eval split has {len(split_requests)} requests and {data_dir}'s day "
                          f"{day} has {len(logged)}, {len(split_requests ^ set(logged))} differing: the run was "
@@ -174,7 +179,7 @@ def load_inputs(data_dir: str, run_dir: str) -> Inputs:
     funnel = ev.funnel_requests(data_dir, features)
     part, rows = (ev.FUNNEL, funnel) if funnel is not None else (ev.LOGGED, logged)
     return Inputs(features, tft_output, transformed.ModelInputs.from_transform_output(features, tft_output), train,
-                  evaluation, day, part, [rq.RequestLayout(features).from_rows(r) for r in rows.values()], funnel)
+                  evaluation, eval_columns, day, part, [rq.RequestLayout(features).from_rows(r) for r in rows.values()], funnel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,11 +217,11 @@ class Serving:
         return out
 
 
-def train_model(name: str, seed: int, epochs: int, inputs: Inputs, log_dir: str):
+def train_model(name: str, seed: int, max_epochs: int | None, inputs: Inputs, log_dir: str):
     """Trains MODELS[name]; returns (Keras scorer, seconds, history)."""
     recipe = MODELS[name]
     settings = trainer_module.TrainerSettings(model=recipe.model, loss=recipe.loss, sample_routing=recipe.sample_routing,
-                                              epochs=epochs, seed=seed)
+                                              seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
     start = time.perf_counter()
     scorer, history = trainer_module.train(settings, inputs.model_inputs, inputs.train, inputs.eval,
                                     os.path.join(log_dir, f"{name}-seed{seed}"))
@@ -227,15 +232,13 @@ def warm_up(inputs: Inputs, log_dir: str, requests: int = 32) -> None:
     """One short, untimed training on a few requests: the first training in a process pays
     TensorFlow's one-off set-up (kernels, tracing machinery), which would otherwise be billed to
     whichever model is timed first (measured: about 15 s on 2 cores, doubling a light model's time)."""
-    batcher = request_batches.RequestBatcher(inputs.eval, batch_size=1)
-    rows = np.concatenate(batcher.requests[:requests])
-    subset = {k: v[rows] for k, v in inputs.eval.items()}
-    trainer_module.train(trainer_module.TrainerSettings(model=LIGHT, loss="mixed_bce"), inputs.model_inputs,
+    subset = dataclasses.replace(inputs.eval, requests=requests)
+    trainer_module.train(trainer_module.TrainerSettings(model=LIGHT, loss="mixed_bce", max_epochs=1), inputs.model_inputs,
                          subset, subset, os.path.join(log_dir, "warm_up"))
 
 
 def _logged_columns(inputs: Inputs):
-    e = inputs.eval
+    e = inputs.eval_columns
     return (e[transformed.REQUEST_KEY], e[transformed.LABEL].astype(np.int64),
             np.asarray(c.SAMPLE_GROUPS)[e[transformed.SAMPLE_GROUP].astype(np.int64)])
 
@@ -252,7 +255,7 @@ def variant_scores(variant: Variant, probs: dict[str, np.ndarray], request) -> n
     return cascade_scores(request, probs[variant.light], probs[variant.heavy], variant.route_fraction)
 
 
-def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Variant], ks, log_dir: str,
+def run_seed(seed: int, max_epochs: int | None, inputs: Inputs, tft_layer, chosen: list[Variant], ks, log_dir: str,
              progress) -> dict:
     """Trains every model once with `seed` and evaluates every variant; returns
     {"models": {name: {seconds, per_source_auc, gradient_conflict}}, "metrics": {variant: {...}},
@@ -264,10 +267,10 @@ def run_seed(seed: int, epochs: int, inputs: Inputs, tft_layer, chosen: list[Var
     models, keras, logged_probs, funnel_probs = {}, {}, {}, {}
     for name in needed:
         progress.set_postfix_str(f"seed {seed}: training {name}")
-        scorer, seconds, history = train_model(name, seed, epochs, inputs, log_dir)
+        scorer, seconds, history = train_model(name, seed, max_epochs, inputs, log_dir)
         models[name] = {"seconds": seconds, **history}
         keras[name] = scorer
-        logged_probs[name] = tf.sigmoid(training.predict_logits(scorer, inputs.eval)).numpy().astype(np.float64)
+        logged_probs[name] = tf.sigmoid(training.score_records(training.predictor(scorer), inputs.eval)).numpy().astype(np.float64)
         if inputs.funnel is not None:
             model = MODELS[name].model
             serving = Serving(inputs, tft_layer, **{model: scorer})
@@ -338,7 +341,7 @@ def machine() -> dict:
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
 
 
-def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, epochs: int = 1,
+def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, max_epochs: int | None = None,
               route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS,
               latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
               progress: bool = True) -> dict:
@@ -350,8 +353,8 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ValueError("at least one seed is needed")
-    if epochs < 1 or latency_requests < 1:
-        raise ValueError(f"epochs and latency_requests must be >= 1, got {epochs} and {latency_requests}")
+    if (max_epochs is not None and max_epochs < 1) or latency_requests < 1:
+        raise ValueError(f"max_epochs and latency_requests must be >= 1, got {max_epochs} and {latency_requests}")
     if not route_fractions or not all(0.0 < f <= 1.0 for f in route_fractions):
         raise ValueError(f"route fractions must be in (0, 1], got {list(route_fractions)}")
     ks = tuple(sorted(set(int(k) for k in ks)))
@@ -378,7 +381,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
         with tqdm(total=len(seeds) * len(needed), desc="benchmark trainings", unit="model",
                   disable=not progress) as bar:
             for seed in seeds:
-                seed_result = run_seed(seed, epochs, inputs, tft_layer, chosen, ks, log_dir, bar)
+                seed_result = run_seed(seed, max_epochs, inputs, tft_layer, chosen, ks, log_dir, bar)
                 if compute is None:
                     bar.set_postfix_str("measuring FLOPs and latency")
                     compute = measure_compute(inputs, tft_layer, seed_result["keras"], chosen, latency_requests)
@@ -386,7 +389,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
                 per_seed.append({"seed": seed, **seed_result})
         result = ev.jsonable({
             "data": os.path.abspath(data_dir), "run": os.path.abspath(run_dir), "eval_day": inputs.eval_day,
-            "seeds": seeds, "epochs": epochs, "ks": list(ks), "funnel": inputs.funnel is not None,
+            "seeds": seeds, "max_epochs": max_epochs or trainer_module.TrainerSettings().max_epochs, "ks": list(ks), "funnel": inputs.funnel is not None,
             "variants": [dataclasses.asdict(v) for v in chosen], "models": {k: dataclasses.asdict(r)
                                                                            for k, r in MODELS.items()},
             "summary": summarise(per_seed, chosen), "compute": compute, "per_seed": per_seed,

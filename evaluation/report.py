@@ -308,7 +308,8 @@ def write_benchmark_report(result: dict, out_dir: str) -> None:
     lines = [
         "# HAP benchmark", "",
         f"- data: `{result['data']}` (eval day {result['eval_day']}); pipeline run: `{result['run']}`",
-        f"- seeds {result['seeds']}, {result['epochs']} epoch(s) per model; mean ± std (population) over seeds",
+        f"- seeds {result['seeds']}, epochs chosen by validation (at most {result['max_epochs']}) per model; "
+        "mean ± std (population) over seeds",
         f"- machine: {machine['cpus']} CPUs, {'GPU ' + ', '.join(machine['gpus']) if machine['gpus'] else 'no GPU'}; "
         f"load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])} at the "
         f"start, {', '.join(f'{x:.2f}' for x in machine['load_average_at_end'])} at the end",

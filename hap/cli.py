@@ -73,7 +73,7 @@ def _derive_schema(args) -> int:
 
 
 def _run(args) -> int:
-    from hap.pipeline import local_runner
+    from hap.pipeline import local_runner, run_report
 
     overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
     start = time.time()
@@ -82,6 +82,10 @@ def _run(args) -> int:
                      heavy_trainer={**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
                      beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
     print(f"pipeline finished in {time.time() - start:.0f}s; outputs under {os.path.abspath(args.out)}")
+    for model, trained in run_report.training_summary(args.out).items():
+        aucs = ", ".join(f"{name.removeprefix('auc_')} {value:.3f}" for name, value in trained["auc"].items())
+        print(f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation ({aucs}); "
+              + ("blessed" if trained["blessed"] else "NOT blessed (see README, \"When a model is not blessed\")"))
     print(f"TensorBoard: hap tensorboard {args.out}")
     served = os.path.join(args.out, "serving", "hap")
     if os.path.isdir(served):

@@ -9,10 +9,11 @@ and a multi-worker job alike:
 - otherwise the default strategy (one CPU or one GPU: there is nothing to all-reduce).
 
 Batches must hold whole requests (the contrastive losses compare each positive with its own
-request's negatives), so the input is not split by tf.distribute's automatic batch splitting.
-Every worker packs the epoch's requests into per-replica batches the same way (same seed), and
-each replica takes its own batches: replica k of N takes batches k, k + N, k + 2N, ... The last
-step is padded with empty batches so every replica runs every step, as collective ops require.
+request's negatives), so the input is not split by tf.distribute's automatic batch splitting:
+each worker's input pipeline reads its own share of the request records (by files, or by
+records when the files do not divide evenly; models/request_records.py) and hands whole-request
+batches to its replicas in turn. The input repeats and every epoch has the same number of
+steps on every worker, as collective ops require.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import tempfile
 
 import tensorflow as tf
 
-from hap.models import request_batches
+from hap.models import request_records
 
 MULTI_WORKER, MIRRORED, DEFAULT = "multi_worker_mirrored", "mirrored", "default"
 _WORKER_TASKS = ("chief", "worker")
@@ -91,14 +92,12 @@ def per_replica_batch_size(batch_size: int, num_replicas: int) -> int:
     return max(1, -(-batch_size // num_replicas))
 
 
-def request_dataset(strategy: tf.distribute.Strategy, batcher: request_batches.RequestBatcher, epochs: int):
-    """`epochs` passes of whole-request batches, each replica getting batches of its own."""
-    total = strategy.num_replicas_in_sync
+def request_dataset(strategy: tf.distribute.Strategy, records: request_records.RequestRecords, requests_per_batch: int,
+                    shuffle_requests: int, seed: int):
+    """Endless shuffled whole-request batches, each replica getting batches of its own."""
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        # One input pipeline per worker; it feeds that worker's replicas in turn.
-        local = total // context.num_input_pipelines
-        first = context.input_pipeline_id * local
-        return batcher.dataset(epochs, num_replicas=total, replicas=range(first, first + local))
+        return records.dataset(requests_per_batch, shuffle_requests=shuffle_requests, seed=seed, repeat=True,
+                               num_shards=context.num_input_pipelines, shard=context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(dataset_fn)

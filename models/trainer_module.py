@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from hap.data.sample_routing import LIGHT, SampleRouting, routing_of
-from hap.models import distribute, heavy, light, losses, preprocessing, request_batches, training, transformed
+from hap.data.sample_routing import LIGHT, MEAN_AUC, SampleRouting, routing_of
+from hap.models import distribute, heavy, light, losses, preprocessing, request_records, training, transformed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +27,26 @@ class TrainerSettings:
     """model: which model to train, "light" or "heavy".
     sample_routing: whose `SampleRouting` to train it with (default: its own). Training the heavy
     model with the light one's routing is the benchmark's uniform-scaling baseline: the heavy
-    architecture as a one-stage pre-ranker on every sample group."""
+    architecture as a one-stage pre-ranker on every sample group.
+    max_epochs, patience: the epoch is chosen by validation. After each epoch the eval split's
+    mean per-source AUC (over the model's contrasts) is measured; training stops once it has not
+    improved for `patience` epochs, or after `max_epochs`, and the best epoch's weights are kept.
+    No dataset-specific epoch count: the simulator's models peak after 1-3 epochs, sparser data
+    needs more (README, "Training").
+    batch_size: samples per batch on average, filled with whole requests.
+    shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory.
+    conflict_budget: the share of training time the gradient-conflict probe may take."""
 
     model: str = LIGHT
     loss: str = "ghcl"
-    epochs: int = 1
-    batch_size: int = 1024          # samples per batch, filled with whole requests
+    max_epochs: int = 10
+    patience: int = 2
+    batch_size: int = 1024
     learning_rate: float = 2e-3
     temperature: float = losses.DEFAULT_TEMPERATURE
     seed: int = 0
-    conflict_every_n_steps: int = 10
+    shuffle_requests: int = 10_000
+    conflict_budget: float = 0.05
     sample_routing: str = ""
 
     def __post_init__(self):
@@ -44,6 +54,9 @@ class TrainerSettings:
         routing_of(self.sample_routing or self.model)
         if self.loss not in losses.LOSS_NAMES:
             raise ValueError(f"loss must be one of {losses.LOSS_NAMES}, got {self.loss!r}")
+        for name in ("max_epochs", "patience", "batch_size", "shuffle_requests"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
     @property
     def routing(self) -> SampleRouting:
@@ -65,45 +78,56 @@ def build_scorer(model: str, model_inputs: transformed.ModelInputs) -> tf.keras.
     return light.LightModel(model_inputs) if model == LIGHT else heavy.HeavyModel(model_inputs)
 
 
-def _keep_groups(arrays: dict[str, np.ndarray], groups: tuple[str, ...]) -> dict[str, np.ndarray]:
-    wanted = [transformed.GROUP_INDEX[g] for g in groups]
-    keep = np.isin(arrays[transformed.SAMPLE_GROUP], wanted)
-    return {k: v[keep] for k, v in arrays.items()}
-
-
-def _probe(arrays: dict[str, np.ndarray], requests: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
-    """A fixed batch of whole requests for the gradient-conflict signal."""
-    batcher = request_batches.RequestBatcher(arrays, batch_size=1, seed=seed)
-    chosen = np.concatenate(batcher.requests[: min(requests, batcher.num_requests)])
-    return {k: v[chosen] for k, v in arrays.items()}
-
-
-def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, train_arrays, eval_arrays, log_dir: str,
-          strategy: tf.distribute.Strategy | None = None):
-    """Trains a scorer (with `strategy`, default: the current one); returns it with the
-    per-epoch AUCs and gradient-conflict history."""
-    strategy = strategy or tf.distribute.get_strategy()
-    tf.keras.utils.set_random_seed(settings.seed)
-    routing = settings.routing
-    train_arrays = _keep_groups(train_arrays, routing.trains_on)
+def compiled_trainer(settings: TrainerSettings, model_inputs: transformed.ModelInputs,
+                     strategy: tf.distribute.Strategy) -> training.RoutedTrainer:
+    """The scorer of `settings.model` wrapped with its loss and optimizer, under `strategy`."""
     with strategy.scope():
         scorer = build_scorer(settings.model, model_inputs)
         extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
-        loss_fn = losses.make_loss(settings.loss, routing, **extra)
-        model = training.RoutedTrainer(scorer, loss_fn)
+        model = training.RoutedTrainer(scorer, losses.make_loss(settings.loss, settings.routing, **extra))
         model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate))
-    batch_size = distribute.per_replica_batch_size(settings.batch_size, strategy.num_replicas_in_sync)
-    batcher = request_batches.RequestBatcher(train_arrays, batch_size, seed=settings.seed)
-    auc_cb = training.PerSourceAUC(scorer, eval_arrays, log_dir)
+    return model
+
+
+def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, train_records: request_records.RequestRecords,
+          eval_records: request_records.RequestRecords, log_dir: str, strategy: tf.distribute.Strategy | None = None):
+    """Trains a scorer (with `strategy`, default: the current one) on streamed request records;
+    returns it with its history: per-epoch AUCs, the chosen epoch, the gradient-conflict samples,
+    and where the time went (`seconds` in all: the steps, as `conflict_cost["train_seconds"]`,
+    the per-epoch evaluation `eval_seconds`, the probe)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    tf.keras.utils.set_random_seed(settings.seed)
+    routing = settings.routing
+    train_records = train_records.only(routing.trains_on)
+    model = compiled_trainer(settings, model_inputs, strategy)
+    scorer, loss_fn = model.scorer, model.loss_fn
+    replicas = strategy.num_replicas_in_sync
+    requests_per_batch = train_records.requests_per_batch(distribute.per_replica_batch_size(settings.batch_size, replicas))
+    auc_cb = training.PerSourceAUC(scorer, eval_records, log_dir, contrasts=routing.contrasts)
+    stopping = tf.keras.callbacks.EarlyStopping(monitor=f"val_{MEAN_AUC}", mode="max", patience=settings.patience,
+                                                restore_best_weights=True)
     conflict_cb = training.GradientConflict(
-        scorer, loss_fn, _probe(train_arrays, seed=settings.seed), log_dir,
-        every_n_steps=settings.conflict_every_n_steps,
-        negative_groups=routing.contrasts)
-    model.fit(distribute.request_dataset(strategy, batcher, settings.epochs), epochs=settings.epochs,
-              steps_per_epoch=batcher.steps_per_epoch(strategy.num_replicas_in_sync),
-              callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=20), auc_cb, conflict_cb],
+        scorer, loss_fn, next(iter(train_records.dataset(PROBE_REQUESTS))), log_dir,
+        budget=settings.conflict_budget, negative_groups=routing.contrasts)
+    start = time.perf_counter()
+    model.fit(distribute.request_dataset(strategy, train_records, requests_per_batch,
+                                         shuffle_requests=settings.shuffle_requests, seed=settings.seed),
+              epochs=settings.max_epochs, steps_per_epoch=train_records.steps(requests_per_batch, replicas),
+              # PerSourceAUC first: it puts the AUCs into the logs that EarlyStopping reads.
+              callbacks=[auc_cb, stopping, tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=20), conflict_cb],
               verbose=2)
-    return scorer, {"per_source_auc": auc_cb.history, "gradient_conflict": conflict_cb.history}
+    seconds = time.perf_counter() - start
+    best_epoch = stopping.best_epoch + 1
+    with tf.summary.create_file_writer(f"{log_dir}/per_source_auc").as_default(step=best_epoch):
+        tf.summary.scalar("chosen_epoch", best_epoch)
+    return scorer, {"per_source_auc": auc_cb.history, "chosen_epoch": best_epoch, "epochs_run": len(auc_cb.history),
+                    "seconds": seconds, "eval_seconds": auc_cb.seconds, "gradient_conflict": conflict_cb.history,
+                    "conflict_cost": conflict_cb.cost}
+
+
+# Requests in the fixed gradient-conflict probe batch (a few thousand samples at the contract's
+# request sizes): enough for every source to have samples, small next to an epoch.
+PROBE_REQUESTS = 64
 
 
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:
@@ -129,9 +153,9 @@ def run_fn(fn_args) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     model_inputs = transformed.ModelInputs.from_transform_output(features, tft_output)
     feature_spec = tft_output.transformed_feature_spec()
-    train_arrays = request_batches.load_split(fn_args.train_files, feature_spec)
-    eval_arrays = request_batches.load_split(fn_args.eval_files, feature_spec)
-    scorer, history = train(settings, model_inputs, train_arrays, eval_arrays, model_run_dir, strategy)
+    train_records = request_records.RequestRecords.from_split(fn_args.train_files, feature_spec, features)
+    eval_records = request_records.RequestRecords.from_split(fn_args.eval_files, feature_spec, features)
+    scorer, history = train(settings, model_inputs, train_records, eval_records, model_run_dir, strategy)
     export(scorer, tft_output, distribute.output_dir(fn_args.serving_model_dir, tf_config))
     with tf.io.gfile.GFile(os.path.join(model_run_dir, "training_history.json"), "w") as f:
         json.dump({"settings": dataclasses.asdict(settings), **history}, f, indent=1)

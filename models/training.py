@@ -5,8 +5,9 @@ minimises the configured loss (GHCL or a baseline, see losses.make_loss), tracki
 term. Two callbacks write what a recommender engineer wants to see in TensorBoard:
 
 - `PerSourceAUC`: after each epoch, the AUC of exposed positives against each negative source
-  (EN, RN, PRN, GN) on the eval split, and their mean.
-- `GradientConflict`: every `every_n_steps` steps, on a fixed probe batch, the cosine similarity
+  (EN, RN, PRN, GN) on the eval split, and the mean over the model's contrasts, which early
+  stopping watches.
+- `GradientConflict`: within a budget of training time, on a fixed probe batch, the cosine similarity
   between the gradients, with respect to the scorer's parameters (all shared by the sources),
   of the per-source losses. The per-source loss of source g is the training loss restricted to
   the positives and the negatives of g, so the same signal is defined for every loss and the
@@ -16,6 +17,7 @@ term. Two callbacks write what a recommender engineer wants to see in TensorBoar
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -123,25 +125,38 @@ def per_source_auc(scores: np.ndarray, groups: np.ndarray, negative_groups=c.NEG
     return result
 
 
-def predict_logits(scorer: tf.keras.Model, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
-    n = len(arrays[transformed.REQUEST_KEY])
-    outputs = []
-    for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in arrays.items() if k != transformed.REQUEST_KEY}
-        outputs.append(scorer(batch, training=False).numpy())
-    return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+def predictor(scorer: tf.keras.Model):
+    """The scorer's logits as one tf.function, traced once for batches of any size."""
+    return tf.function(lambda features: scorer(features, training=False), reduce_retracing=True)
+
+
+def score_records(predict, records, requests_per_batch: int = 256) -> np.ndarray:
+    """`predict`'s (see `predictor`) logits over a split of request records, streamed, in the
+    records' order (the order of `records.columns`)."""
+    logits = [predict(batch).numpy() for batch in records.dataset(requests_per_batch)]
+    return np.concatenate(logits) if logits else np.zeros(0, np.float32)
 
 
 class PerSourceAUC(tf.keras.callbacks.Callback):
-    def __init__(self, scorer, eval_arrays: dict[str, np.ndarray], log_dir: str):
+    """After each epoch, the AUC of EP against every negative source on the eval records, streamed;
+    `auc_mean` (what early stopping watches) is the mean over the model's own `contrasts`: the
+    heavy model is not trained to tell positives from PRN or GN, so those do not pick its epoch."""
+
+    def __init__(self, scorer, eval_records, log_dir: str, contrasts=c.NEGATIVE_GROUPS):
         super().__init__()
-        self.scorer = scorer
-        self.eval_arrays = eval_arrays
+        self.predict = predictor(scorer)
+        self.eval_records = eval_records
+        self.groups = eval_records.columns((transformed.SAMPLE_GROUP,))[transformed.SAMPLE_GROUP]
+        self.contrasts = tuple(contrasts)
         self.writer = tf.summary.create_file_writer(f"{log_dir}/per_source_auc")
         self.history: list[dict[str, float]] = []
+        self.seconds = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        result = per_source_auc(predict_logits(self.scorer, self.eval_arrays), self.eval_arrays[transformed.SAMPLE_GROUP])
+        start = time.perf_counter()
+        result = per_source_auc(score_records(self.predict, self.eval_records), self.groups)
+        self.seconds += time.perf_counter() - start
+        result[MEAN_AUC] = float(np.nanmean([result[contrast_metric(g)] for g in self.contrasts]))
         self.history.append(result)
         with self.writer.as_default(step=epoch):
             for name, value in result.items():
@@ -151,23 +166,41 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
 
 
 class GradientConflict(tf.keras.callbacks.Callback):
-    def __init__(self, scorer, loss_fn, probe: dict[str, np.ndarray], log_dir: str, every_n_steps: int = 20,
+    """Cosines between per-source gradients on a fixed probe batch, sampled within a time budget.
+
+    One tf.function computes the gradient of the loss restricted to the probe's positives and
+    one source's negatives, the source chosen by a boolean mask over the probe (a fixed shape),
+    so it is traced once, not once per source. A probe runs after a step whenever the time spent
+    probing is at most `budget` times the time spent training; the one-off tracing is not counted
+    against the budget (it is reported as `trace_seconds`), so the share of training time that
+    sampling costs stays near `budget` on any hardware and data size."""
+
+    def __init__(self, scorer, loss_fn, probe: dict, log_dir: str, budget: float = 0.05,
                  negative_groups=c.NEGATIVE_GROUPS):
         super().__init__()
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"the gradient-conflict budget must be in (0, 1], got {budget}")
         self.scorer = scorer
         self.loss_fn = loss_fn
-        self.every_n_steps = every_n_steps
+        self.budget = budget
         self.writer = tf.summary.create_file_writer(f"{log_dir}/gradient_conflict")
-        groups = probe[transformed.SAMPLE_GROUP]
-        self.sub_batches = {}
+        self.probe = {k: tf.constant(v) for k, v in probe.items()}
+        groups = np.asarray(probe[transformed.SAMPLE_GROUP])
+        positives = groups == transformed.GROUP_INDEX[c.EP]
+        self.masks = {}
         for g in negative_groups:
-            keep = (groups == transformed.GROUP_INDEX[c.EP]) | (groups == transformed.GROUP_INDEX[g])
-            if (groups[keep] == transformed.GROUP_INDEX[g]).any() and (groups[keep] == transformed.GROUP_INDEX[c.EP]).any():
-                self.sub_batches[g] = {k: tf.constant(v[keep]) for k, v in probe.items()}
+            negatives = groups == transformed.GROUP_INDEX[g]
+            if positives.any() and negatives.any():
+                self.masks[g] = tf.constant(positives | negatives)
+        self._masked_gradient = tf.function(self._replica_gradient,
+                                             input_signature=[tf.TensorSpec([len(groups)], tf.bool)])
         self.history: list[dict[str, float]] = []
+        self.cost = {"probes": 0, "probe_seconds": 0.0, "trace_seconds": 0.0, "train_seconds": 0.0}
         self._step = 0
+        self._step_start = 0.0
 
-    def _gradient(self, batch) -> tf.Tensor:
+    def _gradient(self, keep) -> tf.Tensor:
+        batch = {k: tf.boolean_mask(v, keep) for k, v in self.probe.items()}
         with tf.GradientTape() as tape:
             ids, num_requests = losses.dense_request_ids(batch[transformed.REQUEST_KEY])
             logits = self.scorer(batch, training=False)
@@ -176,26 +209,31 @@ class GradientConflict(tf.keras.callbacks.Callback):
         grads = tape.gradient(loss, self.scorer.trainable_variables)
         return tf.concat([tf.reshape(g, [-1]) for g in grads if g is not None], axis=0)
 
-    @tf.function(reduce_retracing=True)
-    def _probe_gradient(self, batch) -> tf.Tensor:
+    def _replica_gradient(self, keep) -> tf.Tensor:
         # Distributed variables are differentiable only in a replica context; every replica
         # computes the same gradient of the probe, so the first replica's is kept.
         strategy = tf.distribute.get_strategy()
-        return strategy.experimental_local_results(strategy.run(self._gradient, args=(batch,)))[0]
+        return strategy.experimental_local_results(strategy.run(self._gradient, args=(keep,)))[0]
 
     def measure(self) -> dict[str, float]:
-        grads = {g: self._probe_gradient(b) for g, b in self.sub_batches.items()}
-        result = {}
-        for a, b in itertools.combinations(grads, 2):
-            cos = tf.reduce_sum(grads[a] * grads[b]) / (tf.norm(grads[a]) * tf.norm(grads[b]) + 1e-12)
-            result[f"cos_{a}_{b}"] = float(cos)
+        grads = {g: self._masked_gradient(mask) for g, mask in self.masks.items()}
+        result = {f"cos_{a}_{b}": float(tf.reduce_sum(grads[a] * grads[b]) / (tf.norm(grads[a]) * tf.norm(grads[b]) + 1e-12))
+                  for a, b in itertools.combinations(grads, 2)}
         if result:
             result["cos_mean"] = float(np.mean(list(result.values())))
         return result
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.perf_counter()
+
     def on_train_batch_end(self, batch, logs=None):
-        if self._step % self.every_n_steps == 0 and len(self.sub_batches) > 1:
+        self.cost["train_seconds"] += time.perf_counter() - self._step_start
+        if len(self.masks) > 1 and self.cost["probe_seconds"] <= self.budget * self.cost["train_seconds"]:
+            start = time.perf_counter()
             result = self.measure()
+            spent = time.perf_counter() - start
+            self.cost["trace_seconds" if self.cost["probes"] == 0 else "probe_seconds"] += spent
+            self.cost["probes"] += 1
             self.history.append({"step": self._step, **result})
             with self.writer.as_default(step=self._step):
                 for name, value in result.items():

@@ -11,12 +11,16 @@ VOCAB_TOP_K = 100_000             # larger vocabularies keep their most frequent
 # blessed model exists) does not fall more than AUC_TOLERANCE below the blessed one.
 AUC_TOLERANCE = 0.01
 
-LIGHT_TRAINER = {"loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
-HEAVY_TRAINER = {"loss": "ghcl", "epochs": 1, "batch_size": 1024, "learning_rate": 2e-3}
+# Epochs are chosen by validation (models/trainer_module.TrainerSettings: max_epochs, patience).
+LIGHT_TRAINER = {"loss": "ghcl", "batch_size": 1024, "learning_rate": 2e-3}
+HEAVY_TRAINER = {"loss": "ghcl", "batch_size": 1024, "learning_rate": 2e-3}
 
 # Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
 # hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.
 BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# Per component, what the measurement chose (README, "Beam: in-memory or multi-process"); added
+# after BEAM_PIPELINE_ARGS, so they win on this machine's DirectRunner and are ignored by others.
+COMPONENT_BEAM_ARGS: dict[str, list[str]] = {}
 # On a cluster (`hap compile kubeflow`) a component has its pod to itself: one Beam worker process
 # per core (0 = multiprocessing.cpu_count(), the node's cores, not the pod's CPU limit: on shared
 # nodes pass the pod's count). `--beam-arg` swaps in Dataflow, Flink or Spark (docs/deploying.md).

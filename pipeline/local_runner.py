@@ -71,7 +71,8 @@ def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
 
 def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
           auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
-          enable_cache: bool = True, eval_days: int = configs.EVAL_DAYS) -> tfx.dsl.Pipeline:
+          component_beam_args: dict | None = None, enable_cache: bool = True,
+          eval_days: int = configs.EVAL_DAYS) -> tfx.dsl.Pipeline:
     """The pipeline over a dataset on this machine's file system, with the layout above; the
     Airflow DAG (pipeline/airflow_dag.py) runs the same one."""
     data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
@@ -93,6 +94,7 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(out_dir, "metadata.sqlite")),
         beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
+        component_beam_args=configs.COMPONENT_BEAM_ARGS if component_beam_args is None else component_beam_args,
         enable_cache=enable_cache,
     )
 

@@ -8,12 +8,14 @@ from typing import Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import base_beam_component
 from tfx.types import Channel
 from tfx.types.standard_artifacts import Model, ModelBlessing
 
 from hap.components.anomaly_gate.component import AnomalyGate
 from hap.components.cascade_assembler.component import CascadeAssembler
 from hap.components.contract_example_gen.component import ContractExampleGen
+from hap.components.request_grouper.component import RequestGrouper
 from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
@@ -83,8 +85,12 @@ def create_pipeline(
     cascade: CascadeSettings = CascadeSettings(),
     metadata_connection_config=None,
     beam_pipeline_args: Optional[list[str]] = None,
+    component_beam_args: Optional[dict[str, list[str]]] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
+    """`component_beam_args`: Beam arguments added to some components' (by id, e.g.
+    {"Transform": ["--direct_running_mode=multi_processing"]}) after `beam_pipeline_args`, so
+    they win; an id that is not a Beam component of the pipeline is an error naming it."""
     model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
                     preprocessing.CODE_FINGERPRINT: code_fingerprint()}
     example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days)
@@ -102,7 +108,9 @@ def create_pipeline(
         # statistics would double its run time for numbers nobody reads.
         disable_statistics=True)
     transform.add_upstream_node(gate)
-    components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform]
+    # The Trainers stream whole requests; the Evaluators read Transform's per-sample examples.
+    grouper = RequestGrouper(examples=transform.outputs["transformed_examples"], custom_config=model_config)
+    components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform, grouper]
     trained = {}
 
     for model, settings in ((LIGHT, light_trainer), (HEAVY, heavy_trainer)):
@@ -110,7 +118,7 @@ def create_pipeline(
         TrainerSettings.from_config(trainer_config)  # a bad setting fails here, not in the Trainer
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
-            examples=transform.outputs["transformed_examples"],
+            examples=grouper.outputs["request_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             custom_config=trainer_config,
@@ -143,6 +151,13 @@ def create_pipeline(
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(serving_model_dir, model_name))))
     components += [assembler, pusher]
+
+    beam_components = {node.id: node for node in components if isinstance(node, base_beam_component.BaseBeamComponent)}
+    for component_id, args in (component_beam_args or {}).items():
+        if component_id not in beam_components:
+            raise ValueError(f"component_beam_args: {component_id!r} is not a Beam component of the pipeline; "
+                             f"those are {sorted(beam_components)}")
+        beam_components[component_id].with_beam_pipeline_args(args)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

@@ -2,12 +2,14 @@
 the artifacts the components produced."""
 from __future__ import annotations
 
+import json
 import os
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
+from hap.data.sample_routing import MODELS
 from hap.pipeline import configs
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
@@ -43,6 +45,16 @@ def latest_by_node(out_dir: str) -> dict[str, dict]:
     return latest
 
 
+def latest_execution_property(out_dir: str, node: str, name: str) -> str:
+    """An execution property (e.g. "custom_config") of the newest execution of the component `node`."""
+    store = _store(out_dir)
+    context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
+    executions = store.get_executions_by_context(context.id) if context else []
+    if not executions:
+        raise FileNotFoundError(f"{out_dir}: its ML Metadata records no execution of {node}")
+    return max(executions, key=lambda e: e.id).custom_properties[name].string_value
+
+
 def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_pb2.Artifact:
     """The newest (highest id) LIVE artifact of type `type_name` (e.g. "TransformGraph", "Model")
     that the component `node` (its id in the pipeline, e.g. "Transform", "Trainer_light") output
@@ -60,3 +72,18 @@ def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_p
         raise FileNotFoundError(f"{out_dir}: its ML Metadata records no {type_name} output of {node}; "
                                 f"is it a `hap run` output that got past {node}?")
     return max(artifacts, key=lambda a: a.id)
+
+
+def training_summary(out_dir: str) -> dict[str, dict]:
+    """Per model: the epoch validation chose, the epochs run, the eval AUCs at the chosen epoch
+    (from the Trainer's training_history.json) and whether its Evaluator blessed it."""
+    summary = {}
+    for model in MODELS:
+        run_dir = latest_artifact(out_dir, f"Trainer_{model}", "ModelRun").uri
+        with open(os.path.join(run_dir, "training_history.json")) as f:
+            history = json.load(f)
+        blessing = latest_artifact(out_dir, f"Evaluator_{model}", "ModelBlessing")
+        summary[model] = {"chosen_epoch": history["chosen_epoch"], "epochs_run": history["epochs_run"],
+                          "auc": history["per_source_auc"][history["chosen_epoch"] - 1],
+                          "blessed": bool(blessing.custom_properties["blessed"].int_value)}
+    return summary

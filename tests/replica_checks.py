@@ -18,51 +18,27 @@ import hap  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from hap.data import contract, simulator
 from hap.data.sample_routing import routing_of
-from hap.models import distribute, losses, request_batches, trainer_module, training, transformed
+from hap.models import distribute, losses, trainer_module, training, transformed
+from synthetic_requests import model_inputs, synthetic_arrays, write_records
 
-VOCAB = 50
 # The (model, loss) stepped on both sides: GHCL carries harmoniser state from step to step. The
 # gathering is the same for every model and loss, and each case costs half a minute of tracing.
 MODEL, LOSS = "light", "ghcl"
-
-
-def model_inputs() -> transformed.ModelInputs:
-    features = simulator.FEATURE_SET
-    names = {transformed.vocabulary_name(f) for f in features.features if f.kind != contract.NUMERIC}
-    return transformed.ModelInputs(features, {n: VOCAB for n in names})
-
-
-def synthetic_arrays(num_requests: int, seed: int) -> dict[str, np.ndarray]:
-    """Transformed-looking rows of whole requests (3 to 11 samples, the first one a click),
-    shuffled as ExampleGen leaves them."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(3, 12, num_requests)
-    n = int(sizes.sum())
-    arrays = {}
-    for f in simulator.FEATURE_SET.features:
-        if f.kind == contract.CATEGORICAL:
-            arrays[f.name] = rng.integers(0, VOCAB, n)
-        elif f.kind == contract.NUMERIC:
-            arrays[f.name] = rng.normal(size=n).astype(np.float32)
-        else:
-            arrays[f.name] = rng.integers(0, VOCAB, (n, f.max_len))
-    groups = np.concatenate([np.r_[0, rng.integers(0, 5, s - 1)] for s in sizes]).astype(np.int64)
-    arrays[transformed.SAMPLE_GROUP] = groups
-    arrays[transformed.LABEL] = (groups == 0).astype(np.float32)
-    arrays[transformed.REQUEST_KEY] = np.concatenate([[f"r{i}".encode()] * s for i, s in enumerate(sizes)]).astype(object)
-    order = rng.permutation(n)
-    return {k: v[order] for k, v in arrays.items()}
 
 
 def step_batches(num_replicas: int = 2) -> list[list[dict[str, np.ndarray]]]:
     """Two steps of one whole-request batch per replica, of unequal sizes: the replicas' mean
     losses then differ from the step's mean loss, which the gathered loss must not."""
     arrays = synthetic_arrays(40, seed=1)
-    batcher = request_batches.RequestBatcher(arrays, batch_size=60, seed=0)
-    steps = list(batcher.step_batches(epoch=0, num_replicas=num_replicas))[:2]
-    return [[{k: v[idx] for k, v in arrays.items()} for idx in step] for step in steps]
+    keys = list(dict.fromkeys(arrays[transformed.REQUEST_KEY].tolist()))
+    # Per step, replica 0 takes 3 requests and replica 1 the next 5.
+    cuts = [(0, 3), (3, 8), (8, 11), (11, 16)]
+    parts = []
+    for start, end in cuts:
+        rows = np.isin(arrays[transformed.REQUEST_KEY], keys[start:end])
+        parts.append({k: v[rows] for k, v in arrays.items()})
+    return [parts[i:i + num_replicas] for i in range(0, len(parts), num_replicas)]
 
 
 def _initial_value(i: int, shape) -> np.ndarray:
@@ -97,12 +73,13 @@ def run_steps(strategy: tf.distribute.Strategy, steps, model: str = MODEL, loss:
             **{f"w{i}": v.numpy() for i, v in enumerate(scorer.trainable_variables)}}
 
 
-def local_request_batches(strategy, arrays, batch_size: int) -> list[list[bytes]]:
+def local_request_batches(strategy, records, requests_per_batch: int) -> list[list[bytes]]:
     """The request keys of each batch this process's replicas get from `request_dataset`, step by
-    step (one list per local replica per step), for one epoch."""
-    batcher = request_batches.RequestBatcher(arrays, batch_size, seed=0)
+    step (one list per local replica per step), for one epoch's steps."""
+    steps = records.steps(requests_per_batch, strategy.num_replicas_in_sync)
+    dataset = distribute.request_dataset(strategy, records, requests_per_batch, shuffle_requests=16, seed=0)
     seen = []
-    for step in distribute.request_dataset(strategy, batcher, epochs=1):
+    for step, _ in zip(dataset, range(steps)):
         for local in strategy.experimental_local_results(step):
             seen.append(local[transformed.REQUEST_KEY].numpy().tolist())
     return seen
@@ -115,11 +92,12 @@ def _mirrored(out: str) -> None:
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {"default_replicas": default.num_replicas_in_sync, "replicas": strategy.num_replicas_in_sync,
               **run_steps(strategy, step_batches())}
-    arrays = synthetic_arrays(30, seed=2)
-    result["batches"] = json.dumps([[k.decode() for k in keys] for keys in local_request_batches(strategy, arrays, 40)])
-    settings = trainer_module.TrainerSettings(model="light", batch_size=80, conflict_every_n_steps=1)
-    _, history = trainer_module.train(settings, model_inputs(), arrays, synthetic_arrays(10, seed=3),
-                               out + ".logs", strategy)
+    records = write_records(out + ".records", synthetic_arrays(30, seed=2))
+    result["batches"] = json.dumps([[k.decode() for k in keys] for keys in local_request_batches(strategy, records, 4)])
+    settings = trainer_module.TrainerSettings(model="light", batch_size=80, max_epochs=1, conflict_budget=1.0)
+    _, history = trainer_module.train(settings, model_inputs(), records,
+                                      write_records(out + ".records", synthetic_arrays(10, seed=3), split="eval"),
+                                      out + ".logs", strategy)
     result["history"] = json.dumps(history)
     np.savez(out, **result)
 
@@ -129,7 +107,8 @@ def _multi_worker(out: str) -> None:
     strategy = distribute.strategy_for(tf_config)
     result = {"multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
               "chief": distribute.is_chief(tf_config), **run_steps(strategy, step_batches())}
-    keys = local_request_batches(strategy, synthetic_arrays(30, seed=2), 40)
+    records = write_records(out + ".records", synthetic_arrays(30, seed=2))
+    keys = local_request_batches(strategy, records, 4)
     result["batches"] = json.dumps([[k.decode() for k in batch] for batch in keys])
     np.savez(out, **result)
 

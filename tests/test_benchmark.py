@@ -15,7 +15,7 @@ from hap.data import contract as c
 from hap.data import reader
 from hap.evaluation import benchmark
 from hap.evaluation.defaults import DEFAULT_ROUTE_FRACTIONS
-from hap.models import heavy, light, losses, request_batches, trainer_module, transformed
+from hap.models import distribute, heavy, light, losses, trainer_module, transformed
 from hap.serving import request as rq
 from hap.serving.cascade import CascadeSettings
 
@@ -105,17 +105,17 @@ def spied_run(pipeline_run, e2e_funnel_data, tmp_path_factory, monkeypatch_modul
         seen[current["name"]]["scorer"] = scorer
         return scorer
 
-    class Batcher(request_batches.RequestBatcher):
-        def __init__(self, arrays, batch_size, seed=0):
-            super().__init__(arrays, batch_size, seed)
-            if batch_size > 1:  # not the gradient-conflict probe
-                groups = tuple(c.SAMPLE_GROUPS[g] for g in np.unique(arrays[transformed.SAMPLE_GROUP]))
-                seen[current["name"]]["groups"] = groups
+    real_request_dataset = distribute.request_dataset
+
+    def request_dataset(strategy, records, *args, **kwargs):
+        present = np.unique(records.columns((transformed.SAMPLE_GROUP,))[transformed.SAMPLE_GROUP])
+        seen[current["name"]]["groups"] = tuple(c.SAMPLE_GROUPS[g] for g in present)
+        return real_request_dataset(strategy, records, *args, **kwargs)
 
     monkeypatch_module.setattr(benchmark, "train_model", train_model)
     monkeypatch_module.setattr(losses, "make_loss", make_loss)
     monkeypatch_module.setattr(trainer_module, "build_scorer", build_scorer)
-    monkeypatch_module.setattr(request_batches, "RequestBatcher", Batcher)
+    monkeypatch_module.setattr(distribute, "request_dataset", request_dataset)
     out = str(tmp_path_factory.mktemp("benchmark") / "out")
     assert cli.main(["benchmark", "--data", e2e_funnel_data, "--run", pipeline_run, "--out", out, "--seeds", "0",
                      "--route-fractions", "0.1", "0.5", "--latency-requests", "2", "--quiet"]) == 0

@@ -75,7 +75,8 @@ def test_components_run_in_the_configured_images(compiled):
 def test_the_data_parallel_components_get_the_beam_arguments(compiled):
     beam_nodes = {n.id for n in compiled["pipeline"].components
                   if isinstance(getattr(n, "executor_spec", None), executor_spec.BeamExecutorSpec)}
-    assert {"ContractExampleGen", "StatisticsGen", "Transform", "Evaluator_light", "Evaluator_heavy"} <= beam_nodes
+    assert {"ContractExampleGen", "StatisticsGen", "Transform", "RequestGrouper", "Evaluator_light",
+            "Evaluator_heavy"} <= beam_nodes
     for node_id in beam_nodes:
         args = list(_container(compiled, node_id).args)
         assert args[-len(BEAM):] == BEAM, (node_id, args)

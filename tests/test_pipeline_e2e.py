@@ -13,12 +13,12 @@ from hap.pipeline import local_runner, run_report
 from hap.serving import request as rq
 
 EVERY_COMPONENT = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-                   "Transform", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
+                   "Transform", "RequestGrouper", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
                    "CascadeAssembler", "Pusher"}
 # What re-runs when only the models' baselines changed: evaluation, and so blessing and pushing.
 DOWNSTREAM_OF_BLESSING = {"Evaluator_light", "Evaluator_heavy", "CascadeAssembler", "Pusher"}
 ARTIFACTS = {"ContractExampleGen": "examples", "StatisticsGen": "statistics", "ExampleValidator": "anomalies",
-             "Transform": "transform_graph", "Trainer_light": "model", "Trainer_heavy": "model",
+             "Transform": "transform_graph", "RequestGrouper": "request_examples", "Trainer_light": "model", "Trainer_heavy": "model",
              "Evaluator_light": "evaluation", "Evaluator_heavy": "evaluation", "CascadeAssembler": "model"}
 
 
@@ -131,4 +131,4 @@ def test_anomalous_data_stops_the_run_before_training(e2e_data, run_pipeline, tm
     ran = run_report.latest_by_node(out)
     assert ran["ExampleValidator"]["state"] == "COMPLETE"
     assert ran["AnomalyGate"]["state"] == "FAILED"
-    assert not {"Transform", "Trainer_light", "Trainer_heavy"} & set(ran)
+    assert not {"Transform", "RequestGrouper", "Trainer_light", "Trainer_heavy"} & set(ran)

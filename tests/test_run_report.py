@@ -1,9 +1,12 @@
 """Artifacts of a finished run, found through its ML Metadata (pipeline/run_report.py)."""
+import json
 import os
 import re
 
+import numpy as np
 import pytest
 
+from conftest import QUICK_TRAINER
 from hap.pipeline import run_report
 
 
@@ -29,3 +32,19 @@ def test_a_directory_without_metadata_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metadata.sqlite"):
         run_report.latest_artifact(str(tmp_path), "Transform", "TransformGraph")
     assert not os.listdir(tmp_path), "nothing may be created in it"
+
+
+def test_training_summary_reports_the_epoch_validation_chose(pipeline_run):
+    summary = run_report.training_summary(pipeline_run)
+    assert set(summary) == {"light", "heavy"}
+    for model, trained in summary.items():
+        run_dir = run_report.latest_artifact(pipeline_run, f"Trainer_{model}", "ModelRun").uri
+        with open(os.path.join(run_dir, "training_history.json")) as f:
+            history = json.load(f)
+        means = [epoch["auc_mean"] for epoch in history["per_source_auc"]]
+        # The chosen epoch is the best of those run (ties: the first), and runs stop at max_epochs.
+        assert trained["chosen_epoch"] == int(np.nanargmax(means)) + 1
+        assert trained["epochs_run"] == len(means) <= QUICK_TRAINER["max_epochs"]
+        assert trained["auc"] == history["per_source_auc"][trained["chosen_epoch"] - 1]
+        blessing = run_report.latest_artifact(pipeline_run, f"Evaluator_{model}", "ModelBlessing")
+        assert trained["blessed"] == bool(blessing.custom_properties["blessed"].int_value)

@@ -1,0 +1,109 @@
+"""What a Trainer's time goes to: its steps' pure compute against the steps as trained.
+
+    .venv/bin/python benchmarks/training_steps.py --run RUN [--data DATA] [--epochs 3]
+
+On the request records and Transform output of a finished `hap run` (RUN), for each model:
+
+- pure compute: the compiled training step on one batch held in memory, repeated (no input
+  pipeline, no callbacks), after a warm-up epoch that traces it; ms per step;
+- streamed step: the same step fed by the real input (`distribute.request_dataset`: files,
+  shuffle buffer, parsing), no callbacks; ms per step;
+- trained: `trainer_module.train` as the Trainer runs it for `--epochs` epochs (patience set so
+  that every epoch runs), with its per-epoch streamed evaluation, the gradient-conflict probe and
+  TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
+  steps as Keras ran them (the first one traces the step), the evaluation, the probe.
+
+Prints a markdown table. Tracing is included in "trained" (it is a one-off: its share falls as
+the data grows) and reported apart from the probe's cost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import hap  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from hap.data.sample_routing import HEAVY, LIGHT
+from hap.models import distribute, preprocessing, request_records, trainer_module, transformed
+from hap.pipeline import run_report
+
+
+class _EpochTimer(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _ms_per_step(model, dataset, steps: int) -> float:
+    """ms per step of the second of two epochs (the first traces)."""
+    timer = _EpochTimer()
+    model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    return 1000.0 * timer.seconds[-1] / steps
+
+
+def measure(run_dir: str, model: str, epochs: int) -> dict:
+    tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
+    records_uri = run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
+    config = json.loads(run_report.latest_execution_property(run_dir, f"Trainer_{model}", "custom_config"))
+    features = preprocessing.feature_set_from_config(config)
+    spec = tft_output.transformed_feature_spec()
+    train_records, eval_records = (request_records.RequestRecords.from_split(
+        os.path.join(records_uri, f"Split-{split}", "*"), spec, features) for split in ("train", "eval"))
+    settings = trainer_module.TrainerSettings.from_config(
+        {**config, "max_epochs": epochs, "patience": epochs})
+    model_inputs = transformed.ModelInputs.from_transform_output(features, tft_output)
+    strategy = tf.distribute.get_strategy()
+    routed = train_records.only(settings.routing.trains_on)
+    requests_per_batch = routed.requests_per_batch(settings.batch_size)
+    steps = routed.steps(requests_per_batch)
+
+    one_batch = next(iter(routed.dataset(requests_per_batch)))
+    pure = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+                        tf.data.Dataset.from_tensors(one_batch).repeat(), steps)
+    streamed = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+                            distribute.request_dataset(strategy, routed, requests_per_batch,
+                                                       shuffle_requests=settings.shuffle_requests, seed=0), steps)
+    with tempfile.TemporaryDirectory() as logs:
+        _, history = trainer_module.train(settings, model_inputs, train_records, eval_records, logs)
+    cost = history["conflict_cost"]
+    return {"model": model, "steps_per_epoch": steps, "samples_per_step": round(routed.mean_request_size * requests_per_batch),
+            "pure_ms": pure, "streamed_ms": streamed, "epochs": history["epochs_run"], "trained_s": history["seconds"],
+            "pure_s": history["epochs_run"] * steps * pure / 1000.0, "steps_s": cost["train_seconds"],
+            "eval_s": history["eval_seconds"], "probe_s": cost["probe_seconds"],
+            "probe_trace_s": cost["trace_seconds"], "probes": cost["probes"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a finished `hap run` output directory")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the full training")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    rows = [measure(args.run, m, args.epochs) for m in (LIGHT, HEAVY)]
+    print("| model | steps/epoch | samples/step | pure compute ms/step | streamed ms/step (ratio) | epochs | "
+          "trained s | pure compute s | trained / pure | of which steps s | eval s | probe s (probes) | probe tracing s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
+              f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} | {r['trained_s']:.1f} | "
+              f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
+              f"{r['probe_s']:.2f} ({r['probes']}) | "
+              f"{r['probe_trace_s']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

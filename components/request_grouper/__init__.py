@@ -1,0 +1,1 @@
+"""RequestGrouper: Transform's per-sample examples regrouped into one record per request."""

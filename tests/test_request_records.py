@@ -1,0 +1,90 @@
+"""Request records (models/request_records.py): whole requests, sized batches, shards and shuffles."""
+import collections
+import itertools
+
+import numpy as np
+import pytest
+
+from hap.data import contract as c
+from hap.models import transformed
+from synthetic_requests import synthetic_arrays, write_records
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return synthetic_arrays(40, seed=5)
+
+
+@pytest.fixture(scope="module")
+def records(arrays, tmp_path_factory):
+    return write_records(str(tmp_path_factory.mktemp("records")), arrays, num_files=4)
+
+
+def _sizes(arrays):
+    return collections.Counter(arrays[transformed.REQUEST_KEY].tolist())
+
+
+def _batches(dataset, count=None):
+    it = dataset.as_numpy_iterator()
+    return list(it if count is None else itertools.islice(it, count))
+
+
+def test_a_pass_holds_every_request_once_and_whole(records, arrays):
+    sizes = _sizes(arrays)
+    seen = []
+    for batch in _batches(records.dataset(3)):
+        keys = collections.Counter(batch[transformed.REQUEST_KEY].tolist())
+        assert len(keys) <= 3
+        assert all(n == sizes[k] for k, n in keys.items()), "a request split or duplicated in a batch"
+        seen.extend(keys)
+    assert sorted(seen) == sorted(sizes)
+
+
+def test_context_features_are_every_candidates_again(records, arrays):
+    """The user features stored once per request come back on each of its candidates."""
+    got = records.columns((transformed.REQUEST_KEY, "u_click_seq", "c_hour"))
+    want = {k: (s, h) for k, s, h in zip(arrays[transformed.REQUEST_KEY], arrays["u_click_seq"], arrays["c_hour"])}
+    for key, seq, hour in zip(got[transformed.REQUEST_KEY], got["u_click_seq"], got["c_hour"]):
+        np.testing.assert_array_equal(seq, want[key][0])
+        assert hour == want[key][1]
+
+
+def test_batches_hold_batch_size_samples_on_average(records, arrays):
+    mean_size = len(arrays[transformed.LABEL]) / len(_sizes(arrays))
+    assert records.mean_request_size == pytest.approx(mean_size)
+    assert records.requests_per_batch(100) == round(100 / mean_size)
+    assert records.requests_per_batch(1) == 1
+    assert records.steps(7) == -(-40 // 7) and records.steps(7, num_replicas=2) == -(-40 // 14)
+    with pytest.raises(ValueError, match="batch_size"):
+        records.requests_per_batch(0)
+
+
+def test_only_keeps_the_routed_groups_in_the_graph(records, arrays):
+    hard = records.only((c.EP, c.EN, c.RN))
+    groups = np.concatenate([b[transformed.SAMPLE_GROUP] for b in _batches(hard.dataset(5))])
+    wanted = [transformed.GROUP_INDEX[g] for g in (c.EP, c.EN, c.RN)]
+    assert sorted(groups) == sorted(g for g in arrays[transformed.SAMPLE_GROUP] if g in wanted)
+    assert hard.samples == len(groups) < records.samples
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 8])  # by files (4 files), and by records when they do not divide evenly
+def test_shards_split_the_requests_between_input_pipelines(records, arrays, num_shards):
+    keys = [b[transformed.REQUEST_KEY] for shard in range(num_shards)
+            for b in _batches(records.dataset(2, num_shards=num_shards, shard=shard))]
+    per_request = collections.Counter(np.concatenate(keys).tolist())
+    assert per_request == _sizes(arrays), "every request in exactly one shard, whole"
+
+
+def test_shuffled_passes_differ_and_never_repeat_a_request_within_a_batch(records, arrays):
+    steps = records.steps(6)
+    batches = _batches(records.dataset(6, shuffle_requests=100, seed=1, repeat=True), 2 * steps)
+    orders = [[k for b in batches[i * steps:(i + 1) * steps] for k in dict.fromkeys(b[transformed.REQUEST_KEY].tolist())]
+              for i in range(2)]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(_sizes(arrays))
+    assert orders[0] != orders[1], "each pass reshuffles"
+    sizes = _sizes(arrays)
+    for batch in batches:
+        keys = collections.Counter(batch[transformed.REQUEST_KEY].tolist())
+        assert all(n == sizes[k] for k, n in keys.items())
+    again = _batches(records.dataset(6, shuffle_requests=100, seed=1, repeat=True), steps)
+    assert [b[transformed.REQUEST_KEY].tolist() for b in again] == [b[transformed.REQUEST_KEY].tolist() for b in batches[:steps]]
