@@ -4,6 +4,9 @@ A row is a dict from column to value: ids, categorical values and strings as `st
 `int`, numeric features and floats as `float` rounded to float32 (what a tf.Example holds, so CSV
 and TFRecord give equal rows), sequences as a list of `str` tokens; a missing feature is `None`
 (an empty list for a sequence). Files are read one row at a time, so memory stays flat.
+
+A plain CSV file can also be read in byte ranges by independent workers (`file_ranges`,
+`range_rows`), so one large file is not one worker's job.
 """
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ from hap.data import contract as c
 
 CSV, TFRECORD = "csv", "tfrecord"
 _SUFFIXES = {".csv": CSV, ".csv.gz": CSV, ".tfrecord.gz": TFRECORD}
+
+# The size of the byte ranges a plain CSV file is cut into: large enough that opening and seeking
+# per range is noise, small enough to spread a day's file over several workers.
+DEFAULT_RANGE_BYTES = 64 << 20
+# Block size of the byte scans that decide whether a file may be cut and count lines.
+_SCAN_BYTES = 16 << 20
 
 
 def file_format(path: str) -> str | None:
@@ -69,6 +78,13 @@ def csv_header(path: str) -> list[str]:
         return next(csv.reader(f), [])
 
 
+def _csv_row(where: str, header: list[str], values: list[str]) -> RawRow:
+    problems = []
+    if len(values) != len(header):
+        problems.append(f"{where}: {len(values)} fields where the header has {len(header)}")
+    return RawRow(where, dict(zip(header, values)), problems)
+
+
 def iter_csv(path: str) -> Iterator[RawRow]:
     with _open_text(path) as f:
         reader = csv.reader(f)
@@ -76,11 +92,7 @@ def iter_csv(path: str) -> Iterator[RawRow]:
         if header is None:
             return
         for values in reader:
-            where = f"{path}:{reader.line_num}"
-            problems = []
-            if len(values) != len(header):
-                problems.append(f"{where}: {len(values)} fields where the header has {len(header)}")
-            yield RawRow(where, dict(zip(header, values)), problems)
+            yield _csv_row(f"{path}:{reader.line_num}", header, values)
 
 
 def _tfrecord_payloads(path: str) -> Iterator[bytes]:
@@ -207,17 +219,124 @@ def parse_row(raw: RawRow, kinds: dict[str, str]) -> tuple[dict, list[tuple[str 
     return row, problems
 
 
+def _checked_row(raw: RawRow, kinds: dict[str, str]) -> tuple[dict, list[str]]:
+    """The typed row of `raw` and a message per problem that makes it unusable."""
+    row, problems = parse_row(raw, kinds)
+    bad = {column for column, _ in problems}
+    messages = [message for _, message in problems]
+    messages += [f"{raw.location}: missing required column {k!r}"
+                 for k in c.REQUIRED_COLUMNS if k not in row and k not in bad]
+    return row, messages
+
+
+def _malformed(messages: list[str]) -> c.ContractError:
+    return c.ContractError(messages + ["(`hap data validate` reports every problem of a dataset)"])
+
+
 def file_rows(path: str, kinds: dict[str, str]) -> Iterator[dict]:
     """Typed rows of one data file; ContractError at the first malformed row."""
     for raw in iter_raw(path):
-        row, problems = parse_row(raw, kinds)
-        bad = {column for column, _ in problems}
-        messages = [message for _, message in problems]
-        messages += [f"{raw.location}: missing required column {k!r}"
-                     for k in c.REQUIRED_COLUMNS if k not in row and k not in bad]
+        row, messages = _checked_row(raw, kinds)
         if messages:
-            raise c.ContractError(messages + ["(`hap data validate` reports every problem of a dataset)"])
+            raise _malformed(messages)
         yield row
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """The rows of `path` whose lines start in bytes [start, end) of it, `header` being the file's
+    CSV header; with `end` None, every row of `path`, read as `file_rows` reads it."""
+
+    path: str
+    start: int = 0
+    end: int | None = None
+    header: tuple[str, ...] = ()
+
+
+def file_ranges(path: str, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[FileRange]:
+    """`path` as ranges of `range_bytes` bytes (the last one shorter) that `range_rows` reads
+    independently of each other.
+
+    Only a plain CSV file whose lines are its records is cut. A compressed file cannot be read
+    from the middle. In a file with a quote character, which the contract does not rule out, a
+    quoted field may hold a line break, so a line need not start a record; and a carriage return
+    without a line feed after it ends a record for the csv module but not a line here. Such
+    files, and files of at most `range_bytes`, are one range. Telling them apart costs one byte
+    scan of the file, at memchr speed: far below what parsing it costs.
+    """
+    if range_bytes < 1:
+        raise ValueError(f"range_bytes must be >= 1, got {range_bytes}")
+    if not path.endswith(".csv"):
+        return [FileRange(path)]
+    size = os.path.getsize(path)
+    if size <= range_bytes or not _lines_are_records(path):
+        return [FileRange(path)]
+    header = tuple(csv_header(path))
+    return [FileRange(path, start, min(start + range_bytes, size), header)
+            for start in range(0, size, range_bytes)]
+
+
+def _lines_are_records(path: str) -> bool:
+    """Whether the CSV file has no quote character and a line feed after every carriage return."""
+    with open(path, "rb") as f:
+        while block := f.read(_SCAN_BYTES):
+            if block.endswith(b"\r"):
+                block += f.read(1)  # a "\r\n" cut by the block boundary is not a lone "\r"
+            if b'"' in block or (b"\r" in block and block.count(b"\r") != block.count(b"\r\n")):
+                return False
+    return True
+
+
+def range_rows(file_range: FileRange, kinds: dict[str, str]) -> Iterator[dict]:
+    """Typed rows of one range of `file_ranges`; ContractError at the first malformed row, which
+    names its file and line as `file_rows` does."""
+    if file_range.end is None:
+        yield from file_rows(file_range.path, kinds)
+        return
+    path, header = file_range.path, list(file_range.header)
+    with open(path, "rb") as f:
+        first = _first_line_start(f, file_range.start)
+        records = csv.reader(_lines(f, first, file_range.end))
+        for values in records:
+            row, messages = _checked_row(_csv_row(path, header, values), kinds)
+            if messages:
+                # The line is counted only now, and the messages made again with it: the range
+                # does not know how many lines precede it. Every line of a file that
+                # `file_ranges` cuts is one record.
+                line = _line_number(path, first) + records.line_num - 1
+                _, messages = _checked_row(_csv_row(f"{path}:{line}", header, values), kinds)
+                raise _malformed(messages)
+            yield row
+
+
+def _first_line_start(f, start: int) -> int:
+    """The offset of the first data line that starts at or after byte `start`, with `f` there."""
+    if start == 0:
+        return len(f.readline())  # the header
+    # The rest of the line that holds byte start - 1, which belongs to the previous range; just
+    # that byte when it is the line break before `start`.
+    f.seek(start - 1)
+    return start - 1 + len(f.readline())
+
+
+def _lines(f, offset: int, end: int) -> Iterator[str]:
+    """The lines of binary file `f`, positioned at line start `offset`, that start before `end`."""
+    while offset < end:
+        line = f.readline()
+        if not line:
+            return
+        yield line.decode("utf-8")
+        offset += len(line)
+
+
+def _line_number(path: str, offset: int) -> int:
+    """The 1-based number of the line of `path` that starts at byte `offset`."""
+    breaks = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (block := f.read(min(offset, _SCAN_BYTES))):
+            breaks += block.count(b"\n")
+            offset -= len(block)
+    return breaks + 1
 
 
 def read_rows(dataset_dir: str, part: str = c.SAMPLES_DIR,

@@ -2,8 +2,12 @@
 
 Reads `samples/` of a contract dataset (CSV or GZIP TFRecord, whatever its feature set), turns
 each row into the canonical tf.Example (data/canonical.py) and splits by day: the last
-`eval_days` days are the `eval` split, the rest `train`. Files are read one per worker with
-the project's own reader, so a malformed row fails the run with its file, line and column.
+`eval_days` days are the `eval` split, the rest `train`. Plain CSV files are cut into byte
+ranges of `range_bytes` (custom config, default reader.DEFAULT_RANGE_BYTES) that spread over the
+workers, so a day in one large file is not one worker's job; compressed files, and CSV files
+whose quoting could put a record over several lines, are one range each (reader.file_ranges).
+The project's own reader reads them, so a malformed row fails the run with its file, line and
+column.
 """
 from __future__ import annotations
 
@@ -23,9 +27,12 @@ from hap.data import contract as c
 TRAIN, EVAL = "train", "eval"
 
 
-def custom_config_proto(eval_days: int) -> example_gen_pb2.CustomConfig:
+def custom_config_proto(eval_days: int, range_bytes: int | None = None) -> example_gen_pb2.CustomConfig:
     settings = struct_pb2.Struct()
     settings.update({"eval_days": eval_days})
+    # Only when set, so that a pipeline which does not tune it keeps its execution cache.
+    if range_bytes is not None:
+        settings.update({"range_bytes": range_bytes})
     config = example_gen_pb2.CustomConfig()
     config.custom_config.Pack(settings)
     return config
@@ -56,7 +63,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.pvalue.PCollection]:
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-        eval_days = int(settings_from(exec_properties).get("eval_days", 1))
+        settings = settings_from(exec_properties)
+        eval_days = int(settings.get("eval_days", 1))
+        range_bytes = int(settings.get("range_bytes", reader.DEFAULT_RANGE_BYTES))
         features = c.load_features(input_base)
         _, files = reader.data_files(os.path.join(input_base, c.SAMPLES_DIR))
         kinds = features.column_kinds()
@@ -64,8 +73,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
         rows = (pipeline
                 | "ListFiles" >> beam.Create(files)
-                | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadRows" >> beam.FlatMap(reader.file_rows, kinds))
+                | "CutRanges" >> beam.FlatMap(reader.file_ranges, range_bytes)
+                | "SpreadRanges" >> beam.Reshuffle()
+                | "ReadRows" >> beam.FlatMap(reader.range_rows, kinds))
         last_day = rows | "Days" >> beam.Map(lambda r: r["day"]) | "LastDay" >> beam.CombineGlobally(max)
         train, evaluation = rows | "SplitByDay" >> beam.Partition(
             _split_of, 2, last_day=beam.pvalue.AsSingleton(last_day), eval_days=eval_days)

@@ -15,10 +15,10 @@ def _read_examples(split_dir):
             for r in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator()]
 
 
-def _run(dataset_dir, out_dir, eval_days=1):
+def _run(dataset_dir, out_dir, eval_days=1, range_bytes=None):
     examples = standard_artifacts.Examples()
     examples.uri = out_dir
-    gen = component.ContractExampleGen(input_base=dataset_dir, eval_days=eval_days)
+    gen = component.ContractExampleGen(input_base=dataset_dir, eval_days=eval_days, range_bytes=range_bytes)
     exec_properties = {key: gen.exec_properties[key] for key in (
         standard_component_specs.INPUT_CONFIG_KEY, standard_component_specs.OUTPUT_CONFIG_KEY,
         standard_component_specs.CUSTOM_CONFIG_KEY)}
@@ -44,22 +44,39 @@ def test_splits_by_day_into_canonical_examples(tmp_path, tiny_csv):
     assert all(v.decode().isdigit() for v in feature["u_click_seq"].bytes_list.value)
 
 
+def _serialized(examples, split):
+    return sorted(e.SerializeToString(deterministic=True)
+                  for e in _read_examples(os.path.join(examples.uri, f"Split-{split}")))
+
+
+def test_tiny_ranges_give_the_examples_of_whole_files(tmp_path, tiny_csv):
+    path = os.path.join(tiny_csv, "samples", "day-1.csv")
+    assert len(reader.file_ranges(path, 300)) > 1000
+    whole = _run(tiny_csv, str(tmp_path / "whole"))
+    ranged = _run(tiny_csv, str(tmp_path / "ranged"), range_bytes=300)
+    for split in ("train", "eval"):
+        assert _serialized(ranged, split) == _serialized(whole, split)
+
+
 def test_eval_days_moves_more_days_to_eval(tmp_path, tiny_tfrecord):
     examples = _run(tiny_tfrecord, str(tmp_path / "out"), eval_days=2)
     evaluation = _read_examples(os.path.join(examples.uri, "Split-eval"))
     assert {_day(e) for e in evaluation} == {1, 2}
 
 
-def test_a_malformed_row_fails_with_its_location(tmp_path, tiny_csv):
+# At the default range size the tiny file is one range, read whole; in ranges of 300 bytes line
+# 1201 is in a range far into the file, which has to count the lines before it.
+@pytest.mark.parametrize("line, range_bytes", [(4, None), (1201, 300)])
+def test_a_malformed_row_fails_with_its_location(tmp_path, tiny_csv, line, range_bytes):
     ds = str(tmp_path / "ds")
     shutil.copytree(tiny_csv, ds)
     path = os.path.join(ds, "samples", "day-1.csv")
     with open(path) as f:
         lines = f.readlines()
-    fields = lines[3].split(",")
+    fields = lines[line - 1].split(",")
     fields[3] = "tuesday"  # the day column
-    lines[3] = ",".join(fields)
+    lines[line - 1] = ",".join(fields)
     with open(path, "w") as f:
         f.writelines(lines)
-    with pytest.raises(Exception, match=r"day-1\.csv:4: column 'day': not an integer: 'tuesday'"):
-        _run(ds, str(tmp_path / "out"))
+    with pytest.raises(Exception, match=rf"day-1\.csv:{line}: column 'day': not an integer: 'tuesday'"):
+        _run(ds, str(tmp_path / "out"), range_bytes=range_bytes)
