@@ -4,7 +4,8 @@
                       [--cross-strength C] [--history-strength H] [--click-noise P] [--click-sparsity S]
     hap data validate DIR
     hap schema derive --features features.yaml --out schema.pbtxt
-    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--max-epochs E] [--beam-arg ARG ...]
+    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--max-epochs E] [--auc-floors JSON]
+            [--beam-arg ARG ...]
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
     hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--host 127.0.0.1]
@@ -19,6 +20,7 @@ CSV simulation start fast.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -72,20 +74,36 @@ def _derive_schema(args) -> int:
     return 0
 
 
+def _json_option(option: str, raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{option}: not JSON ({e}): {raw!r}") from None
+
+
 def _run(args) -> int:
-    from hap.pipeline import local_runner, run_report
+    from hap.data.sample_routing import contrast_metric
+    from hap.pipeline import configs, local_runner, run_report
 
     overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+    floors = configs.auc_floors_with(_json_option("--auc-floors", args.auc_floors) if args.auc_floors else {})
     start = time.time()
     local_runner.run(args.data, args.out,
                      light_trainer={**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
                      heavy_trainer={**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
-                     beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
+                     auc_floors=floors, beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
     print(f"pipeline finished in {time.time() - start:.0f}s; outputs under {os.path.abspath(args.out)}")
     for model, trained in run_report.training_summary(args.out).items():
         aucs = ", ".join(f"{name.removeprefix('auc_')} {value:.3f}" for name, value in trained["auc"].items())
-        print(f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation ({aucs}); "
-              + ("blessed" if trained["blessed"] else "NOT blessed (see README, \"When a model is not blessed\")"))
+        print(f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation ({aucs})")
+        if trained["blessed"]:
+            print("  blessed")
+            continue
+        below = [f"EP vs {g} {trained['auc'][contrast_metric(g)]:.3f} < floor {floor}"
+                 for g, floor in floors[model].items() if trained["auc"][contrast_metric(g)] < floor]
+        print("  NOT blessed: " + ("; ".join(below) if below else
+                                   f"more than {configs.AUC_TOLERANCE} below the last blessed model")
+              + " (README, \"When a model is not blessed\")")
     print(f"TensorBoard: hap tensorboard {args.out}")
     served = os.path.join(args.out, "serving", "hap")
     if os.path.isdir(served):
@@ -221,7 +239,7 @@ def _demo(args) -> int:
     print(("OK: " if report.ok else "INVALID: ") + report.summary())
     if not report.ok:
         return 1
-    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), max_epochs=None, light_loss=None,
+    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), max_epochs=None, auc_floors=None, light_loss=None,
                                    heavy_loss=None, beam_arg=None, no_cache=False))
 
 
@@ -280,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most training epochs of both models (the epoch is chosen by validation)")
     run.add_argument("--beam-arg", action="append",
                      help="a Beam pipeline argument, e.g. --beam-arg=--direct_running_mode=multi_processing")
+    run.add_argument("--auc-floors", metavar="JSON",
+                     help='relax or raise per-source AUC floors, e.g. \'{"light": {"EN": 0.5}}\'')
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     run.set_defaults(func=_run)
 

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 
@@ -48,3 +49,15 @@ def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path):
         with writer.atomic_directory(str(out), overwrite=True):
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == ["d"] and os.listdir(out) == ["old.csv"]
+
+
+@pytest.mark.parametrize("floors, message", [
+    ("{light", r"--auc-floors: not JSON"),
+    ('{"medium": {"EN": 0.5}}', r"unknown model 'medium'"),
+    ('{"heavy": {"GN": 0.5}}', r"heavy has no floor for 'GN'"),
+])
+def test_run_refuses_bad_auc_floors_before_running(tmp_path, capsys, floors, message):
+    assert cli.main(["run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                     "--auc-floors", floors]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
