@@ -18,9 +18,21 @@ HEAVY_TRAINER = {"loss": "ghcl", "batch_size": 1024, "learning_rate": 2e-3}
 # Beam in this process: TFX's own tests force in-memory running because multi-process DirectRunner
 # hung in CI; `hap run --beam-arg=...` switches to multi_processing or a distributed runner.
 BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-# Per component, what the measurement chose (README, "Beam: in-memory or multi-process"); added
-# after BEAM_PIPELINE_ARGS, so they win on this machine's DirectRunner and are ignored by others.
-COMPONENT_BEAM_ARGS: dict[str, list[str]] = {}
+# Per component, by data size, what `benchmarks/beam_throughput.py` measured on 2 cores (README,
+# "Beam: in-memory or multi-process"): on the default data (65 MB of samples) a second process
+# cost more than it gained in every component; at 3x (200 MB) it made these four 13-32% faster,
+# left ContractExampleGen even and RequestGrouper 12% slower. So above MULTI_PROCESS_MIN_BYTES
+# of samples these four run one Beam worker process per core; the rest stay in memory.
+MULTI_PROCESS_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator_light", "Evaluator_heavy")
+MULTI_PROCESS_MIN_BYTES = 128 * 2**20
+MULTI_PROCESS_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def component_beam_args(sample_bytes: int) -> dict[str, list[str]]:
+    """The local runner's per-component Beam arguments for a dataset of `sample_bytes`."""
+    if sample_bytes < MULTI_PROCESS_MIN_BYTES:
+        return {}
+    return {component: MULTI_PROCESS_ARGS for component in MULTI_PROCESS_COMPONENTS}
 # On a cluster (`hap compile kubeflow`) a component has its pod to itself: one Beam worker process
 # per core (0 = multiprocessing.cpu_count(), the node's cores, not the pod's CPU limit: on shared
 # nodes pass the pod's count). `--beam-arg` swaps in Dataflow, Flink or Spark (docs/deploying.md).

@@ -69,6 +69,17 @@ def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
     return {model: os.path.join(root, f"Trainer_{model}", "model_run") for model in MODELS}
 
 
+def _component_beam_args(data_root: str, beam_pipeline_args, component_beam_args) -> dict:
+    """The given per-component arguments; by default the measured choice for the data's size,
+    unless Beam arguments were given: they are the user's choice for every component."""
+    if component_beam_args is not None:
+        return component_beam_args
+    if beam_pipeline_args:
+        return {}
+    samples = os.path.join(data_root, c.SAMPLES_DIR)
+    return configs.component_beam_args(sum(os.path.getsize(os.path.join(samples, name)) for name in os.listdir(samples)))
+
+
 def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
           auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
           component_beam_args: dict | None = None, enable_cache: bool = True,
@@ -94,7 +105,7 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(out_dir, "metadata.sqlite")),
         beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
-        component_beam_args=configs.COMPONENT_BEAM_ARGS if component_beam_args is None else component_beam_args,
+        component_beam_args=_component_beam_args(data_root, beam_pipeline_args, component_beam_args),
         enable_cache=enable_cache,
     )
 

@@ -1,5 +1,6 @@
 import logging
 import os
+import shutil
 
 import pytest
 
@@ -71,3 +72,30 @@ def test_auc_floors_with_replaces_only_the_floors_given():
 def test_auc_floors_with_names_what_is_wrong(overrides, message):
     with pytest.raises(ValueError, match=message):
         configs.auc_floors_with(overrides)
+
+
+def _beam_args(pipeline) -> dict[str, list[str]]:
+    return {node.id: list(node.executor_spec.beam_pipeline_args) for node in pipeline.components
+            if hasattr(node.executor_spec, "beam_pipeline_args")}
+
+
+def test_small_data_keeps_every_beam_component_in_memory(tiny_csv, tmp_path):
+    args = _beam_args(local_runner.build(tiny_csv, str(tmp_path)))
+    assert {"ContractExampleGen", "StatisticsGen", "Transform", "RequestGrouper", "Evaluator_light"} <= set(args)
+    assert all(a == configs.BEAM_PIPELINE_ARGS for a in args.values()), args
+
+
+def test_large_data_runs_the_measured_components_multi_process(tiny_csv, tmp_path):
+    data = tmp_path / "large"
+    (data / c.SAMPLES_DIR).mkdir(parents=True)
+    shutil.copy(os.path.join(tiny_csv, c.FEATURES_FILE), data / c.FEATURES_FILE)
+    with open(data / c.SAMPLES_DIR / "day-0.csv", "wb") as f:
+        f.truncate(configs.MULTI_PROCESS_MIN_BYTES)  # sparse: the size is what counts
+    args = _beam_args(local_runner.build(str(data), str(tmp_path / "out")))
+    for node, given in args.items():
+        added = configs.MULTI_PROCESS_ARGS if node in configs.MULTI_PROCESS_COMPONENTS else []
+        assert given == configs.BEAM_PIPELINE_ARGS + added, node
+    # Beam arguments given by the user are their choice for every component.
+    chosen = ["--direct_running_mode=in_memory"]
+    args = _beam_args(local_runner.build(str(data), str(tmp_path / "out2"), beam_pipeline_args=chosen))
+    assert all(a == chosen for a in args.values()), args
