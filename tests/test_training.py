@@ -46,3 +46,50 @@ def test_training_steps_add_the_scorers_regularisation_losses():
     logs = model.fit(tf.data.Dataset.from_tensors(features), epochs=1, verbose=0).history
     assert logs["regularization"] == [pytest.approx(0.5)]
     assert model.scorer.dense.kernel.numpy().item() == pytest.approx(0.9)
+
+
+def _probe_loss(logits, labels, groups, ids, num_requests, update=False):
+    """-mean(positive logits) + mean(negative logits): its gradient w.r.t. the one weight w of
+    `_RegularisedScorer` is mean(x of negatives) - mean(x of positives)."""
+    positive = tf.cast(labels > 0, tf.float32)
+    return {"loss": -tf.reduce_sum(logits * positive) / tf.reduce_sum(positive)
+            + tf.reduce_sum(logits * (1 - positive)) / tf.reduce_sum(1 - positive)}
+
+
+def _conflict_probe():
+    g = transformed.GROUP_INDEX
+    # EP at x = 1; EN at x = 3 (gradient 3 - 1 = +2), RN at x = -1 (gradient -2): opposed.
+    return {"x": np.array([1.0, 3.0, -1.0], np.float32), transformed.LABEL: np.array([1.0, 0.0, 0.0], np.float32),
+            transformed.SAMPLE_GROUP: np.array([g["EP"], g["EN"], g["RN"]]),
+            transformed.REQUEST_KEY: np.array([b"r", b"r", b"r"], dtype=object)}
+
+
+def test_the_conflict_probe_is_traced_once_and_measures_cosines(tmp_path):
+    scorer = _RegularisedScorer()
+    scorer({"x": tf.constant([1.0])})  # built, as a trained scorer is: creating variables would trace again
+    conflict = training.GradientConflict(scorer, _probe_loss, _conflict_probe(), str(tmp_path), negative_groups=("EN", "RN"))
+    for _ in range(3):
+        result = conflict.measure()
+        assert result["cos_EN_RN"] == pytest.approx(-1.0)
+    assert conflict._masked_gradient.experimental_get_tracing_count() == 1
+
+
+def test_the_conflict_probe_keeps_to_its_time_budget(tmp_path, monkeypatch):
+    """Steps of 1 s and probes of 0.5 s under a 10% budget: after the first probe (its tracing,
+    not counted), a probe runs whenever probing so far is at most 0.1 x the training so far."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
+    conflict = training.GradientConflict(_RegularisedScorer(), _probe_loss, _conflict_probe(), str(tmp_path),
+                                         budget=0.1, negative_groups=("EN", "RN"))
+
+    def measure():
+        clock["now"] += 0.5
+        return {"cos_EN_RN": -1.0}
+
+    conflict.measure = measure
+    for step in range(20):
+        conflict.on_train_batch_begin(step)
+        clock["now"] += 1.0
+        conflict.on_train_batch_end(step)
+    assert [h["step"] for h in conflict.history] == [0, 1, 4, 9, 14, 19]
+    assert conflict.cost == {"probes": 6, "probe_seconds": 2.5, "trace_seconds": 0.5, "train_seconds": 20.0}
