@@ -74,6 +74,11 @@ class TrainerSettings:
         return cls(**{k: v for k, v in custom_config.items() if k in fields})
 
 
+# Requests in the fixed gradient-conflict probe batch (a few thousand samples at the contract's
+# request sizes): enough for every source to have samples, small next to an epoch.
+PROBE_REQUESTS = 64
+
+
 def build_scorer(model: str, model_inputs: transformed.ModelInputs) -> tf.keras.Model:
     return light.LightModel(model_inputs) if model == LIGHT else heavy.HeavyModel(model_inputs)
 
@@ -123,11 +128,6 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     return scorer, {"per_source_auc": auc_cb.history, "chosen_epoch": best_epoch, "epochs_run": len(auc_cb.history),
                     "seconds": seconds, "eval_seconds": auc_cb.seconds, "gradient_conflict": conflict_cb.history,
                     "conflict_cost": conflict_cb.cost}
-
-
-# Requests in the fixed gradient-conflict probe batch (a few thousand samples at the contract's
-# request sizes): enough for every source to have samples, small next to an epoch.
-PROBE_REQUESTS = 64
 
 
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:
