@@ -35,6 +35,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.8",
         "scikit-learn>=1.3",
+        # `hap serve`'s Prometheus metrics page (serving/metrics.py).
+        "prometheus-client>=0.26",
         # TFX's KubeflowV2DagRunner and its container entrypoint import the KFP PipelineSpec
         # proto; 0.7 is the last release built for protobuf 4 (0.8 needs protobuf 6).
         "kfp-pipeline-spec>=0.7,<0.8",

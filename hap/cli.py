@@ -8,7 +8,7 @@
             [--beam-arg ARG ...]
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
-    hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--host 127.0.0.1]
+    hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--rest-api-port 8501] [--host 127.0.0.1]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
     hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--max-epochs E] [--overwrite]
@@ -145,7 +145,7 @@ def _serve(args) -> int:
     import signal
     import threading
 
-    from hap.serving import server
+    from hap.serving import metrics, server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.model_config_file:
@@ -156,23 +156,28 @@ def _serve(args) -> int:
         config = server.ModelConfig(args.model_name, args.model_base_path)
     else:
         raise ValueError("give a model base path (e.g. OUT/serving/hap) or --model-config-file")
+    if args.rest_api_port < 0:
+        raise ValueError(f"--rest-api-port must be a port number, or 0 for no REST API; got {args.rest_api_port}")
     running = server.start(config.base_path, config.name, host=args.host, port=args.port,
                            max_message_bytes=args.max_message_mb * 1024 * 1024, poll_seconds=args.poll_seconds,
-                           version_policy=config.version_policy, version_labels=config.version_labels)
+                           version_policy=config.version_policy, version_labels=config.version_labels,
+                           rest_api_port=args.rest_api_port or None)
     versions = sorted(v for v, st in running.model_server.statuses().items() if st.state == server.State.AVAILABLE)
-    print(f"hap serve: model {config.name!r} version(s) {versions} on {args.host}:{running.port} "
-          "(TF Serving's gRPC API; a development server: production uses TF Serving, see serving/README.md). "
+    rest = (f", REST and metrics ({metrics.PATH}) on {args.host}:{running.rest_port}" if running.rest_server
+            else " (no REST API; --rest-api-port 8501 adds it)")
+    print(f"hap serve: model {config.name!r} version(s) {versions}: gRPC on {args.host}:{running.port}{rest}. "
+          "TF Serving's APIs; a development server: production uses TF Serving, see serving/README.md. "
           "Ctrl-C or SIGTERM stops it.", flush=True)
 
     def drain(signum, frame):
-        # grpc's stop() blocks until the requests in flight finish: not in a signal handler.
+        # Stopping blocks until the requests in flight finish: not in a signal handler.
         print(f"hap serve: {signal.Signals(signum).name}: no new requests; draining those in flight "
               f"(up to {args.drain_seconds:g} s), then exiting", flush=True)
         threading.Thread(target=running.stop, args=(args.drain_seconds,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
-    running.grpc_server.wait_for_termination()
+    running.wait_for_termination()
     print("hap serve: stopped", flush=True)
     return 0
 
@@ -326,13 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("out", help="the --out directory of `hap run`")
     tb.set_defaults(func=_tensorboard)
 
-    serve = sub.add_parser("serve", help="serve a pushed model over TF Serving's gRPC API (development server)")
+    serve = sub.add_parser("serve", help="serve a pushed model over TF Serving's gRPC and REST APIs (development server)")
     serve.add_argument("model_base_path", nargs="?", help="the folder of version folders, e.g. OUT/serving/hap")
     serve.add_argument("--model-name", default="hap")
     serve.add_argument("--model-config-file",
                        help="a TF Serving model config file (one model): base path, version policy, version labels")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving's default, 8500)")
+    serve.add_argument("--rest-api-port", type=int, default=0,
+                       help="port of TF Serving's REST API and the Prometheus metrics page; 0 (the default, as in "
+                            "TF Serving) for none")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest request or response")
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     serve.add_argument("--drain-seconds", type=float, default=10.0,

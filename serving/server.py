@@ -1,9 +1,11 @@
-"""A development server that speaks TF Serving's gRPC API, for machines without TF Serving.
+"""A development server that speaks TF Serving's gRPC and REST APIs, for machines without TF Serving.
 
 TF Serving's model server is not installable everywhere (it ships as a Docker image and a
 Debian package of its own); this server lets tests, benchmarks and `hap query` run against the
 same model base path with the same client code. It implements, from the tensorflow-serving-api
-protos, PredictionService.Predict and .GetModelMetadata and ModelService.GetModelStatus:
+protos, PredictionService.Predict and .GetModelMetadata and ModelService.GetModelStatus, the
+same three over TF Serving's REST API (serving/rest.py, on its own port), and TF Serving's
+Prometheus metrics (serving/metrics.py):
 
 - the versions it serves follow the model base path, as TF Serving's file-system source does:
   the complete versions under `<model_base_path>/<version>/` (complete once `saved_model.pb`
@@ -22,7 +24,7 @@ protos, PredictionService.Predict and .GetModelMetadata and ModelService.GetMode
   and a message naming the problem.
 
 It is for development and tests. Production uses TF Serving (see serving/README.md): this
-server runs the model in one Python process, has no server-side batching and no monitoring.
+server runs the model in one Python process and has no server-side batching.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, status_pb2)
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
+from hap.serving.metrics import PREDICT, ServingMetrics
 from hap.serving.model_versions import complete_versions
+from hap.serving.rest import RestServer
 from hap.serving.warmup import WARMUP_FILE
 
 log = logging.getLogger("hap.serve")
@@ -59,6 +63,8 @@ RETRY_SECONDS = 1.0
 VersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
 LATEST_ONE = VersionPolicy(latest=VersionPolicy.Latest(num_versions=1))
 State = get_model_status_pb2.ModelVersionStatus.State
+# TF Serving labels request latency by entrypoint; the REST server's context names its own.
+GRPC_ENTRYPOINT = "GRPC"
 
 
 class RequestError(Exception):
@@ -76,6 +82,7 @@ class LoadedVersion:
     model: object                   # keeps the loaded SavedModel's resources alive
     signatures: dict                # name -> concrete function
     signature_defs: dict            # name -> SignatureDef proto, for GetModelMetadata
+    warmup_seconds: float | None = None  # None: the version has no warm-up requests
 
     @classmethod
     def load(cls, base_path: str, version: int) -> "LoadedVersion":
@@ -85,15 +92,17 @@ class LoadedVersion:
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             saved.ParseFromString(f.read())
         loaded = cls(version, path, model, dict(model.signatures), dict(saved.meta_graphs[0].signature_def))
-        loaded.warm_up()
+        started = time.perf_counter()
+        if loaded.warm_up() is not None:
+            loaded.warmup_seconds = time.perf_counter() - started
         return loaded
 
-    def warm_up(self) -> int:
+    def warm_up(self) -> int | None:
         """Replays `assets.extra/tf_serving_warmup_requests` as TF Serving does, before the
-        version is swapped in; returns the number of requests replayed."""
+        version is swapped in; returns the number of requests replayed, None without the file."""
         path = os.path.join(self.path, "assets.extra", WARMUP_FILE)
         if not os.path.isfile(path):
-            return 0
+            return None
         replayed = 0
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             log_entry = prediction_log_pb2.PredictionLog.FromString(record)
@@ -245,6 +254,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
         self._loaded: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionState] = {}
         self._lock = threading.Lock()
+        self.metrics = ServingMetrics()
 
     @property
     def current(self) -> LoadedVersion | None:
@@ -301,6 +311,8 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
                             state.error, state.attempts, self.max_load_retries, delay)
             return None
         self._states[version] = VersionState(State.AVAILABLE)
+        if loaded.warmup_seconds is not None:
+            self.metrics.record_warmup(loaded.path, loaded.warmup_seconds)
         return loaded
 
     def _servable(self, model_spec) -> LoadedVersion:
@@ -326,13 +338,25 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
                                f"{sorted(loaded)})", grpc.StatusCode.NOT_FOUND)
         return loaded[version]
 
-    def _answer(self, context, work):
+    def _answer(self, context, work, api: str | None = None, model_name: str = ""):
+        """Runs `work`, answering a rejected request with its status; the requests of `api` are
+        counted and timed (serving/metrics.py) whether they succeed or not."""
+        started = time.perf_counter()
+        code, message, response = grpc.StatusCode.UNKNOWN, "", None  # UNKNOWN: work() raised something else
         try:
-            return work()
+            response = work()
+            code = grpc.StatusCode.OK
         except RequestError as e:
-            context.abort(e.code, str(e))
+            code, message = e.code, str(e)
         except tf.errors.InvalidArgumentError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _graph_message(e))
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, _graph_message(e)
+        finally:
+            if api is not None:
+                self.metrics.record_request(model_name, api, getattr(context, "entrypoint", GRPC_ENTRYPOINT),
+                                            code.name, time.perf_counter() - started)
+        if code != grpc.StatusCode.OK:
+            context.abort(code, message)
+        return response
 
     # -- PredictionService ---------------------------------------------------------------------
 
@@ -355,7 +379,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
             for key in wanted:
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(outputs[key].numpy())))
             return response
-        return self._answer(context, work)
+        return self._answer(context, work, PREDICT, request.model_spec.name)
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         def work():
@@ -417,18 +441,36 @@ class RunningServer:
     model_server: ModelServer
     poller: Poller
     port: int
+    rest_server: RestServer | None = None
+    stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest_server.port if self.rest_server else None
 
     def stop(self, grace: float | None = 1.0) -> None:
+        """Stops taking requests on both APIs and lets those in flight finish, up to `grace`
+        seconds (None: none may), draining both at once."""
         self.poller.stopped.set()
-        self.grpc_server.stop(grace).wait()
+        grpc_stopped = self.grpc_server.stop(grace)  # returns at once; the event is set once drained
+        if self.rest_server is not None:
+            self.rest_server.stop(grace)
+        grpc_stopped.wait()
+        self.stopped.set()
+
+    def wait_for_termination(self) -> None:
+        """Returns once stop() has drained both APIs."""
+        self.stopped.wait()
 
 
 def start(model_base_path: str, model_name: str = "hap", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, poll_seconds: float = 1.0,
           threads: int = 8, version_policy: VersionPolicy = LATEST_ONE, version_labels: dict | None = None,
-          max_load_retries: int = MAX_LOAD_RETRIES) -> RunningServer:
-    """Loads the versions the policy selects and starts serving; port 0 picks a free port. Raises
-    if no version loads, so a typo in the path fails at once rather than on every request."""
+          max_load_retries: int = MAX_LOAD_RETRIES, rest_api_port: int | None = None) -> RunningServer:
+    """Loads the versions the policy selects and starts serving gRPC on `port` and, unless
+    `rest_api_port` is None, REST and the metrics page on `rest_api_port`; port 0 picks a free
+    port. Raises if no version loads, so a typo in the path fails at once rather than on every
+    request."""
     model_server = ModelServer(model_base_path, model_name, version_policy, version_labels, max_load_retries)
     if not model_server.poll():
         errors = "; ".join(f"version {v}: {st.error}" for v, st in sorted(model_server.statuses().items()) if st.error)
@@ -443,7 +485,16 @@ def start(model_base_path: str, model_name: str = "hap", host: str = "127.0.0.1"
     bound = grpc_server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise OSError(f"cannot bind {host}:{port}")
+    rest_server = None
+    if rest_api_port is not None:
+        try:
+            rest_server = RestServer((host, rest_api_port), model_server, max_message_bytes)
+        except OSError as e:
+            grpc_server.stop(None)
+            raise OSError(f"cannot bind {host}:{rest_api_port} for the REST API: {e.strerror or e}") from None
     grpc_server.start()
+    if rest_server is not None:
+        rest_server.start()
     poller = Poller(model_server, poll_seconds)
     poller.start()
-    return RunningServer(grpc_server, model_server, poller, bound)
+    return RunningServer(grpc_server, model_server, poller, bound, rest_server)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -360,13 +361,16 @@ def test_a_bad_model_config_file_is_named(tmp_path, text, message):
 
 
 def test_sigterm_drains_and_exits_cleanly(base_path, good_request):
-    """Kubernetes and `docker stop` send SIGTERM: stop taking requests, finish those in flight,
-    exit 0 (Python's default would kill the process at once, exit status -15)."""
-    port = _free_port()
+    """Kubernetes and `docker stop` send SIGTERM: stop taking requests on both APIs, finish those in
+    flight, exit 0 (Python's default would kill the process at once, exit status -15)."""
+    port, rest_port = _free_port(), _free_port()
     process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", base_path, "--port", str(port),
-                                "--drain-seconds", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--rest-api-port", str(rest_port), "--drain-seconds", "20"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_available(f"127.0.0.1:{port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/hap", timeout=30) as response:
+            assert "AVAILABLE" in response.read().decode()
         stub = client.connect(f"127.0.0.1:{port}")
         request = rq.predict_request("hap", "cascade", good_request)
         answered, failed = [], []
@@ -392,7 +396,9 @@ def test_sigterm_drains_and_exits_cleanly(base_path, good_request):
             process.kill()
     assert process.returncode == 0, output[-2000:]
     assert "SIGTERM" in output and "draining" in output
-    assert answered and set(failed) <= {grpc.StatusCode.UNAVAILABLE}
+    # Refused calls are UNAVAILABLE; grpcio answers CANCELLED to a call that had reached the server
+    # but not yet the servicer when the shutdown began (seen about once in six drains, REST or not).
+    assert answered and set(failed) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
 @pytest.mark.parametrize("rows, message", [(10_000_000, "holds 10000000 values, the request carries"),
