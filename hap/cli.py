@@ -9,6 +9,7 @@
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
     hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--rest-api-port 8501] [--host 127.0.0.1]
+              [--monitoring-config-file FILE]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
     hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--max-epochs E] [--overwrite]
@@ -158,13 +159,23 @@ def _serve(args) -> int:
         raise ValueError("give a model base path (e.g. OUT/serving/hap) or --model-config-file")
     if args.rest_api_port < 0:
         raise ValueError(f"--rest-api-port must be a port number, or 0 for no REST API; got {args.rest_api_port}")
+    metrics_path = None
+    if args.monitoring_config_file:
+        metrics_path = metrics.load_monitoring_config(args.monitoring_config_file)
+        if metrics_path and not args.rest_api_port:
+            raise ValueError("--monitoring-config-file turns on the metrics page, which is served on the REST port: "
+                             "give --rest-api-port too")
     running = server.start(config.base_path, config.name, host=args.host, port=args.port,
                            max_message_bytes=args.max_message_mb * 1024 * 1024, poll_seconds=args.poll_seconds,
                            version_policy=config.version_policy, version_labels=config.version_labels,
-                           rest_api_port=args.rest_api_port or None)
+                           rest_api_port=args.rest_api_port or None, metrics_path=metrics_path)
     versions = sorted(v for v, st in running.model_server.statuses().items() if st.state == server.State.AVAILABLE)
-    rest = (f", REST and metrics ({metrics.PATH}) on {args.host}:{running.rest_port}" if running.rest_server
-            else " (no REST API; --rest-api-port 8501 adds it)")
+    if not running.rest_server:
+        rest = " (no REST API; --rest-api-port 8501 adds it)"
+    elif metrics_path:
+        rest = f", REST on {args.host}:{running.rest_port} with metrics at {metrics_path}"
+    else:
+        rest = f", REST on {args.host}:{running.rest_port} (no metrics page; --monitoring-config-file adds it)"
     print(f"hap serve: model {config.name!r} version(s) {versions}: gRPC on {args.host}:{running.port}{rest}. "
           "TF Serving's APIs; a development server: production uses TF Serving, see serving/README.md. "
           "Ctrl-C or SIGTERM stops it.", flush=True)
@@ -339,8 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving's default, 8500)")
     serve.add_argument("--rest-api-port", type=int, default=0,
-                       help="port of TF Serving's REST API and the Prometheus metrics page; 0 (the default, as in "
-                            "TF Serving) for none")
+                       help="port of TF Serving's REST API (and of the metrics page --monitoring-config-file turns "
+                            "on); 0 (the default, as in TF Serving) for none")
+    serve.add_argument("--monitoring-config-file",
+                       help="a TF Serving monitoring config file (as its --monitoring_config_file): "
+                            "prometheus_config { enable: true path: ... } serves the Prometheus metrics page on the "
+                            "REST port; without it, as in TF Serving, there is none "
+                            "(serving/tf_serving/monitoring.config turns it on)")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest request or response")
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     serve.add_argument("--drain-seconds", type=float, default=10.0,

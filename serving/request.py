@@ -33,6 +33,11 @@ from hap.data import contract as c
 REQUEST_ROLES = (c.USER, c.CONTEXT)
 CANDIDATE_ROLES = (c.ITEM, c.CROSS)
 MISSING_TOKEN = ""
+# The data contract's bound on a numeric value, in the raw units of its feature: |x| <= 1e18.
+# A value beyond it is not a measurement but a corrupt one (an overflowed counter, a sentinel
+# such as 1e30 or FLT_MAX) and is refused as an infinite one is (see `numeric_problem`).
+MAX_ABS_NUMERIC = 1e18
+_BOUND = f"{MAX_ABS_NUMERIC:.0e}".replace("e+", "e")  # "1e18"
 
 
 def is_request_level(feature: c.Feature) -> bool:
@@ -180,6 +185,33 @@ class RequestLayout:
             else:
                 row[f.name] = [str(t) for t in value if t != MISSING_TOKEN]
         return row
+
+
+def numeric_problem(name: str, values) -> str | None:
+    """Why a numeric input is refused, or None: a value that is infinite or finite but absurd,
+    |x| > MAX_ABS_NUMERIC. NaN is the missing value and passes.
+
+    Both are refused for the same reason: z-scored by Transform, such a value saturates every
+    score it reaches, so in a user or context feature it makes all candidates' scores equal (the
+    ranking falls back to the candidates' order in the request), and in one candidate's item or
+    cross feature it puts that candidate first or last and can take one of the K routed slots
+    from another candidate. Refusing the request (INVALID_ARGUMENT, naming the input and the
+    value's index) is what the cascade graph does with an infinite value, under TF Serving too.
+
+    The bound is far above any magnitude a feature of the contract takes (counts, prices,
+    durations, microsecond timestamps: about 1.8e15) and its square still fits a float32
+    (3.4e38). It is not an outlier test: a finite value far outside the training data but within
+    the bound is served as it is (serving/README.md has what that does to this model's scores)."""
+    x = np.asarray(values, np.float64)
+    bad = np.flatnonzero(np.abs(x) > MAX_ABS_NUMERIC)  # NaN compares False: a missing value
+    if not bad.size:
+        return None
+    at = [int(i) for i in np.unravel_index(bad[0], x.shape)]
+    value = x.flat[bad[0]]
+    what = "infinite" if np.isinf(value) else f"{value:g}, beyond the bound of {_BOUND}"
+    more = f" ({bad.size} such values)" if bad.size > 1 else ""
+    return (f"input {name!r}: the numeric value at {at} is {what}{more}; send a finite number with "
+            f"|x| <= {_BOUND}, or NaN for a missing value")
 
 
 def predict_request(model_name: str, signature: str, inputs: dict) -> predict_pb2.PredictRequest:

@@ -4,7 +4,10 @@ page for `hap serve`, on a port of their own:
     GET  /v1/models/NAME[/versions/V | /labels/L]            model status (GetModelStatus)
     GET  /v1/models/NAME[/versions/V | /labels/L]/metadata   signatures (GetModelMetadata)
     POST /v1/models/NAME[/versions/V | /labels/L]:predict    Predict
-    GET  /monitoring/prometheus/metrics                      Prometheus text format
+    POST /v1/models/NAME[/versions/V | /labels/L]:classify   Classify
+    POST /v1/models/NAME[/versions/V | /labels/L]:regress    Regress
+    GET  /monitoring/prometheus/metrics                      Prometheus text format, when a
+                                                             monitoring config turns it on
 
 Every endpoint turns its HTTP request into the request proto of the gRPC API and calls the same
 ModelServer method the gRPC server calls, so model, version and label resolution, input checks,
@@ -23,6 +26,10 @@ layer adds (tensorflow_serving/util/json_tensor.cc), JSON to and from TensorProt
   there is one) and {"outputs": ...} for the columnar format; float32 values are written as the
   shortest decimal that reads back as the same float32, NaN and Infinity as JSON tokens, and
   strings as JSON strings, or {"b64": ...} for outputs named *_bytes and bytes that are not UTF-8;
+- a classify or regress body is {"signature_name": optional, "context": optional {feature:
+  value(s)}, "examples": [{feature: value(s)}, ...]}, read into tf.Examples as TF Serving reads it
+  (a JSON string or {"b64": ...} a bytes feature, an integer an int64 one, any other number a
+  float one); the servicer then answers as TF Serving does for the signature it names;
 - an error is {"error": "<message>"} with the HTTP status TF Serving gives its gRPC code
   (HTTP_STATUS).
 
@@ -51,8 +58,10 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, input_pb2,
+                                     model_pb2, predict_pb2, regression_pb2)
 
 from hap.serving import metrics
 
@@ -92,7 +101,7 @@ _MODEL_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)"
                          r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                          r"(?P<resource>/metadata|:[^/:]+)?", re.IGNORECASE)
 _ENDPOINTS = ("GET /v1/models/NAME[/versions/V|/labels/L][/metadata], "
-              f"POST /v1/models/NAME[/versions/V|/labels/L]:predict, GET {metrics.PATH}")
+              "POST /v1/models/NAME[/versions/V|/labels/L]:predict|:classify|:regress")
 
 
 class ApiError(Exception):
@@ -171,8 +180,8 @@ def _is_number(value) -> bool:
 def _float32(value) -> float:
     if not _is_number(value):
         raise ValueError(f"expected a number, got {_show(value)}")
-    # Infinities pass, to be refused by the graph as over gRPC; an int is compared exactly, as
-    # one over 1e308 has no float.
+    # Infinities pass, to be refused with the gRPC API's words (request.numeric_problem); an
+    # int is compared exactly, as one over 1e308 has no float.
     if abs(value) > FLOAT32_MAX and value not in (math.inf, -math.inf):
         raise ValueError(f"{_show(value)} does not fit a float32")
     return value
@@ -312,6 +321,54 @@ def _column_tensors(inputs, dtypes: dict) -> dict:
     return {name: _tensor(value, dtypes[name], name, locate_in(name)) for name, value in sorted(inputs.items())}
 
 
+# -- JSON to tf.Examples (classify, regress) ----------------------------------------------------
+
+def _feature(value, where: str) -> feature_pb2.Feature:
+    """A tf.Example feature of one JSON value or list of values, as TF Serving reads it
+    (json_tensor.cc, AddValueToFeature): strings and {"b64": ...} bytes, integers int64, other
+    numbers float; one kind per feature."""
+    feature = feature_pb2.Feature()
+    for i, item in enumerate(value if isinstance(value, list) else [value]):
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        try:
+            if isinstance(item, str) or _is_b64(item):
+                kind, converted = "bytes_list", _string(item)
+            elif isinstance(item, bool) or not _is_number(item):
+                raise ValueError(f'expected a string, {{"b64": "<base64>"}} or a number, got {_show(item)}')
+            elif isinstance(item, int):
+                kind, converted = "int64_list", _integer(64)(item)
+            else:
+                kind, converted = "float_list", _float32(item)
+        except ValueError as e:
+            raise _invalid(f"{at}: {e}") from None
+        have = feature.WhichOneof("kind")
+        if have not in (None, kind):
+            raise _invalid(f"{at}: a {kind.split('_')[0]} value in a feature of {have.split('_')[0]} values")
+        getattr(feature, kind).value.append(converted)
+    return feature
+
+
+def _example(document, where: str) -> example_pb2.Example:
+    if not isinstance(document, dict) or _is_b64(document):
+        raise _invalid(f"{where}: an example is an object of named features, got {_show(document)}")
+    example = example_pb2.Example()
+    for name, value in document.items():
+        example.features.feature[name].CopyFrom(_feature(value, f"{where}.{name}"))
+    return example
+
+
+def _example_input(document: dict) -> input_pb2.Input:
+    """The Input of a classify or regress body: its examples, with the context if it has one."""
+    examples = document.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise _invalid("the request body needs 'examples', a non-empty list of objects of named features")
+    parsed = [_example(example, f"examples[{i}]") for i, example in enumerate(examples)]
+    if "context" in document:
+        return input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
+            examples=parsed, context=_example(document["context"], "context")))
+    return input_pb2.Input(example_list=input_pb2.ExampleList(examples=parsed))
+
+
 # -- TensorProto to JSON -----------------------------------------------------------------------
 
 def _float32_json(value: np.float32) -> float:
@@ -371,8 +428,11 @@ def _outputs(outputs) -> dict:
 class RestApi:
     """Answers one HTTP request (method, target, body) by calling the servicer."""
 
-    def __init__(self, model_server: ModelServer):
+    def __init__(self, model_server: ModelServer, metrics_path: str | None = None):
+        """`metrics_path`: where the Prometheus page is served (metrics.load_monitoring_config),
+        None for nowhere."""
         self.model_server = model_server
+        self.metrics_path = metrics_path
 
     def answer(self, method: str, target: str, body: bytes) -> Response:
         path = urllib.parse.urlsplit(target).path
@@ -389,7 +449,7 @@ class RestApi:
 
     def _route(self, path: str) -> tuple[str, Callable[[bytes], Response]]:
         """The method a path takes and the endpoint that answers it."""
-        if path == metrics.PATH:
+        if self.metrics_path is not None and path == self.metrics_path:
             return "GET", self._metrics
         match = _MODEL_PATH.fullmatch(path)
         resource = (match["resource"] or "").lower() if match else None
@@ -400,16 +460,38 @@ class RestApi:
         if resource == ":predict":
             return "POST", lambda body: self._predict(_model_spec(match), body)
         if resource in (":classify", ":regress"):
-            return "POST", self._unimplemented
-        raise ApiError(grpc.StatusCode.NOT_FOUND, f"no endpoint {path}; the REST API has {_ENDPOINTS}")
+            return "POST", lambda body: self._classify_or_regress(_model_spec(match), resource[1:], body)
+        endpoints = _ENDPOINTS + (f", GET {self.metrics_path}" if self.metrics_path else "")
+        raise ApiError(grpc.StatusCode.NOT_FOUND, f"no endpoint {path}; the REST API has {endpoints}")
 
     def _metrics(self, body: bytes) -> Response:
         return Response(200, generate_latest(self.model_server.metrics.registry), CONTENT_TYPE_PLAIN_0_0_4)
 
-    def _unimplemented(self, body: bytes) -> Response:
-        # As over gRPC, where the servicer has no Classify or Regress: the cascade has no
-        # classification or regression signature.
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "hap serve answers :predict only, not :classify or :regress")
+    def _classify_or_regress(self, spec, method: str, body: bytes) -> Response:
+        """:classify or :regress: the body read into tf.Examples as TF Serving reads it, then the
+        servicer's Classify or Regress, which answers as TF Serving does for the signature named
+        (the cascade's signatures take no tf.Examples under 'inputs': INVALID_ARGUMENT)."""
+        api = metrics.CLASSIFY if method == "classify" else metrics.REGRESS
+        started = time.perf_counter()
+        try:
+            document = _json_object(body)
+            unknown = sorted(set(document) - {"signature_name", "context", "examples"})
+            if unknown:
+                raise _invalid(f"unknown key(s) {', '.join(map(repr, unknown))} in the request body; it takes "
+                               "'signature_name', 'context' and 'examples'")
+            signature_name = document.get("signature_name", "")
+            if not isinstance(signature_name, str):
+                raise _invalid(f"signature_name must be a string, got {_show(signature_name)}")
+            spec.signature_name = signature_name
+            request_class = (classification_pb2.ClassificationRequest if method == "classify"
+                             else regression_pb2.RegressionRequest)
+            request = request_class(model_spec=spec, input=_example_input(document))
+        except ApiError as e:
+            self.model_server.metrics.record_request(spec.name, api, ENTRYPOINT, e.code.name,
+                                                     time.perf_counter() - started)
+            raise
+        servicer_method = self.model_server.Classify if method == "classify" else self.model_server.Regress
+        return _json_response(_to_dict(_call(servicer_method, request).result))
 
     def _status(self, spec) -> Response:
         response = _call(self.model_server.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
@@ -459,8 +541,11 @@ class RestApi:
         request.model_spec.signature_name = signature_name
         _, signatures = self._signatures(spec)
         resolved_name = signature_name or DEFAULT_SIGNATURE
-        if resolved_name not in signatures.signature_def:
-            return request, row_format  # Predict names the unknown signature, in the gRPC API's words
+        if resolved_name not in signatures.signature_def or resolved_name.startswith("__"):
+            # INVALID_ARGUMENT, as TF Serving's REST API (http_rest_api_handler.cc, GetInfoMap);
+            # its gRPC API says FAILED_PRECONDITION. Both are HTTP 400.
+            names = sorted(name for name in signatures.signature_def if not name.startswith("__"))
+            raise _invalid(f"unknown signature {resolved_name!r}; the model has: {', '.join(names)}")
         dtypes = {name: info.dtype for name, info in signatures.signature_def[resolved_name].inputs.items()}
         tensors = (_row_tensors(document["instances"], dtypes) if row_format
                    else _column_tensors(document["inputs"], dtypes))
@@ -554,9 +639,10 @@ class RestServer(ThreadingHTTPServer):
     """The REST API on `address`, served from a thread of its own, a thread per connection
     (daemon threads: an idle keep-alive connection does not hold up exit)."""
 
-    def __init__(self, address: tuple[str, int], model_server: ModelServer, max_body_bytes: int):
+    def __init__(self, address: tuple[str, int], model_server: ModelServer, max_body_bytes: int,
+                 metrics_path: str | None = None):
         super().__init__(address, _Handler)
-        self.api = RestApi(model_server)
+        self.api = RestApi(model_server, metrics_path)
         self.max_body_bytes = max_body_bytes
         self.stopping = False
         self._busy = 0

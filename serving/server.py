@@ -3,9 +3,11 @@
 TF Serving's model server is not installable everywhere (it ships as a Docker image and a
 Debian package of its own); this server lets tests, benchmarks and `hap query` run against the
 same model base path with the same client code. It implements, from the tensorflow-serving-api
-protos, PredictionService.Predict and .GetModelMetadata and ModelService.GetModelStatus, the
-same three over TF Serving's REST API (serving/rest.py, on its own port), and TF Serving's
-Prometheus metrics (serving/metrics.py):
+protos, every method of TF Serving's PredictionService and ModelService: Predict,
+GetModelMetadata, GetModelStatus and HandleReloadConfigRequest run; Classify, Regress and
+MultiInference check the request as TF Serving does and refuse the cascade's signatures as it
+does (INVALID_ARGUMENT: none takes tf.Examples under 'inputs'). The same over TF Serving's REST
+API (serving/rest.py, on its own port), and TF Serving's Prometheus metrics (serving/metrics.py):
 
 - the versions it serves follow the model base path, as TF Serving's file-system source does:
   the complete versions under `<model_base_path>/<version>/` (complete once `saved_model.pb`
@@ -18,10 +20,15 @@ Prometheus metrics (serving/metrics.py):
 - a version that fails to load or warm up is retried `max_load_retries` times with exponential
   back-off, then given up until its folder changes, and GetModelStatus reports it (END, with
   the error) while the served versions keep serving;
-- malformed requests (unknown model, version or signature, a missing or extra input, a wrong
-  dtype or shape, and whatever the graph rejects, such as N = 0 or N over the limit) are
-  answered with INVALID_ARGUMENT (NOT_FOUND for an unknown model or version, as TF Serving does)
-  and a message naming the problem.
+- every malformed request is answered with the status code TF Serving 2.16 answers it with
+  (the table in serving/README.md, from TF Serving's source) and a message naming the request
+  field or input at fault, without a traceback in the log: INVALID_ARGUMENT for a missing
+  model_spec, an unknown version label, output_filter key or input, a wrong dtype, shape or
+  value, and whatever the graph rejects (N = 0, N over the limit); FAILED_PRECONDITION for an
+  unknown signature; NOT_FOUND for an unknown model or version. Where TF Serving lets a
+  malformed request through, this server refuses it (INVALID_ARGUMENT): a declared shape that
+  does not hold exactly the values sent (TF Serving repeats the last value or drops the extra
+  ones) and a numeric beyond the data contract's bound (request.numeric_problem).
 
 It is for development and tests. Production uses TF Serving (see serving/README.md): this
 server runs the model in one Python process and has no server-side batching.
@@ -42,11 +49,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, saved_model_pb2
 from google.protobuf import text_format
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, status_pb2)
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc, regression_pb2,
+                                     status_pb2)
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
-from hap.serving.metrics import PREDICT, ServingMetrics
+from hap.serving import request as rq
+from hap.serving.metrics import CLASSIFY, PREDICT, REGRESS, ServingMetrics
 from hap.serving.model_versions import complete_versions
 from hap.serving.rest import RestServer
 from hap.serving.warmup import WARMUP_FILE
@@ -56,6 +67,11 @@ log = logging.getLogger("hap.serve")
 DEFAULT_PORT = 8500
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SIGNATURE_DEF = "signature_def"
+DEFAULT_SIGNATURE = "serving_default"
+# SignatureDef method names and the input and output keys TF Serving's Classify and Regress
+# require (tensorflow/cc/saved_model/signature_constants.h).
+CLASSIFY_METHOD, REGRESS_METHOD = "tensorflow/serving/classify", "tensorflow/serving/regress"
+EXAMPLES_INPUT, CLASSES_OUTPUT, SCORES_OUTPUT, REGRESS_OUTPUT = "inputs", "classes", "scores", "outputs"
 # TF Serving retries a failed load --max_num_load_retries=5 times; it waits a fixed minute between
 # tries, this server backs off from RETRY_SECONDS (1, 2, 4, 8, 16 s) so tests need not wait.
 MAX_LOAD_RETRIES = 5
@@ -113,8 +129,22 @@ class LoadedVersion:
         return replayed
 
 
+def _dtype_name(enum: int) -> str:
+    """A TensorProto's dtype as a request may carry it: also 0 (unset) or an enum no dtype has."""
+    if enum == types_pb2.DT_INVALID:
+        return "no dtype (DT_INVALID)"
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:
+        return f"dtype enum {enum}, which is no TensorFlow dtype"
+
+
 def _check_inputs(fn, inputs: dict) -> dict:
-    """Request TensorProtos as tensors, checked against the signature's input specs."""
+    """Request TensorProtos as tensors, checked against the signature's input specs, in TF
+    Serving's order (predict_util.cc, tensorflow/cc/saved_model/util.cc): the input names, then
+    each tensor's dtype and declared shape, then (stricter than TF Serving) the values: the
+    declared shape must hold exactly the values carried, and a numeric value must be finite and
+    within the data contract's bound (request.numeric_problem)."""
     specs = fn.structured_input_signature[1]
     missing = sorted(set(specs) - set(inputs))
     extra = sorted(set(inputs) - set(specs))
@@ -129,8 +159,7 @@ def _check_inputs(fn, inputs: dict) -> dict:
     for name, spec in specs.items():
         proto = inputs[name]
         if proto.dtype != spec.dtype.as_datatype_enum:
-            got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
-            raise RequestError(f"input {name!r}: expected dtype {spec.dtype.name}, got {got}")
+            raise RequestError(f"input {name!r}: expected dtype {spec.dtype.name}, got {_dtype_name(proto.dtype)}")
         _check_declared_shape(name, proto, spec.dtype)
         try:
             value = tf.make_ndarray(proto)
@@ -139,6 +168,10 @@ def _check_inputs(fn, inputs: dict) -> dict:
         if not spec.shape.is_compatible_with(value.shape):
             want = [d if d is not None else "N" for d in spec.shape.as_list()]
             raise RequestError(f"input {name!r}: expected shape {want}, got {list(value.shape)}")
+        if spec.dtype.is_floating:
+            problem = rq.numeric_problem(name, value)
+            if problem:
+                raise RequestError(problem)
         tensors[name] = tf.constant(value, dtype=spec.dtype)
     return tensors
 
@@ -208,7 +241,12 @@ def load_model_config(path: str) -> ModelConfig:
     models = list(config.model_config_list.config)
     if len(models) != 1:
         raise ValueError(f"{path}: hap serve serves one model; the file lists {len(models)}")
-    model = models[0]
+    return model_config(models[0], path, os.path.dirname(path))
+
+
+def model_config(model: model_server_config_pb2.ModelConfig, path: str, base_dir: str) -> ModelConfig:
+    """What hap serve takes of one ModelConfig, checked; `path` names it in errors, relative base
+    paths are taken from `base_dir`."""
     if not model.name or not model.base_path:
         raise ValueError(f"{path}: the model needs a name and a base_path")
     policy = model.model_version_policy if model.HasField("model_version_policy") else LATEST_ONE
@@ -221,7 +259,7 @@ def load_model_config(path: str) -> ModelConfig:
     unknown = {label: v for label, v in labels.items() if v not in set(policy.specific.versions)}
     if unknown:
         raise ValueError(f"{path}: version_labels {unknown} name versions the policy does not serve")
-    base = model.base_path if os.path.isabs(model.base_path) else os.path.join(os.path.dirname(path), model.base_path)
+    base = model.base_path if os.path.isabs(model.base_path) else os.path.join(base_dir, model.base_path)
     return ModelConfig(model.name, base, policy, labels)
 
 
@@ -254,6 +292,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
         self._loaded: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionState] = {}
         self._lock = threading.Lock()
+        self._config_lock = threading.Lock()  # one poll or reconfiguration at a time
         self.metrics = ServingMetrics()
 
     @property
@@ -268,6 +307,10 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
     def poll(self) -> bool:
         """Loads the versions the policy selects that are not served, unloads the served ones it
         no longer selects (removed from disk: a rollback); True if the served set changed."""
+        with self._config_lock:
+            return self._poll_locked()
+
+    def _poll_locked(self) -> bool:
         on_disk = complete_versions(self.base_path)
         wanted = select_versions(self.version_policy, on_disk)
         with self._lock:
@@ -316,23 +359,30 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
         return loaded
 
     def _servable(self, model_spec) -> LoadedVersion:
+        """The served version a ModelSpec names, resolved as TF Serving's ServerCore resolves it
+        (server_core.cc, basic_manager.cc): no name is INVALID_ARGUMENT, an unknown label
+        INVALID_ARGUMENT, an unknown model or a version not served NOT_FOUND."""
         loaded = self._loaded
+        if not model_spec.name:
+            raise RequestError("model_spec.name is empty: name the model (this server serves "
+                               f"{self.model_name!r})")
         if model_spec.name != self.model_name:
             raise RequestError(f"unknown model {model_spec.name!r}; this server serves {self.model_name!r}",
                                grpc.StatusCode.NOT_FOUND)
-        if not loaded:
-            raise RequestError(f"no version of {self.model_name!r} is loaded yet", grpc.StatusCode.UNAVAILABLE)
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version_label":
             label = model_spec.version_label
-            if label not in self.version_labels:
+            labels = self.version_labels
+            if label not in labels:
                 raise RequestError(f"unknown version label {label!r} of {self.model_name!r}; the labels are "
-                                   f"{sorted(self.version_labels)}")
-            version = self.version_labels[label]
+                                   f"{sorted(labels)}")
+            version = labels[label]
         elif choice == "version":
             version = model_spec.version.value
-        else:
+        elif loaded:
             return loaded[max(loaded)]
+        else:
+            raise RequestError(f"no version of {self.model_name!r} is loaded", grpc.StatusCode.NOT_FOUND)
         if version not in loaded:
             raise RequestError(f"version {version} of {self.model_name!r} is not available (serving "
                                f"{sorted(loaded)})", grpc.StatusCode.NOT_FOUND)
@@ -340,7 +390,8 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
 
     def _answer(self, context, work, api: str | None = None, model_name: str = ""):
         """Runs `work`, answering a rejected request with its status; the requests of `api` are
-        counted and timed (serving/metrics.py) whether they succeed or not."""
+        counted and timed (serving/metrics.py) whether they succeed or not. A rejected request,
+        UNIMPLEMENTED included, is answered with its message and logs no traceback."""
         started = time.perf_counter()
         code, message, response = grpc.StatusCode.UNKNOWN, "", None  # UNKNOWN: work() raised something else
         try:
@@ -362,16 +413,16 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         def work():
-            servable = self._servable(request.model_spec)
-            name = request.model_spec.signature_name or "serving_default"
+            servable = self._servable(_model_spec(request))
+            name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             fn = servable.signatures.get(name)
             if fn is None:
-                raise RequestError(f"unknown signature {name!r}; the model has: {', '.join(sorted(servable.signatures))}")
-            outputs = fn(**_check_inputs(fn, request.inputs))
-            wanted = list(request.output_filter) or list(outputs)
-            unknown = sorted(set(wanted) - set(outputs))
-            if unknown:
-                raise RequestError(f"unknown output(s) in output_filter: {', '.join(unknown)}")
+                # TF Serving's code for it (predict_util.cc); its REST API says INVALID_ARGUMENT.
+                raise RequestError(f"unknown signature {name!r}; the model has: {', '.join(sorted(servable.signatures))}",
+                                   grpc.StatusCode.FAILED_PRECONDITION)
+            inputs = _check_inputs(fn, request.inputs)
+            wanted = _output_filter(request.output_filter, servable.signature_defs[name])
+            outputs = fn(**inputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = self.model_name
             response.model_spec.version.value = servable.version
@@ -383,10 +434,15 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         def work():
-            servable = self._servable(request.model_spec)
+            spec = _model_spec(request)
+            # The fields first, then the model, as TF Serving (get_model_metadata_impl.cc).
+            if not request.metadata_field:
+                raise RequestError(f"metadata_field is empty: ask for {SIGNATURE_DEF!r}, the one field served")
             unsupported = sorted(set(request.metadata_field) - {SIGNATURE_DEF})
-            if unsupported or not request.metadata_field:
-                raise RequestError(f"metadata_field must be [{SIGNATURE_DEF!r}], got {list(request.metadata_field)}")
+            if unsupported:
+                raise RequestError(f"metadata_field {', '.join(map(repr, unsupported))} is not supported; the one "
+                                   f"field served is {SIGNATURE_DEF!r}")
+            servable = self._servable(spec)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = self.model_name
             response.model_spec.version.value = servable.version
@@ -397,18 +453,83 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
             return response
         return self._answer(context, work)
 
+    def _example_signature(self, request, kind: str) -> tuple[LoadedVersion, str]:
+        """The version and the signature a Classify or Regress request names, checked as TF
+        Serving checks them (classifier.cc, regressor.cc: its signature method-name check is
+        off by default, so only the signature's inputs and outputs count)."""
+        servable = self._servable(_model_spec(request))
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature_def = servable.signature_defs.get(name)
+        if signature_def is None or name.startswith("__"):
+            raise RequestError(f"unknown signature {name!r}; the model has: {', '.join(sorted(servable.signatures))}")
+        problem = _example_signature_problem(signature_def, kind)
+        if problem:
+            raise RequestError(f"signature {name!r} cannot {kind}: {problem}")
+        return servable, name
+
+    def Classify(self, request: classification_pb2.ClassificationRequest, context):
+        def work():
+            _, name = self._example_signature(request, "classify")
+            raise RequestError(f"signature {name!r} is a classification signature, which hap serve does not run "
+                               "(the HAP cascade has none; TF Serving runs them)", grpc.StatusCode.UNIMPLEMENTED)
+        return self._answer(context, work, CLASSIFY, request.model_spec.name)
+
+    def Regress(self, request: regression_pb2.RegressionRequest, context):
+        def work():
+            _, name = self._example_signature(request, "regress")
+            raise RequestError(f"signature {name!r} is a regression signature, which hap serve does not run "
+                               "(the HAP cascade has none; TF Serving runs them)", grpc.StatusCode.UNIMPLEMENTED)
+        return self._answer(context, work, REGRESS, request.model_spec.name)
+
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
+        """Checked as TF Serving checks it (multi_inference.cc, multi_inference_helper.cc): the
+        model of the first task, then each task's model, signature and method."""
+        def work():
+            if not request.tasks:
+                raise RequestError("the request has no tasks: each names a model, a signature and a method_name")
+            first = request.tasks[0].model_spec
+            servable = self._servable(first)
+            seen = set()
+            for i, task in enumerate(request.tasks):
+                spec = task.model_spec
+                if not spec.name:
+                    raise RequestError(f"tasks[{i}].model_spec.name is empty: every task names the model")
+                if spec.name != first.name:
+                    raise RequestError(f"tasks[{i}] names model {spec.name!r}, tasks[0] {first.name!r}: every task "
+                                       "of a MultiInferenceRequest names the same model")
+                name = spec.signature_name or DEFAULT_SIGNATURE
+                if name in seen:
+                    raise RequestError(f"tasks[{i}]: signature {name!r} is asked for twice")
+                seen.add(name)
+                signature_def = servable.signature_defs.get(name)
+                if signature_def is None or name.startswith("__"):
+                    raise RequestError(f"tasks[{i}]: unknown signature {name!r}; the model has: "
+                                       f"{', '.join(sorted(servable.signatures))}")
+                kind = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}.get(task.method_name)
+                if kind is None:
+                    raise RequestError(f"tasks[{i}].method_name {task.method_name!r} is not supported: MultiInference "
+                                       f"runs {CLASSIFY_METHOD!r} and {REGRESS_METHOD!r} tasks",
+                                       grpc.StatusCode.UNIMPLEMENTED)
+                problem = _example_signature_problem(signature_def, kind)
+                if problem:
+                    raise RequestError(f"tasks[{i}]: signature {name!r} cannot {kind}: {problem}")
+            raise RequestError("MultiInference runs classification and regression signatures, which hap serve does "
+                               "not run (the HAP cascade has none; TF Serving runs them)", grpc.StatusCode.UNIMPLEMENTED)
+        return self._answer(context, work)
+
     # -- ModelService --------------------------------------------------------------------------
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+        """As TF Serving's (get_model_status_impl.cc): every version the server knows of, or the
+        one `version` names; a `version_label` is not resolved, so it gets every version."""
         def work():
-            spec = request.model_spec
+            spec = _model_spec(request)
             if spec.name != self.model_name:
                 raise RequestError(f"unknown model {spec.name!r}; this server serves {self.model_name!r}",
                                    grpc.StatusCode.NOT_FOUND)
             states = self.statuses()
-            choice = spec.WhichOneof("version_choice")
-            if choice is not None:
-                version = spec.version.value if choice == "version" else self._servable(spec).version
+            if spec.WhichOneof("version_choice") == "version":
+                version = spec.version.value
                 if version not in states:
                     raise RequestError(f"version {version} of {self.model_name!r} is not known", grpc.StatusCode.NOT_FOUND)
                 states = {version: states[version]}
@@ -420,6 +541,89 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
                                                   error_message=state.error))
             return response
         return self._answer(context, work)
+
+    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+        """Takes a new model config, as TF Serving does (model_service_impl.cc): its base path,
+        version policy and labels replace the served model's, the versions it selects are loaded
+        before the answer, and a label must name a version then available (else
+        FAILED_PRECONDITION, the labels left as they were). One model, of the same name: hap
+        serve serves one model (UNIMPLEMENTED otherwise)."""
+        def work():
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise RequestError("config: only a model_config_list is supported (as in TF Serving)")
+            models = list(request.config.model_config_list.config)
+            if len(models) != 1:
+                raise RequestError(f"config.model_config_list lists {len(models)} models; hap serve serves one",
+                                   grpc.StatusCode.UNIMPLEMENTED)
+            try:
+                config = model_config(models[0], "config.model_config_list.config[0]", os.getcwd())
+            except ValueError as e:
+                raise RequestError(str(e)) from None
+            if config.name != self.model_name:
+                raise RequestError(f"config.model_config_list.config[0].name is {config.name!r}; hap serve serves "
+                                   f"{self.model_name!r} and does not rename it (restart it to serve another model)",
+                                   grpc.StatusCode.UNIMPLEMENTED)
+            self.reconfigure(config)
+            return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=error_codes_pb2.OK))
+        return self._answer(context, work)
+
+    def reconfigure(self, config: "ModelConfig") -> None:
+        """Serves `config`'s base path and version policy, loading what it selects now; then takes
+        its labels if each names a version available, else raises FAILED_PRECONDITION."""
+        with self._config_lock:
+            self.base_path = os.path.abspath(config.base_path)
+            self.version_policy = config.version_policy
+            self._poll_locked()
+            unavailable = {label: v for label, v in config.version_labels.items() if v not in self._loaded}
+            if unavailable:
+                raise RequestError(f"version_labels {unavailable} name versions that are not available (serving "
+                                   f"{sorted(self._loaded)}); the labels stay {self.version_labels}",
+                                   grpc.StatusCode.FAILED_PRECONDITION)
+            self.version_labels = dict(config.version_labels)
+        log.info("reloaded the config of %s: %s, %s, labels %s", self.model_name, self.base_path,
+                 text_format.MessageToString(self.version_policy, as_one_line=True) or "latest 1", self.version_labels)
+
+
+def _model_spec(request):
+    """The request's ModelSpec; a request without one is INVALID_ARGUMENT, as in TF Serving."""
+    if not request.HasField("model_spec"):
+        raise RequestError("the request has no model_spec: name the model to ask")
+    return request.model_spec
+
+
+def _output_filter(output_filter, signature_def) -> list[str]:
+    """The outputs a Predict request asks for, checked as TF Serving checks them (predict_util.cc):
+    each a key of the signature, none twice; all of them when the filter is empty."""
+    wanted = list(output_filter)
+    for key in wanted:
+        if key not in signature_def.outputs:
+            raise RequestError(f"output_filter: {key!r} is not an output of the signature; its outputs are "
+                               f"{', '.join(sorted(signature_def.outputs))}")
+    duplicates = sorted({key for key in wanted if wanted.count(key) > 1})
+    if duplicates:
+        raise RequestError(f"output_filter: {', '.join(map(repr, duplicates))} named twice")
+    return wanted or list(signature_def.outputs)
+
+
+def _example_signature_problem(signature_def, kind: str) -> str | None:
+    """Why TF Serving's Classify ("classify") or Regress ("regress") cannot run a signature
+    (PreProcessClassification, PreProcessRegression), or None."""
+    inputs, outputs = sorted(signature_def.inputs), sorted(signature_def.outputs)
+    if len(inputs) != 1:
+        shown = ", ".join(inputs[:4]) + (", ..." if len(inputs) > 4 else "")
+        return (f"it has {len(inputs)} inputs ({shown}); a {kind} signature has one, {EXAMPLES_INPUT!r}, of "
+                "serialized tf.Examples")
+    if kind == "classify" and len(outputs) not in (1, 2):
+        return f"it has {len(outputs)} outputs; a classify signature has {CLASSES_OUTPUT!r}, {SCORES_OUTPUT!r} or both"
+    if kind == "regress" and len(outputs) != 1:
+        return f"it has {len(outputs)} outputs ({', '.join(outputs)}); a regress signature has one, {REGRESS_OUTPUT!r}"
+    if EXAMPLES_INPUT not in signature_def.inputs:
+        return f"its input is {inputs[0]!r}; a {kind} signature's is {EXAMPLES_INPUT!r}"
+    if kind == "classify" and not {CLASSES_OUTPUT, SCORES_OUTPUT} & set(outputs):
+        return f"its outputs are {', '.join(outputs)}; a classify signature has {CLASSES_OUTPUT!r}, {SCORES_OUTPUT!r} or both"
+    if kind == "regress" and REGRESS_OUTPUT not in signature_def.outputs:
+        return f"its output is {outputs[0]!r}; a regress signature's is {REGRESS_OUTPUT!r}"
+    return None
 
 
 class Poller(threading.Thread):
@@ -466,11 +670,13 @@ class RunningServer:
 def start(model_base_path: str, model_name: str = "hap", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, poll_seconds: float = 1.0,
           threads: int = 8, version_policy: VersionPolicy = LATEST_ONE, version_labels: dict | None = None,
-          max_load_retries: int = MAX_LOAD_RETRIES, rest_api_port: int | None = None) -> RunningServer:
+          max_load_retries: int = MAX_LOAD_RETRIES, rest_api_port: int | None = None,
+          metrics_path: str | None = None) -> RunningServer:
     """Loads the versions the policy selects and starts serving gRPC on `port` and, unless
-    `rest_api_port` is None, REST and the metrics page on `rest_api_port`; port 0 picks a free
-    port. Raises if no version loads, so a typo in the path fails at once rather than on every
-    request."""
+    `rest_api_port` is None, REST on `rest_api_port` with the Prometheus page at `metrics_path`
+    (None: none, TF Serving's default; metrics.load_monitoring_config reads its config file);
+    port 0 picks a free port. Raises if no version loads, so a typo in the path fails at once
+    rather than on every request."""
     model_server = ModelServer(model_base_path, model_name, version_policy, version_labels, max_load_retries)
     if not model_server.poll():
         errors = "; ".join(f"version {v}: {st.error}" for v, st in sorted(model_server.statuses().items()) if st.error)
@@ -488,7 +694,7 @@ def start(model_base_path: str, model_name: str = "hap", host: str = "127.0.0.1"
     rest_server = None
     if rest_api_port is not None:
         try:
-            rest_server = RestServer((host, rest_api_port), model_server, max_message_bytes)
+            rest_server = RestServer((host, rest_api_port), model_server, max_message_bytes, metrics_path)
         except OSError as e:
             grpc_server.stop(None)
             raise OSError(f"cannot bind {host}:{rest_api_port} for the REST API: {e.strerror or e}") from None

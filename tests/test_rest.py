@@ -3,6 +3,7 @@ on the same server: the same servicer answers both, so the answers must be the s
 import base64
 import http.client
 import json
+import os
 import re
 import socket
 import urllib.error
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from hap import cli
 from hap.data import contract as c
 from hap.serving import client, metrics, rest, server
 from hap.serving import request as rq
@@ -31,10 +33,11 @@ AVAILABLE = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
 
 @pytest.fixture(scope="module")
 def running(base_path):
-    """Version 1 of the cascade, also labelled "stable", over gRPC and REST."""
+    """Version 1 of the cascade, also labelled "stable", over gRPC and REST, with the metrics page
+    at TF Serving's default path."""
     policy = server.VersionPolicy(specific=server.VersionPolicy.Specific(versions=[1]))
     running = server.start(base_path, "hap", port=0, rest_api_port=0, poll_seconds=60, version_policy=policy,
-                           version_labels={"stable": 1})
+                           version_labels={"stable": 1}, metrics_path=metrics.PATH)
     yield running
     running.stop()
 
@@ -84,10 +87,15 @@ def test_status_is_tf_servings_json_for_the_model_a_version_and_a_label(running)
 @pytest.mark.parametrize("path, status, message", [
     ("/v1/models/rank", 404, "unknown model 'rank'; this server serves 'hap'"),
     ("/v1/models/hap/versions/7", 404, "version 7 of 'hap' is not known"),
-    ("/v1/models/hap/labels/nightly", 400, "unknown version label 'nightly' of 'hap'; the labels are ['stable']"),
 ])
-def test_status_of_an_unknown_model_version_or_label(running, path, status, message):
+def test_status_of_an_unknown_model_or_version(running, path, status, message):
     assert _http(running, "GET", path) == (status, {"error": message})
+
+
+def test_status_by_label_lists_every_version_as_tf_serving_does(running):
+    """TF Serving's GetModelStatus resolves a version, not a label: by label, known or not, it
+    lists every version of the model (get_model_status_impl.cc)."""
+    assert _http(running, "GET", "/v1/models/hap/labels/nightly") == (200, AVAILABLE)
 
 
 def test_the_compose_health_check_finds_the_model_available(running):
@@ -208,7 +216,8 @@ def test_a_bad_predict_body_is_named_and_the_server_keeps_serving(running, good_
     ("GET", "/v1/models/hap:predict", 405, "POST"),
     ("DELETE", "/v1/models/hap", 405, "GET"),
     ("POST", "/v1/models/hap/metadata", 405, "GET"),
-    ("POST", "/v1/models/hap:classify", 501, None),
+    ("POST", "/v1/models/hap:classify", 400, None),  # TF Serving's answer: no 'examples'
+    ("POST", "/v1/models/hap:regress", 400, None),
 ])
 def test_unknown_paths_and_methods_get_json_errors(running, method, path, status, allow):
     connection = http.client.HTTPConnection("127.0.0.1", running.rest_port, timeout=30)
@@ -279,3 +288,63 @@ def test_an_oversized_body_is_refused_unread_and_stopping_closes_the_port(runnin
     assert (response.status, json.loads(response.read())) == (503, {"error": "the server is shutting down"})
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", rest_server.port), timeout=30)
+
+
+def test_classify_and_regress_answer_as_tf_serving_for_the_cascade(running, good_request):
+    """The body is read as TF Serving reads it, then refused as TF Serving refuses the cascade's
+    signatures: none takes serialized tf.Examples under 'inputs' (HTTP 400, INVALID_ARGUMENT)."""
+    examples = [{"item_id": "1", "i_age_hours": 3.5, "c_hour": 7, "tags": ["a", {"b64": "Yg=="}]}]
+    status, document = _http(running, "POST", "/v1/models/hap:classify", {"context": {"user_id": "7"},
+                                                                          "examples": examples})
+    assert status == 400 and document["error"].startswith("signature 'serving_default' cannot classify: it has ")
+    status, document = _http(running, "POST", "/v1/models/hap/labels/stable:regress",
+                             {"signature_name": "score_examples", "examples": examples})
+    assert (status, document) == (400, {"error": "signature 'score_examples' cannot regress: it has 2 outputs "
+                                                 "(heavy_scores, light_scores); a regress signature has one, 'outputs'"})
+    status, document = _http(running, "POST", "/v1/models/hap:classify", {"examples": [{"a": [1, "x"]}]})
+    assert (status, document) == (400, {"error": "examples[0].a[1]: a bytes value in a feature of int64 values"})
+    status, document = _http(running, "POST", "/v1/models/rank:regress", {"examples": examples})
+    assert status == 404 and "'rank'" in document["error"]
+
+
+@pytest.mark.parametrize("text, path", [
+    ("", None),                                                           # no config: no page, as in TF Serving
+    ("prometheus_config { enable: false }", None),
+    ("prometheus_config { enable: true }", metrics.PATH),                 # TF Serving's default path
+    ('prometheus_config { enable: true path: "/metrics" }', "/metrics"),
+])
+def test_a_monitoring_config_turns_the_metrics_page_on_or_off(running, tmp_path, text, path):
+    config_file = tmp_path / "monitoring.config"
+    config_file.write_text(text)
+    assert metrics.load_monitoring_config(str(config_file)) == path
+    rest_server = rest.RestServer(("127.0.0.1", 0), running.model_server, max_body_bytes=1000, metrics_path=path)
+    rest_server.start()
+    try:
+        for candidate in (metrics.PATH, "/metrics"):
+            url = f"http://127.0.0.1:{rest_server.port}{candidate}"
+            if candidate == path:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    assert response.status == 200 and ":tensorflow:serving:request_count" in response.read().decode()
+            else:
+                with pytest.raises(urllib.error.HTTPError) as error:
+                    urllib.request.urlopen(url, timeout=30)
+                assert error.value.code == 404
+    finally:
+        rest_server.stop(grace=0)
+
+
+def test_the_deployment_monitoring_config_turns_it_on_at_the_default_path():
+    path = os.path.join(os.path.dirname(__file__), "..", "serving", "tf_serving", "monitoring.config")
+    assert metrics.load_monitoring_config(path) == metrics.PATH
+
+
+def test_a_bad_monitoring_config_is_named(tmp_path, capsys):
+    config_file = tmp_path / "monitoring.config"
+    config_file.write_text("prometheus_config { enabled: true }")
+    with pytest.raises(ValueError, match="not a TF Serving monitoring config") as error:
+        metrics.load_monitoring_config(str(config_file))
+    assert str(config_file) in str(error.value)
+    # The page is served on the REST port: turning it on without one is an error, before any loading.
+    config_file.write_text("prometheus_config { enable: true }")
+    assert cli.main(["serve", str(tmp_path / "no_model"), "--monitoring-config-file", str(config_file)]) == 2
+    assert "give --rest-api-port too" in capsys.readouterr().err

@@ -129,7 +129,8 @@ def _bad_requests(good: dict, features: c.FeatureSet) -> dict:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     without = {k: v for k, v in good.items() if k != "item_id"}
     return {
-        "unknown signature": ("rank_everything", good, "hap", invalid, "rank_everything"),
+        # TF Serving's code for it (predict_util.cc); its REST API answers INVALID_ARGUMENT
+        "unknown signature": ("rank_everything", good, "hap", grpc.StatusCode.FAILED_PRECONDITION, "rank_everything"),
         "missing feature": ("cascade", without, "hap", invalid, "item_id"),
         "extra feature": ("cascade", {**good, "u_favourite_colour": good["item_id"]}, "hap", invalid,
                           "u_favourite_colour"),
