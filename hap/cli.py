@@ -82,33 +82,63 @@ def _json_option(option: str, raw: str):
         raise ValueError(f"{option}: not JSON ({e}): {raw!r}") from None
 
 
-def _run(args) -> int:
-    from hap.data.sample_routing import contrast_metric
-    from hap.pipeline import configs, local_runner, run_report
+def _hap_command() -> str:
+    """How the user called the command line (e.g. .venv/bin/hap), for the commands we suggest."""
+    called = sys.argv[0] if sys.argv else ""
+    return called if os.path.basename(called) == "hap" else "hap"
+
+
+def _run_settings(args) -> dict:
+    """local_runner.run's settings from `hap run`'s options; bad ones fail here, before anything
+    is written."""
+    from hap.pipeline import configs
 
     overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
-    floors = configs.auc_floors_with(_json_option("--auc-floors", args.auc_floors) if args.auc_floors else {})
+    return {"light_trainer": {**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
+            "heavy_trainer": {**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
+            "auc_floors": configs.auc_floors_with(_json_option("--auc-floors", args.auc_floors)
+                                                  if args.auc_floors else {}),
+            "beam_pipeline_args": args.beam_arg or None, "enable_cache": not args.no_cache}
+
+
+# Raised before any component runs: the user's data or options, told as `hap: error: ...`.
+_USER_ERRORS = (contract.ContractError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def _pipeline(out, data: str, run_dir: str, settings: dict, log: str) -> bool:
+    """Runs the pipeline with one console line per component; False, with the failed component
+    and its traceback on the console, when it fails."""
+    from hap.pipeline import console
+
     start = time.time()
-    local_runner.run(args.data, args.out,
-                     light_trainer={**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
-                     heavy_trainer={**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
-                     auc_floors=floors, beam_pipeline_args=args.beam_arg or None, enable_cache=not args.no_cache)
-    print(f"pipeline finished in {time.time() - start:.0f}s; outputs under {os.path.abspath(args.out)}")
-    for model, trained in run_report.training_summary(args.out).items():
-        aucs = ", ".join(f"{name.removeprefix('auc_')} {value:.3f}" for name, value in trained["auc"].items())
-        print(f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation ({aucs})")
-        if trained["blessed"]:
-            print("  blessed")
-            continue
-        below = [f"EP vs {g} {trained['auc'][contrast_metric(g)]:.3f} < floor {floor}"
-                 for g, floor in floors[model].items() if trained["auc"][contrast_metric(g)] < floor]
-        print("  NOT blessed: " + ("; ".join(below) if below else
-                                   f"more than {configs.AUC_TOLERANCE} below the last blessed model")
-              + " (README, \"When a model is not blessed\")")
-    print(f"TensorBoard: hap tensorboard {args.out}")
-    served = os.path.join(args.out, "serving", "hap")
-    if os.path.isdir(served):
-        print(f"serve the pushed cascade: hap serve {served}")
+    try:
+        with out.step("loading TFX and TensorFlow"):
+            from hap.pipeline import local_runner
+        local_runner.run(data, run_dir, console=out, **settings)
+    except Exception as e:  # noqa: BLE001  (a failed component: shown, with its traceback)
+        if not out.components and isinstance(e, _USER_ERRORS):
+            raise
+        console.report_failure(out, e, log)
+        return False
+    cached = sum(c["state"] == "cached" for c in out.components)
+    out.line(f"pipeline finished in {time.time() - start:.0f} s ({len(out.components) - cached} components run, "
+             f"{cached} from cache); outputs under {run_dir}")
+    return True
+
+
+def _run(args) -> int:
+    from hap.pipeline import console
+
+    settings = _run_settings(args)
+    log = console.log_path(args.out)
+    with console.quiet_console(log) as out:
+        out.line(f"hap run: {args.data} into {args.out}; every library's messages go to {log}")
+        if not _pipeline(out, args.data, args.out, settings, log):
+            return 1
+        from hap.pipeline import run_report
+
+        for line in run_report.summary_lines(args.out) + run_report.next_commands(args.out, args.data, _hap_command()):
+            out.line(line)
     return 0
 
 
@@ -129,9 +159,9 @@ def _compile_kubeflow(args) -> int:
 
 
 def _tensorboard(args) -> int:
-    from hap.pipeline import local_runner
+    from hap.pipeline import console  # not local_runner: printing a command needs no TensorFlow
 
-    dirs = local_runner.tensorboard_logdirs(args.out)
+    dirs = console.tensorboard_logdirs(args.out)
     spec = ",".join(f"{model}:{path}" for model, path in dirs.items() if os.path.isdir(path))
     if not spec:
         print(f"no training logs under {args.out}; run `hap run --out {args.out}` first", file=sys.stderr)
@@ -244,19 +274,62 @@ def _benchmark(args) -> int:
     return 0
 
 
+def _compare(out, run_dir: str, data: str, demo_dir: str) -> None:
+    """`hap demo`'s last step: `hap evaluate` on the cascade the run pushed, into
+    DEMO/evaluation, and the light model, the cascade and the heavy model side by side on the
+    console and in DEMO/summary.md."""
+    from hap.evaluation import evaluate
+    from hap.pipeline import console
+
+    evaluation = os.path.join(demo_dir, "evaluation")
+    with out.step("evaluating the cascade"):
+        result = evaluate.evaluate(console.serving_base(run_dir), data, evaluation, overwrite=True, progress=False)
+    out.line()
+    for line in console.side_by_side_lines(result):
+        out.line(line)
+    summary, report = os.path.join(demo_dir, "summary.md"), os.path.join(evaluation, "report.md")
+    with open(summary, "w", encoding="utf-8") as f:
+        f.write(console.side_by_side_markdown(result, report, demo_dir))
+    out.line(f"this table: {summary}; every metric, with plots: {report}")
+    out.line()
+
+
 def _demo(args) -> int:
     from hap.data import simulator, validator
+    from hap.pipeline import console
 
-    data = os.path.join(args.out, "data")
-    if not os.path.exists(data):
-        print(f"simulating the default dataset into {data}")
-        simulator.simulate(data, SimulationConfig())
-    report = validator.validate(data)
-    print(("OK: " if report.ok else "INVALID: ") + report.summary())
-    if not report.ok:
-        return 1
-    return _run(argparse.Namespace(data=data, out=os.path.join(args.out, "run"), max_epochs=None, auc_floors=None, light_loss=None,
-                                   heavy_loss=None, beam_arg=None, no_cache=False))
+    start = time.time()
+    data, run_dir = os.path.join(args.out, "data"), os.path.join(args.out, "run")
+    evaluation = os.path.join(args.out, "evaluation")
+    log = console.log_path(run_dir)
+    with console.quiet_console(log) as out:
+        out.line(f"hap demo: the default dataset in {data}, the pipeline run in {run_dir}, the evaluation of the "
+                 f"pushed cascade in {evaluation}; every library's messages go to {log}")
+        if not os.path.exists(data):
+            with out.step("simulating the data"):
+                counts = simulator.simulate(data, SimulationConfig(), progress=False)
+            out.line(f"{'':8}{counts['samples']} samples of {counts['requests']} requests, "
+                     f"{counts['funnel_rows']} funnel rows of {counts['funnel_requests']} requests")
+        with out.step("validating the data"):
+            report = validator.validate(data)
+        out.line(f"{'':8}" + ("OK: " if report.ok else "INVALID: ") + report.summary())
+        if not report.ok:
+            return 1
+        if not _pipeline(out, data, run_dir, _run_settings(argparse.Namespace(
+                max_epochs=None, auc_floors=None, light_loss=None, heavy_loss=None, beam_arg=None, no_cache=False)),
+                log):
+            return 1
+        from hap.pipeline import run_report
+        from hap.serving import model_versions
+
+        for line in run_report.summary_lines(run_dir, evaluated=True):
+            out.line(line)
+        if model_versions.complete_versions(console.serving_base(run_dir)):
+            _compare(out, run_dir, data, args.out)
+        for line in run_report.next_commands(run_dir, data, _hap_command(), evaluated=True):
+            out.line(line)
+        out.line(f"demo finished in {time.time() - start:.0f} s")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

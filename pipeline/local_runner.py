@@ -9,6 +9,8 @@ Layout of an output directory:
                                  default one
     OUT/serving/hap/<version>/   the cascade SavedModel, pushed when both models were blessed
                                  (a TF Serving model base path: OUT/serving)
+    OUT/logs/run.log             what `hap run` did not show on the console: every library's
+                                 warnings and log lines, TensorFlow's C++ log (pipeline/console.py)
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from tfx import v1 as tfx
 
 from hap import schema as default_schema
 from hap.data import contract as c
-from hap.data.sample_routing import MODELS
-from hap.pipeline import configs
+from hap.pipeline import configs, console as run_console
+from hap.pipeline.console import tensorboard_logdirs  # noqa: F401  (the run layout's, here too)
 from hap.pipeline.pipeline import create_pipeline
 from hap.schema import derive
 
@@ -62,11 +64,6 @@ def show_component_progress() -> None:
     # flag around every SavedModel export, which would reset a level set on the logger alone.
     absl.logging.set_verbosity(absl.logging.INFO)
     logging.getLogger("apache_beam.transforms.core").setLevel(logging.ERROR)
-
-
-def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
-    root = os.path.join(out_dir, "pipeline_root")
-    return {model: os.path.join(root, f"Trainer_{model}", "model_run") for model in MODELS}
 
 
 def _component_beam_args(data_root: str, beam_pipeline_args, component_beam_args) -> dict:
@@ -110,8 +107,24 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
     )
 
 
-def run(data_root: str, out_dir: str, **settings) -> None:
-    """Runs `build(data_root, out_dir, **settings)` in this process."""
+def run(data_root: str, out_dir: str, console: run_console.Console | None = None, **settings) -> None:
+    """Runs `build(data_root, out_dir, **settings)` in this process. With a `console`
+    (pipeline/console.py), one line per component goes to it; without, LocalDagRunner's own
+    start and finish lines go through Python's logging."""
     pipeline = build(data_root, out_dir, **settings)
-    show_component_progress()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    if console is None:
+        show_component_progress()
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        return
+    # The progress filter would hide the launcher's record of a cache hit from the console.
+    absl_logger = logging.getLogger("absl")
+    filters = [f for f in absl_logger.filters if isinstance(f, _ComponentProgress)]
+    for f in filters:
+        absl_logger.removeFilter(f)
+    logging.getLogger("apache_beam.transforms.core").setLevel(logging.ERROR)
+    try:
+        with run_console.follow_components(console, len(pipeline.components)):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+    finally:
+        for f in filters:
+            absl_logger.addFilter(f)

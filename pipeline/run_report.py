@@ -9,8 +9,8 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from hap.data.sample_routing import MODELS
-from hap.pipeline import configs
+from hap.data.sample_routing import MODELS, contrast_metric
+from hap.pipeline import configs, console
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -87,3 +87,173 @@ def training_summary(out_dir: str) -> dict[str, dict]:
                           "auc": history["per_source_auc"][history["chosen_epoch"] - 1],
                           "blessed": bool(blessing.custom_properties["blessed"].int_value)}
     return summary
+
+
+def blessing_failures(out_dir: str, model: str) -> list[dict]:
+    """Why the newest Evaluator of `model` did not bless it (`validation_failures` of its TFMA
+    validation result); empty when every threshold passed."""
+    import tensorflow_model_analysis as tfma
+
+    evaluation = latest_artifact(out_dir, f"Evaluator_{model}", "ModelEvaluation")
+    return validation_failures(tfma.load_validation_result(evaluation.uri))
+
+
+def validation_failures(result) -> list[dict]:
+    """One entry per failed threshold of a TFMA ValidationResult, by contrast slice:
+    `{"contrast", "kind": "floor", "value", "floor"}`, `{"contrast", "kind": "regression",
+    "change", "tolerance"}` (against the last blessed model), else `{"contrast", "kind": "other",
+    "text"}`."""
+    from google.protobuf import text_format
+
+    from hap.models import transformed
+
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        contrast = next((k.bytes_value.decode() for k in per_slice.slice_key.single_slice_keys
+                         if k.column == transformed.CONTRAST), "every sample")
+        for failure in per_slice.failures:
+            value = failure.metric_value.double_value.value
+            threshold = failure.metric_threshold
+            if failure.metric_key.is_diff and threshold.HasField("change_threshold"):
+                failures.append({"contrast": contrast, "kind": "regression", "change": value,
+                                 "tolerance": -threshold.change_threshold.absolute.value})
+            elif threshold.value_threshold.HasField("lower_bound"):
+                failures.append({"contrast": contrast, "kind": "floor", "value": value,
+                                 "floor": threshold.value_threshold.lower_bound.value})
+            else:
+                failures.append({"contrast": contrast, "kind": "other",
+                                 "text": failure.message or text_format.MessageToString(failure, as_one_line=True)})
+    for missing in result.missing_slices:
+        failures.append({"contrast": text_format.MessageToString(missing, as_one_line=True), "kind": "other",
+                         "text": "no eval samples in this slice"})
+    if not result.validation_ok and not failures:
+        failures.append({"contrast": "every sample", "kind": "other",
+                         "text": text_format.MessageToString(result, as_one_line=True)})
+    return failures
+
+
+def push_summary(out_dir: str) -> dict:
+    """What the newest Pusher execution did: `pushed` (bool), `state` (COMPLETE, or CACHED when
+    its cache served it: then the version is an earlier run's), `version` and `destination`."""
+    state = latest_by_node(out_dir).get("Pusher", {}).get("state")
+    pushed = latest_artifact(out_dir, "Pusher", "PushedModel")
+    props = pushed.custom_properties
+    return {"state": state, "pushed": bool(props["pushed"].int_value) if "pushed" in props else False,
+            "version": props["pushed_version"].string_value if "pushed_version" in props else None,
+            "destination": props["pushed_destination"].string_value if "pushed_destination" in props else None}
+
+
+def cascade_info(version_dir: str) -> dict:
+    """What the CascadeAssembler stored beside a cascade SavedModel: its settings, features and
+    FLOPs per part (serving/cascade.py INFO_FILE)."""
+    from hap.serving import cascade
+
+    with open(os.path.join(version_dir, "assets.extra", cascade.INFO_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+# The request size the closing summary prices the cascade at: what retrieval hands pre-ranking in
+# the contract's funnel (about 1000 candidates).
+SUMMARY_CANDIDATES = 1000
+
+
+def _auc_text(model: str, auc: dict) -> str:
+    """The eval AUCs at the chosen epoch; the mean is over the model's own contrasts, which
+    validation chose the epoch by."""
+    from hap.data.sample_routing import MEAN_AUC, SAMPLE_ROUTING
+
+    per_source = [f"EP vs {name.removeprefix(contrast_metric(''))} {value:.3f}" for name, value in auc.items()
+                  if name != MEAN_AUC]
+    if MEAN_AUC in auc:
+        per_source.append(f"mean of {', '.join(SAMPLE_ROUTING[model].contrasts)} {auc[MEAN_AUC]:.3f}")
+    return ", ".join(per_source)
+
+
+def failure_text(failure: dict) -> str:
+    """One failed threshold (`validation_failures`) as the summary names it."""
+    where = f"EP vs {failure['contrast']}"
+    if failure["kind"] == "floor":
+        return f"{where} AUC {failure['value']:.3f} < floor {failure['floor']:g}"
+    if failure["kind"] == "regression":
+        return (f"{where} AUC {failure['change']:+.3f} against the last blessed model, more than the "
+                f"{failure['tolerance']:g} allowed")
+    return f"{where}: {failure['text']}"
+
+
+def flops_text(info: dict, n: int = SUMMARY_CANDIDATES) -> str | None:
+    """The cascade's FLOPs per request of `n` candidates, with the share its routing policy sends
+    to the heavy model on average, against the light model alone and the heavy one on all."""
+    from hap.serving import flops, routing
+
+    settings = info.get("settings", {})
+    fraction = settings.get("routing", {}).get("fraction", settings.get("route_fraction"))
+    if fraction is None or "flops" not in info:
+        return None
+    k = routing.routed_count(n, float(fraction))
+    cost = flops.request_flops(info["flops"], n, k)
+    return (f"cascade FLOPs per request of {n} candidates with {k} routed to the heavy model: "
+            f"{cost['cascade'] / 1e6:.1f} M (light model alone {cost['light_only'] / 1e6:.1f} M, heavy model on "
+            f"every candidate {cost['heavy_all'] / 1e6:.1f} M)")
+
+
+def summary_lines(out_dir: str, evaluated: bool = False) -> list[str]:
+    """The closing summary of a finished run: per model the epoch validation chose, its AUCs and
+    whether it was blessed (else each floor missed or regression, from TFMA's validation
+    result); what was pushed and where; the cascade's FLOPs. `evaluated`: the caller measures
+    the cascade's latency itself (hap demo)."""
+    from hap.serving import model_versions
+
+    lines = []
+    not_blessed = []
+    for model, trained in training_summary(out_dir).items():
+        head = (f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation "
+                f"(eval AUC {_auc_text(model, trained['auc'])})")
+        if trained["blessed"]:
+            lines.append(f"{head}: blessed")
+            continue
+        not_blessed.append(model)
+        lines.append(f"{head}: NOT blessed")
+        lines += [f"  {failure_text(f)}" for f in blessing_failures(out_dir, model)] \
+            or ["  (the Evaluator gave no reason)"]
+        lines.append("  what to do: README, \"When a model is not blessed\" (e.g. relax a floor with --auc-floors)")
+
+    serving = console.serving_base(out_dir)
+    push = push_summary(out_dir)
+    served = model_versions.complete_versions(serving)
+    if push["pushed"] and push["state"] == "CACHED":
+        lines.append(f"pushed: nothing new (the Pusher was served from cache); version {push['version']} of an "
+                     f"earlier run is at {os.path.join(serving, push['version'])}")
+    elif push["pushed"]:
+        lines.append(f"pushed: cascade version {push['version']} to {os.path.join(serving, push['version'])}")
+    else:
+        why = (f"the {' and '.join(not_blessed)} model{'s were' if len(not_blessed) > 1 else ' was'} not blessed"
+               if not_blessed else "the cascade was not blessed")
+        kept = (f"; {serving} still holds version {served[-1]} of an earlier run" if served
+                else "; there is no version to serve")
+        lines.append(f"pushed: NOTHING, as {why}{kept}")
+    if served:
+        try:
+            text = flops_text(cascade_info(os.path.join(serving, str(served[-1]))))
+        except (OSError, ValueError, KeyError):
+            text = None
+        if text:
+            lines.append(f"version {served[-1]}: {text}")
+        if not evaluated:
+            lines.append("latency, and quality against each model alone: hap evaluate (below)")
+    return lines
+
+
+def next_commands(out_dir: str, data_dir: str, hap: str = "hap", evaluated: bool = False) -> list[str]:
+    """What to run next, as the user calls the command line (`hap`)."""
+    from hap.serving import model_versions
+
+    serving = console.serving_base(out_dir)
+    lines = ["next:"]
+    if model_versions.complete_versions(serving):
+        lines.append(f"  {hap} serve {serving}    # TF Serving's gRPC API on 127.0.0.1:8500")
+        lines.append(f"  {hap} query --data {data_dir}    # in a second terminal: one request, ranked")
+        if not evaluated:
+            lines.append(f"  {hap} evaluate --model {serving} --data {data_dir} "
+                         f"--out {os.path.join(out_dir, 'evaluation')}")
+    lines.append(f"  {hap} tensorboard {out_dir}    # the training curves")
+    return lines
