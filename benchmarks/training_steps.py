@@ -1,6 +1,6 @@
 """What a Trainer's time goes to: its steps' pure compute against the steps as trained.
 
-    .venv/bin/python benchmarks/training_steps.py --run RUN [--data DATA] [--epochs 3]
+    .venv/bin/python benchmarks/training_steps.py --run RUN [--epochs 3] [--regroup DIR]
 
 On the request records and Transform output of a finished `hap run` (RUN), for each model:
 
@@ -12,6 +12,15 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
   that every epoch runs), with its per-epoch streamed evaluation, the gradient-conflict probe and
   TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
   steps as Keras ran them (the first one traces the step), the evaluation, the probe.
+
+Wall time depends on what else the machine runs; CPU time (this process, all threads) is
+reported beside it as the cost that does not: "CPU: trained / pure" is the whole training's CPU
+seconds against epochs x steps x the pure step's CPU ms.
+
+`--regroup DIR`: first group the run's Transform output again with this checkout's
+RequestGrouper executor into DIR (reused when DIR already holds records) and train on those
+records (for a run made before a change of the grouper). The input's fill column is the time to
+the first batch of a fresh pass: the shuffle buffer fills then, once per epoch.
 
 Prints a markdown table. Tracing is included in "trained" (it is a one-off: its share falls as
 the data grows) and reported apart from the probe's cost.
@@ -34,27 +43,55 @@ from hap.pipeline import run_report
 
 
 class _EpochTimer(tf.keras.callbacks.Callback):
+    """Wall and CPU seconds (this process, all its threads) of each epoch."""
+
     def __init__(self):
         super().__init__()
-        self.seconds: list[float] = []
+        self.seconds: list[tuple[float, float]] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
 
 
-def _ms_per_step(model, dataset, steps: int) -> float:
-    """ms per step of the second of two epochs (the first traces)."""
+def _ms_per_step(model, dataset, steps: int) -> tuple[float, float]:
+    """(wall, CPU) ms per step of the second of two epochs (the first traces)."""
     timer = _EpochTimer()
     model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
-    return 1000.0 * timer.seconds[-1] / steps
+    wall, cpu = timer.seconds[-1]
+    return 1000.0 * wall / steps, 1000.0 * cpu / steps
 
 
-def measure(run_dir: str, model: str, epochs: int) -> dict:
+def regroup(run_dir: str, out_dir: str) -> str:
+    """The run's Transform output grouped by this checkout's RequestGrouper into out_dir."""
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from hap.components.request_grouper import executor
+
+    transformed_uri = run_report.latest_artifact(run_dir, "Transform", "Examples").uri
+    examples = standard_artifacts.Examples()
+    examples.uri = transformed_uri
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    output = standard_artifacts.Examples()
+    output.uri = out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    config = run_report.latest_execution_property(run_dir, "RequestGrouper", "custom_config")
+    executor.Executor().Do({"examples": [examples]}, {"request_examples": [output]}, {"custom_config": config})
+    return out_dir
+
+
+def _fill_seconds(records, requests_per_batch: int, shuffle_requests: int) -> float:
+    """Seconds to the first batch of a fresh pass (the shuffle buffer fills first)."""
+    start = time.perf_counter()
+    next(iter(records.dataset(requests_per_batch, shuffle_requests=shuffle_requests, seed=0)))
+    return time.perf_counter() - start
+
+
+def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = None) -> dict:
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
-    records_uri = run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
+    records_uri = records_uri or run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
     config = json.loads(run_report.latest_execution_property(run_dir, f"Trainer_{model}", "custom_config"))
     features = preprocessing.feature_set_from_config(config)
     spec = tft_output.transformed_feature_spec()
@@ -68,20 +105,26 @@ def measure(run_dir: str, model: str, epochs: int) -> dict:
     requests_per_batch = routed.requests_per_batch(settings.batch_size)
     steps = routed.steps(requests_per_batch)
 
+    fill = _fill_seconds(routed, requests_per_batch, settings.shuffle_requests)
     one_batch = next(iter(routed.dataset(requests_per_batch)))
-    pure = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+    pure, pure_cpu = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                         tf.data.Dataset.from_tensors(one_batch).repeat(), steps)
-    streamed = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+    streamed, streamed_cpu = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                             distribute.request_dataset(strategy, routed, requests_per_batch,
                                                        shuffle_requests=settings.shuffle_requests, seed=0), steps)
     with tempfile.TemporaryDirectory() as logs:
+        cpu_start = time.process_time()
         _, history = trainer_module.train(settings, model_inputs, train_records, eval_records, logs)
+        trained_cpu = time.process_time() - cpu_start
     cost = history["conflict_cost"]
     return {"model": model, "steps_per_epoch": steps, "samples_per_step": round(routed.mean_request_size * requests_per_batch),
             "pure_ms": pure, "streamed_ms": streamed, "epochs": history["epochs_run"], "trained_s": history["seconds"],
             "pure_s": history["epochs_run"] * steps * pure / 1000.0, "steps_s": cost["train_seconds"],
             "eval_s": history["eval_seconds"], "probe_s": cost["probe_seconds"],
-            "probe_trace_s": cost["trace_seconds"], "probes": cost["probes"]}
+            "probe_trace_s": cost["trace_seconds"], "probes": cost["probes"], "fill_s": fill,
+            "shuffle_requests": settings.shuffle_requests, "files": len(train_records.files),
+            "pure_cpu_ms": pure_cpu, "streamed_cpu_ms": streamed_cpu, "trained_cpu_s": trained_cpu,
+            "pure_cpu_s": history["epochs_run"] * steps * pure_cpu / 1000.0}
 
 
 def main() -> None:
@@ -89,17 +132,24 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a finished `hap run` output directory")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the full training")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--regroup", metavar="DIR", help="group the run's Transform output again into DIR first")
     args = parser.parse_args()
-    rows = [measure(args.run, m, args.epochs) for m in (LIGHT, HEAVY)]
-    print("| model | steps/epoch | samples/step | pure compute ms/step | streamed ms/step (ratio) | epochs | "
-          "trained s | pure compute s | trained / pure | of which steps s | eval s | probe s (probes) | probe tracing s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.regroup and not os.path.exists(os.path.join(args.regroup, request_records.STATS_FILE)):
+        regroup(args.run, args.regroup)
+    records_uri = args.regroup or None
+    rows = [measure(args.run, m, args.epochs, records_uri) for m in (LIGHT, HEAVY)]
+    print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
+          "streamed ms/step (ratio) | epochs | trained s | pure compute s | trained / pure | of which steps s | eval s | "
+          "probe s (probes) | probe tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
+        print(f"| {r['model']} | {r['files']} | {r['shuffle_requests']:,} | {r['fill_s']:.2f} | "
+              f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
               f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} | {r['trained_s']:.1f} | "
               f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
               f"{r['probe_s']:.2f} ({r['probes']}) | "
-              f"{r['probe_trace_s']:.1f} |")
+              f"{r['probe_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
+              f"{r['trained_cpu_s'] / r['pure_cpu_s']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

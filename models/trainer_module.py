@@ -34,8 +34,15 @@ class TrainerSettings:
     No dataset-specific epoch count: the simulator's models peak after 1-3 epochs, sparser data
     needs more (README, "Training").
     batch_size: samples per batch on average, filled with whole requests.
-    shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory.
-    conflict_budget: the share of training time the gradient-conflict probe may take."""
+    shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory. It refills at
+    the start of every pass (a batch never spans two passes), which stalls that pass's first
+    step: at 10x the default data 10,000 requests took 1.4-4.6 s per epoch to fill, 1,000 took
+    0.1-0.2 s (/tmp/fill measurement in the README, "Training at scale"). The grouper's output
+    order is a hash of the request key, so a small buffer still mixes requests of all days.
+    conflict_budget: the share of training time the gradient-conflict probe may take.
+    model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
+    `heavy.HeavyConfig`) that differ from its defaults, e.g. a narrower heavy model as the
+    benchmark's uniform-scaling baseline."""
 
     model: str = LIGHT
     loss: str = "ghcl"
@@ -45,12 +52,14 @@ class TrainerSettings:
     learning_rate: float = 2e-3
     temperature: float = losses.DEFAULT_TEMPERATURE
     seed: int = 0
-    shuffle_requests: int = 10_000
+    shuffle_requests: int = 1_000
     conflict_budget: float = 0.05
     sample_routing: str = ""
+    model_config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         routing_of(self.model)
+        model_hparams(self.model, self.model_config)  # a bad hyper-parameter fails here, naming it
         routing_of(self.sample_routing or self.model)
         if self.loss not in losses.LOSS_NAMES:
             raise ValueError(f"loss must be one of {losses.LOSS_NAMES}, got {self.loss!r}")
@@ -79,15 +88,28 @@ class TrainerSettings:
 PROBE_REQUESTS = 64
 
 
-def build_scorer(model: str, model_inputs: transformed.ModelInputs) -> tf.keras.Model:
-    return light.LightModel(model_inputs) if model == LIGHT else heavy.HeavyModel(model_inputs)
+def model_class(model: str) -> type:
+    return light.LightModel if model == LIGHT else heavy.HeavyModel
+
+
+def model_hparams(model: str, model_config: dict):
+    """The model's config dataclass with `model_config`'s values (JSON lists become tuples)."""
+    config_class = model_class(model).config_class
+    unknown = sorted(set(model_config) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise ValueError(f"unknown {model} model hyper-parameter(s) {unknown}; see {config_class.__name__}")
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
+
+
+def build_scorer(model: str, model_inputs: transformed.ModelInputs, model_config: dict | None = None) -> tf.keras.Model:
+    return model_class(model)(model_inputs, model_hparams(model, model_config or {}))
 
 
 def compiled_trainer(settings: TrainerSettings, model_inputs: transformed.ModelInputs,
                      strategy: tf.distribute.Strategy) -> training.RoutedTrainer:
     """The scorer of `settings.model` wrapped with its loss and optimizer, under `strategy`."""
     with strategy.scope():
-        scorer = build_scorer(settings.model, model_inputs)
+        scorer = build_scorer(settings.model, model_inputs, settings.model_config)
         extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
         model = training.RoutedTrainer(scorer, losses.make_loss(settings.loss, settings.routing, **extra))
         model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate))
@@ -95,7 +117,7 @@ def compiled_trainer(settings: TrainerSettings, model_inputs: transformed.ModelI
 
 
 def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, train_records: request_records.RequestRecords,
-          eval_records: request_records.RequestRecords, log_dir: str, strategy: tf.distribute.Strategy | None = None):
+          eval_records: request_records.RequestRecords, log_dir: str, strategy: tf.distribute.Strategy | None = None, warm_start=None):
     """Trains a scorer (with `strategy`, default: the current one) on streamed request records;
     returns it with its history: per-epoch AUCs, the chosen epoch, the gradient-conflict samples,
     and where the time went (`seconds` in all: the steps, as `conflict_cost["train_seconds"]`,
@@ -104,7 +126,7 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     tf.keras.utils.set_random_seed(settings.seed)
     routing = settings.routing
     train_records = train_records.only(routing.trains_on)
-    model = compiled_trainer(settings, model_inputs, strategy)
+    model = compiled_trainer(settings, model_inputs, strategy); warm = warm_start(model.scorer) if warm_start else {}  # noqa: E702  (run_fn's)
     scorer, loss_fn = model.scorer, model.loss_fn
     replicas = strategy.num_replicas_in_sync
     requests_per_batch = train_records.requests_per_batch(distribute.per_replica_batch_size(settings.batch_size, replicas))
@@ -127,7 +149,7 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
         tf.summary.scalar("chosen_epoch", best_epoch)
     return scorer, {"per_source_auc": auc_cb.history, "chosen_epoch": best_epoch, "epochs_run": len(auc_cb.history),
                     "seconds": seconds, "eval_seconds": auc_cb.seconds, "gradient_conflict": conflict_cb.history,
-                    "conflict_cost": conflict_cb.cost}
+                    "conflict_cost": conflict_cb.cost, **warm}
 
 
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:
@@ -155,7 +177,112 @@ def run_fn(fn_args) -> None:
     feature_spec = tft_output.transformed_feature_spec()
     train_records = request_records.RequestRecords.from_split(fn_args.train_files, feature_spec, features)
     eval_records = request_records.RequestRecords.from_split(fn_args.eval_files, feature_spec, features)
-    scorer, history = train(settings, model_inputs, train_records, eval_records, model_run_dir, strategy)
-    export(scorer, tft_output, distribute.output_dir(fn_args.serving_model_dir, tf_config))
+    vocabularies = {name: tft_output.vocabulary_by_name(name) for name in model_inputs.vocab_sizes}
+    base_model = getattr(fn_args, "base_model", None)
+    warm = (lambda scorer: warm_start_from(scorer, base_model, vocabularies, train_records, strategy)) if base_model else None
+    scorer, history = train(settings, model_inputs, train_records, eval_records, model_run_dir, strategy, warm_start=warm)
+    serving_dir = distribute.output_dir(fn_args.serving_model_dir, tf_config)
+    export(scorer, tft_output, serving_dir)
+    save_vocabularies(tft_output, vocabularies, serving_dir)
     with tf.io.gfile.GFile(os.path.join(model_run_dir, "training_history.json"), "w") as f:
-        json.dump({"settings": dataclasses.asdict(settings), **history}, f, indent=1)
+        json.dump({"settings": dataclasses.asdict(settings), "warm_started_from": None, **history}, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm start: day after day, each Trainer starts from the last blessed model of its kind (TFX's
+# `base_model`, resolved in pipeline/pipeline.py) instead of from random weights.
+#
+# Transform computes its vocabularies again on every day's window, so an id's row in an embedding
+# table moves between days and tables grow. Each model therefore keeps the vocabularies it was
+# trained with beside its SavedModel (assets.extra/vocabularies/, which TF Serving and Keras
+# ignore), and a warm start copies rows by token: an id both models know keeps its learned row,
+# a new id starts from the old model's out-of-vocabulary row (how the old model saw it), the
+# missing and OOV rows carry over. Every other weight is copied as it is. A base model of another
+# architecture, other hyper-parameters or features, or without its vocabularies, is not used:
+# training starts from scratch and training_history.json says why.
+
+VOCABULARIES_DIR = os.path.join("assets.extra", "vocabularies")
+
+
+def save_vocabularies(tft_output, vocabularies: dict, serving_dir: str) -> None:
+    target = os.path.join(serving_dir, VOCABULARIES_DIR)
+    tf.io.gfile.makedirs(target)
+    for name in vocabularies:
+        tf.io.gfile.copy(tft_output.vocabulary_file_by_name(name), os.path.join(target, name), overwrite=True)
+
+
+def _read_vocabulary(path: str) -> list[bytes]:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.rstrip(b"\n") for line in f]
+
+
+def _weight_key(variable) -> str:
+    """A weight's path inside its model, without the model's name and Keras' numbering of layer
+    names (dense_4), which differ between two instances of one model in one process."""
+    parts = variable.name.split("/")[1:]
+    return "/".join(part.rsplit("_", 1)[0] if part.rsplit("_", 1)[-1].isdigit() else part for part in parts)
+
+
+def remap_embedding(new: "np.ndarray", base: "np.ndarray", new_vocab: list, base_vocab: list) -> tuple:
+    """The new table (rows: 0 missing, 1..V vocabulary, V+1 OOV; models/transformed.py) with the
+    base table's rows by token; returns it and how many tokens kept a learned row."""
+    import numpy as np
+
+    out = np.array(new, copy=True)
+    out[0], out[-1] = base[0], base[-1]
+    base_row = {token: i + 1 for i, token in enumerate(base_vocab)}
+    kept = 0
+    for i, token in enumerate(new_vocab):
+        row = base_row.get(token)
+        out[i + 1] = base[row] if row is not None else base[-1]
+        kept += row is not None
+    return out, kept
+
+
+def warm_start_from(scorer, base_dir: str, vocabularies: dict, train_records, strategy) -> dict:
+    """Loads the weights of the Keras SavedModel `base_dir` into `scorer` (built here on a batch of
+    `train_records`), embedding rows by token; returns what training_history.json records."""
+    import logging
+
+    base_dir = str(base_dir)
+    try:
+        base = tf.keras.models.load_model(base_dir, compile=False)
+    except (OSError, ValueError, TypeError) as e:
+        return _cold(base_dir, f"cannot load it: {e}")
+    base_vocab_dir = os.path.join(base_dir, VOCABULARIES_DIR)
+    if type(base) is not type(scorer):
+        return _cold(base_dir, f"it is a {type(base).__name__}, not a {type(scorer).__name__}")
+    if base.config != scorer.config or base.feature_names != scorer.feature_names:
+        return _cold(base_dir, "its hyper-parameters or features differ")
+    if not all(tf.io.gfile.exists(os.path.join(base_vocab_dir, name)) for name in vocabularies):
+        return _cold(base_dir, f"it has no {VOCABULARIES_DIR}/ of every vocabulary (trained before warm starts?)")
+    with strategy.scope():
+        scorer(next(iter(train_records.dataset(1))), training=False)  # creates the variables
+    new_weights, base_weights = scorer.weights, base.weights
+    if [_weight_key(v) for v in new_weights] != [_weight_key(v) for v in base_weights]:
+        return _cold(base_dir, "its weights are not the new model's")
+    tables = {f"embedding_{name}": name for name in vocabularies}
+    values, rows = [], {}
+    for new, old in zip(new_weights, base_weights):
+        table = tables.get(new.name.split("/")[-2]) if new.name.count("/") > 1 else None
+        if table is not None:
+            value, kept = remap_embedding(new.numpy(), old.numpy(), vocabularies[table],
+                                          _read_vocabulary(os.path.join(base_vocab_dir, table)))
+            rows[table] = {"tokens": len(vocabularies[table]), "kept": kept}
+        elif tuple(new.shape) == tuple(old.shape):
+            value = old.numpy()
+        else:
+            return _cold(base_dir, f"weight {_weight_key(new)} has shape {tuple(old.shape)} there, "
+                                   f"{tuple(new.shape)} here")
+        values.append(value)
+    for new, value in zip(new_weights, values):
+        new.assign(value)
+    logging.info("warm start: %d weights of %s loaded into %s", len(values), base_dir, scorer.name)
+    return {"warm_started_from": base_dir, "warm_start": {"weights": len(values), "embedding_rows": rows}}
+
+
+def _cold(base_dir: str, why: str) -> dict:
+    import logging
+
+    logging.warning("warm start from %s skipped: %s; training starts from random weights", base_dir, why)
+    return {"warm_started_from": None, "warm_start": {"skipped": f"{base_dir}: {why}"}}

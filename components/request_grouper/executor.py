@@ -5,10 +5,20 @@ one serialized ExampleListWithContext per request (models/request_records.reques
 split's request and sample counts go to `request_stats.json`, which the Trainers read to size
 batches and epochs without a pass over the data. Outputs are written straight into the artifact:
 TFX publishes it only when the executor succeeds, and a retry gets a fresh folder.
+
+Order. A runner writes a GroupByKey's output in no promised order, and the DirectRunner in the
+order of the input: request after request, day after day. A Trainer's shuffle buffer mixes only
+neighbouring records, so that order would reach training as it is. The records are therefore
+written in a random order: each goes to one of ceil(requests / RECORDS_PER_SHARD) shards by a
+hash of its request key, and each shard is sorted by a second hash before one worker writes it.
+Streaming a few shards interleaved then gives batches of requests from every day, whatever the
+buffer's size.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from typing import Any, Dict, List
 
@@ -23,15 +33,41 @@ from tfx.types import artifact_utils
 from hap.models import preprocessing, request_records, transformed
 
 _FILE_PREFIX = "requests"
+# Records per output file; a worker holds one shard in memory to order it (about 180 MB at the
+# simulator's 18 kB per request record).
+RECORDS_PER_SHARD = 10_000
+
+
+def _hash(key: bytes, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, salt=salt).digest(), "big")
+
+
+def num_shards(requests: int) -> int:
+    return max(1, math.ceil(requests / RECORDS_PER_SHARD))
+
+
+def _to_shard(key: bytes, record: bytes, _counts, shards: int = 1) -> tuple[int, tuple[int, bytes]]:
+    return _hash(key, b"shard") % shards, (_hash(key, b"order"), record)
+
+
+def _write_shard(shard: int, records, output_dir: str = "", shards: int = 1) -> None:
+    """Writes one shard's records in the order of their keys' second hash (a random order that
+    a retry repeats), to a temporary file renamed into place."""
+    path = os.path.join(output_dir, f"{_FILE_PREFIX}-{shard:05d}-of-{shards:05d}.gz")
+    tf.io.gfile.makedirs(output_dir)
+    with tf.io.TFRecordWriter(f"{path}.tmp", "GZIP") as writer:
+        for _, record in sorted(records, key=lambda item: item[0]):
+            writer.write(record)
+    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
 
 
 def _request_key(serialized: bytes) -> bytes:
     return tf.train.Example.FromString(serialized).features.feature[transformed.REQUEST_KEY].bytes_list.value[0]
 
 
-def _serialized_record(key: bytes, examples, context: tuple[str, ...] = ()) -> tuple[bytes, dict[str, int]]:
+def _serialized_record(key: bytes, examples, context: tuple[str, ...] = ()) -> tuple[bytes, bytes, dict[str, int]]:
     record = request_records.request_record(key, examples, context)
-    return record.SerializeToString(), request_records.group_counts(record)
+    return key, record.SerializeToString(), request_records.group_counts(record)
 
 
 class _SplitTotals(beam.CombineFn):
@@ -67,11 +103,16 @@ def group_split(pipeline: beam.Pipeline, split: str, input_pattern: str, output_
                | f"KeyByRequest[{split}]" >> beam.Map(lambda s: (_request_key(s), s))
                | f"GroupByRequest[{split}]" >> beam.GroupByKey()
                | f"ToRecord[{split}]" >> beam.MapTuple(_serialized_record, context=context))
+    shards = (records
+              | f"Count[{split}]" >> beam.combiners.Count.Globally()
+              | f"Shards[{split}]" >> beam.Map(num_shards))
     _ = (records
-         | f"Serialized[{split}]" >> beam.MapTuple(lambda record, _: record)
-         | f"Write[{split}]" >> beam.io.WriteToTFRecord(os.path.join(output_dir, _FILE_PREFIX), file_name_suffix=".gz"))
+         | f"ToShard[{split}]" >> beam.MapTuple(_to_shard, shards=beam.pvalue.AsSingleton(shards))
+         | f"GroupByShard[{split}]" >> beam.GroupByKey()
+         | f"Write[{split}]" >> beam.MapTuple(_write_shard, output_dir=output_dir,
+                                              shards=beam.pvalue.AsSingleton(shards)))
     return (records
-            | f"Counts[{split}]" >> beam.MapTuple(lambda _, counts: counts)
+            | f"Counts[{split}]" >> beam.MapTuple(lambda _key, _record, counts: counts)
             | f"Total[{split}]" >> beam.CombineGlobally(_SplitTotals())
             | f"Name[{split}]" >> beam.Map(lambda totals: {split: totals}))
 

@@ -76,3 +76,21 @@ def test_a_user_feature_that_varies_within_a_request_names_request_and_feature(t
     arrays["u_age_bucket"][rows[-1]] += 1
     with pytest.raises(Exception, match=r"request b'r3': feature 'u_age_bucket' differs between its samples"):
         _group(tmp_path, {"train": arrays})
+
+
+def test_records_are_written_in_a_random_order_over_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(executor, "RECORDS_PER_SHARD", 10)
+    arrays = synthetic_requests.synthetic_arrays(45, seed=3)  # 45 requests: ceil(45 / 10) = 5 shards
+    output = _group(tmp_path, {"train": arrays})
+    split_dir = os.path.join(output.uri, "Split-train")
+    files = sorted(os.listdir(split_dir))
+    assert files == [f"requests-{i:05d}-of-00005.gz" for i in range(5)]
+    records = request_records.RequestRecords.from_split(os.path.join(split_dir, "*"), synthetic_requests.feature_spec(),
+                                                        synthetic_requests.FEATURES)
+    keys = records.columns((transformed.REQUEST_KEY,))[transformed.REQUEST_KEY]
+    in_file_order = list(dict.fromkeys(keys.tolist()))
+    assert sorted(in_file_order) == sorted(set(arrays[transformed.REQUEST_KEY].tolist()))
+    # The input is in request order; the files are not, and every shard holds some requests.
+    assert in_file_order != list(dict.fromkeys(arrays[transformed.REQUEST_KEY].tolist()))
+    assert all(os.path.getsize(os.path.join(split_dir, f)) > 0 for f in files)
+    assert executor.num_shards(0) == 1 and executor.num_shards(10) == 1 and executor.num_shards(11) == 2
