@@ -43,6 +43,11 @@ EXPOSED, RANKING, PRERANKING, GLOBAL = "exposed", "ranking", "preranking", "glob
 SOURCES = (EXPOSED, RANKING, PRERANKING, GLOBAL)
 # Sampling cut-offs of the contract: RN are ranked below position 50 by ranking, PRN below 200
 # by pre-ranking.
+# The bound on a numeric value, in the raw units of its feature: |x| <= 1e18. A value beyond it
+# is not a measurement but a corrupt one (an overflowed counter, a sentinel such as 1e30 or
+# FLT_MAX): the reader refuses it in a dataset and the cascade graph and `hap serve` in a
+# request, as they refuse an infinite one (serving/request.py `numeric_problem` has the reasons).
+MAX_ABS_NUMERIC = 1e18
 RANK_CUTOFF = 50
 PRERANK_CUTOFF = 200
 

@@ -147,6 +147,8 @@ def _single(raw: list, types: tuple[type, ...], what: str):
 def _float32(x: float) -> float:
     if not math.isfinite(x):
         raise ValueError(f"not a finite number: {x!r}")
+    if abs(x) > c.MAX_ABS_NUMERIC:
+        raise ValueError(f"{x!r} is beyond the contract's bound |x| <= {c.MAX_ABS_NUMERIC:.0e}")
     return float(np.float32(x))
 
 
@@ -182,9 +184,10 @@ def parse_value(kind: str, raw):
             except ValueError:
                 raise ValueError(f"not an integer: {raw!r}") from None
         try:
-            return _float32(float(raw))
+            value = float(raw)
         except ValueError:
             raise ValueError(f"not a number: {raw!r}") from None
+        return _float32(value)
 
     if kind == c.SEQUENCE:
         if raw and not all(isinstance(v, int) for v in raw):

@@ -53,6 +53,14 @@ Funnel. `funnel_requests` further requests on the last day, held out (they chang
 with all retrieved candidates, their stage positions, the source of the last stage they reached
 and their `oracle_utility`.
 
+Day after day. `append_day` adds one more day to a simulated dataset: the same world (users,
+items, tastes) with the histories and seen sets every earlier request left behind, replayed from
+`simulation.json`, the record `simulate` writes of its configuration and of every appended day.
+The new day has `requests / days` requests and may drift (`DayDrift`): a share `network` of its
+requests arrive over the network the fewest users have (context feature `c_network`), and its
+click logit moves by `click` (at the feedback stage only, like `click_sparsity`). funnel/ is left
+as it is: the held-out requests of the original last day.
+
 Features: 29 anonymised ones (`FEATURES`), all categorical values as random integer codes; some
 are missing by design (age and gender of some users, video duration of text items, the past
 CTRs and the history match of new users, whose histories are empty).
@@ -85,8 +93,11 @@ byte for byte under the same seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Iterator
 
 import numpy as np
@@ -201,6 +212,25 @@ def config_for_regime(name: str, **overrides) -> SimulationConfig:
     if name not in REGIMES:
         raise ValueError(f"unknown simulator regime {name!r}; known regimes: {', '.join(REGIMES)}")
     return SimulationConfig(**{**REGIMES[name], **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class DayDrift:
+    """How an appended day differs from the days before it (module docstring, Day after day).
+
+    network: share, in [0, 1], of the day's requests whose context feature `c_network` is the
+    network the fewest users have, whatever the user's own.
+    click: added to the click logit when clicks are drawn (more clicks when > 0, fewer when < 0);
+    the cascade and the oracle utility stay as they are."""
+
+    network: float = 0.0
+    click: float = 0.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.network) and 0 <= self.network <= 1):
+            raise ValueError(f"network drift must be a share in [0, 1], got {self.network!r}")
+        if not math.isfinite(self.click):
+            raise ValueError(f"click drift must be a finite number, got {self.click!r}")
 
 
 @dataclasses.dataclass
@@ -333,6 +363,7 @@ class FeedSimulator:
         self.rng = np.random.default_rng([cfg.seed, 1])
         # Its own stream, so that noise-free regimes draw exactly what the simulator always drew.
         self.label_noise_rng = np.random.default_rng([cfg.seed, 5])
+        self.click_shift = 0.0  # DayDrift.click of the day being simulated
         hour_w = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 2.5, 2, 2.5,
                            3, 2.5, 2, 2, 2, 2.5, 3, 3.5, 4, 4, 3, 2], float)
         self.hour_p = hour_w / hour_w.sum()
@@ -349,6 +380,19 @@ class FeedSimulator:
         users, days, hours = self._schedule(self.cfg.requests, range(self.cfg.days), self.rng)
         for r, (u, d, h) in enumerate(zip(users, days, hours)):
             yield self._request(1_000_000 + r, int(u), int(d), int(h), funnel=False)
+
+    def day_requests(self, day: int, n: int, first_id: int, drift: DayDrift) -> Iterator[SimulatedRequest]:
+        """`n` requests of an appended day, ids from `first_id`, drawn from streams of their own
+        (seeded by the day), so a replay of the earlier days is all a new day depends on."""
+        self.rng = np.random.default_rng([self.cfg.seed, 10, day])
+        self.label_noise_rng = np.random.default_rng([self.cfg.seed, 12, day])
+        self.click_shift = drift.click
+        try:
+            users, days, hours = self._schedule(n, range(day, day + 1), self.rng)
+            for r, (u, d, h) in enumerate(zip(users, days, hours)):
+                yield self._request(first_id + r, int(u), int(d), int(h), funnel=False)
+        finally:
+            self.click_shift = 0.0
 
     def funnel_requests(self) -> Iterator[SimulatedRequest]:
         rng = np.random.default_rng([self.cfg.seed, 2])
@@ -374,7 +418,7 @@ class FeedSimulator:
         expose_pos[to_expose[shown]] = order[shown]
 
         exposed = expose_pos >= 0
-        p_click = _sigmoid(s - cfg.click_sparsity) * (1.0 + np.maximum(expose_pos, 0)) ** -POSITION_BIAS
+        p_click = _sigmoid(s - cfg.click_sparsity + self.click_shift) * (1.0 + np.maximum(expose_pos, 0)) ** -POSITION_BIAS
         click = (exposed & (rng.random(n) < p_click)).astype(np.int64)
         if cfg.click_noise > 0:
             click = self._add_label_noise(click, exposed, p_click)
@@ -486,6 +530,20 @@ class FeatureEncoder:
                                   + rng.normal(0, 0.3, (nu, nk)))
         self.x_ctype_ctr = _sigmoid(-1.5 + w.user_ctype_taste + rng.normal(0, 0.2, w.user_ctype_taste.shape))
         self.refresh_rng = np.random.default_rng([cfg.seed, 4])
+        self.network_drift, self.drift_rng = 0.0, None  # DayDrift.network of the day being encoded
+        self.rarest_network = int(np.argmin(np.bincount(self.u_network, minlength=3)))
+
+    def start_day(self, day: int, drift: DayDrift) -> None:
+        """Streams of an appended day's own, and its drift (see FeedSimulator.day_requests)."""
+        seed = self.w.cfg.seed
+        self.refresh_rng = np.random.default_rng([seed, 11, day])
+        self.drift_rng = np.random.default_rng([seed, 13, day])
+        self.network_drift = drift.network
+
+    def network(self, user: int) -> int:
+        if self.network_drift and self.drift_rng.random() < self.network_drift:
+            return self.rarest_network
+        return int(self.u_network[user])
 
     def columns(self, req: SimulatedRequest, with_oracle: bool) -> dict[str, list]:
         """Column name -> list of python values (None where missing) for the request's rows."""
@@ -532,7 +590,7 @@ class FeatureEncoder:
             "u_cat_seq": rep([int(x) for x in self.cat_codes[hist_cats]] if hist else []),
             "c_hour": rep(int(self.hour_codes[req.hour])),
             "c_weekday": rep(int(self.weekday_codes[req.day % 7])),
-            "c_network": rep(int(self.network_codes[self.u_network[u]])),
+            "c_network": rep(int(self.network_codes[self.network(u)])),
             "c_refresh_idx": rep(float(self.refresh_rng.poisson(2))),
             "i_category": [int(x) for x in self.cat_codes[cats]],
             "i_subcategory": [int(x) for x in self.subcat_codes[self.i_subcat[items]]],
@@ -557,6 +615,8 @@ class FeatureEncoder:
 
 FEATURES_HEADER = """Features of the simulated feed (hap data simulate). Ids and categorical values are
 anonymised integer codes; see data/simulator.py for the generative model."""
+# What `simulate` records beside the contract's files, so that `append_day` can continue the feed.
+RECORD_FILE = "simulation.json"
 
 
 def simulate(out_dir: str, cfg: SimulationConfig, fmt: str = "csv", overwrite: bool = False,
@@ -572,6 +632,7 @@ def simulate(out_dir: str, cfg: SimulationConfig, fmt: str = "csv", overwrite: b
     with wr.atomic_directory(out_dir, overwrite=overwrite) as tmp:
         with open(os.path.join(tmp, c.FEATURES_FILE), "w", encoding="utf-8") as f:
             f.write(c.dump_features(FEATURES, FEATURES_HEADER))
+        _write_record(tmp, {"config": dataclasses.asdict(cfg), "format": fmt, "appended_days": []})
         samples_dir = os.path.join(tmp, c.SAMPLES_DIR)
         os.makedirs(samples_dir)
         bar = tqdm(total=cfg.requests + cfg.funnel_requests, desc="simulating requests", unit="req",
@@ -598,4 +659,74 @@ def simulate(out_dir: str, cfg: SimulationConfig, fmt: str = "csv", overwrite: b
             for w in writers.values():
                 w.close()
             bar.close()
+    return counts
+
+
+def _write_record(data_dir: str, record: dict) -> None:
+    tmp = os.path.join(data_dir, f".{RECORD_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(data_dir, RECORD_FILE))
+
+
+def read_record(data_dir: str) -> dict:
+    """`simulation.json` of a simulated dataset: its SimulationConfig, format and appended days."""
+    path = os.path.join(data_dir, RECORD_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{data_dir}: no {RECORD_FILE}, so not a dataset `hap data simulate` wrote (or one "
+                                "written before it kept that record): only a simulated dataset can grow by a day")
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    record["config"]["exposed_range"] = tuple(record["config"]["exposed_range"])
+    return record
+
+
+def append_day(data_dir: str, drift: DayDrift = DayDrift(), progress: bool = True) -> dict:
+    """Adds the next day to the simulated dataset `data_dir`: `samples/day-<d>.<ext>` with
+    `requests / days` requests of the same feed, continued (module docstring, Day after day).
+    Written to a temporary file beside the dataset and renamed into samples/, then recorded in
+    `simulation.json`; returns counts of what it wrote and the day."""
+    record = read_record(data_dir)
+    cfg = SimulationConfig(**record["config"])
+    fmt, appended = record["format"], record["appended_days"]
+    day = cfg.days + len(appended)
+    per_day = max(1, cfg.requests // cfg.days)
+    samples_dir = os.path.join(data_dir, c.SAMPLES_DIR)
+    if any(name.startswith(f"day-{day}.") for name in os.listdir(samples_dir)):
+        raise FileExistsError(f"{samples_dir}: already holds day {day}, which {RECORD_FILE} does not record")
+    sim = FeedSimulator(cfg)
+    enc = FeatureEncoder(sim.world)
+    bar = tqdm(total=cfg.requests + sum(d["requests"] for d in appended) + per_day, desc=f"simulating day {day}",
+               unit="req", disable=not progress, mininterval=0.5)
+    counts = {"day": day, "requests": 0, "samples": 0}
+    try:
+        # The earlier days again, for the histories and seen sets they left; nothing is written.
+        for _ in sim.requests():
+            bar.update()
+        first_id = 1_000_000 + cfg.requests
+        for earlier in appended:
+            for _ in sim.day_requests(earlier["day"], earlier["requests"], first_id, DayDrift(**earlier["drift"])):
+                bar.update()
+            first_id += earlier["requests"]
+        staging = tempfile.mkdtemp(prefix=f".day-{day}.tmp-", dir=data_dir)
+        try:
+            writer = wr.shard_writer(staging, f"day-{day}", fmt, SAMPLE_COLUMNS)
+            try:
+                enc.start_day(day, drift)
+                for req in sim.day_requests(day, per_day, first_id, drift):
+                    writer.write(enc.columns(req, with_oracle=False))
+                    counts["requests"] += 1
+                    counts["samples"] += len(req.items)
+                    bar.update()
+            finally:
+                writer.close()
+            (name,) = os.listdir(staging)
+            os.replace(os.path.join(staging, name), os.path.join(samples_dir, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        bar.close()
+    appended.append({"day": day, "requests": per_day, "drift": dataclasses.asdict(drift)})
+    _write_record(data_dir, record)
     return counts

@@ -1,14 +1,18 @@
 """`hap benchmark`: HAP against its baselines, trained and evaluated in one run on the same data.
 
-Variants (`VARIANTS`), each built from the models of `MODELS`:
+Variants (`variants()`), each built from the models of `MODELS`; `--variants` picks a set:
 
     (a) light two-tower, mixed_bce            (b) light, pooled_infonce       (c) light, GHCL
-    (d) heavy on ALL samples, mixed_bce       (e) heavy on all samples, GHCL  (uniform scaling:
-        the heavy model as a one-stage pre-ranker, on every candidate)
-    (f) HAP: light GHCL + heavy GHCL trained on the hard samples (EP, EN, RN) as the pipeline
-        trains it, re-scoring the top K = ceil(f N) candidates by light score, f = 10% (the
-        pipeline's CascadeSettings)
-    (g) HAP with f swept (5%, 10%, 20%, 50% by default).
+    (d) heavy on all samples, mixed_bce       (e) heavy on all samples, GHCL: the heavy model as a
+        one-stage pre-ranker on every candidate
+    (us), (um) the heavy architecture narrowed to about 10% and 25% of its FLOPs (NARROW_HEAVY),
+        on every candidate: with (c) and (e), the uniform-scaling curve that routing must beat
+    (f) HAP as the pipeline pushes it (serving/cascade.py's CascadeSettings)
+    (<policy>-<heavy>-<f>) every routing policy of serving/routing.py (top_k, band, adaptive)
+        x the heavy model it routes to (hard: trained on EP, EN, RN as the pipeline trains it;
+        all: trained on every group) x route fraction f (5%, 10%, 20%, 50% by default).
+
+"losses" is (a)-(e); "routing" is (c), (us), (um), (e) and the cascades; "all" is both.
 
 How. The TFX pipeline runs once (`hap.pipeline.local_runner.run`, cached across runs) for its
 Transform output; every model is then trained in-process with `trainer_module.train` on the
@@ -21,25 +25,31 @@ Scoring, with the same metric code as `hap evaluate` (evaluation/evaluate.py):
 - funnel/ (when present): one request per call through `serving.cascade.CascadeModule`, the
   class the cascade SavedModel is saved from, so Transform and the per-request user tower run
   as served;
-- HAP's scores are composed from the light and heavy scores of each request: the top K by light
-  score get 1 + heavy probability, the others their light probability. That is exactly the
-  cascade signature's `scores` (serving/cascade.py; tests/test_cascade_model.py proves the
-  SavedModel routes this way), so the sweep needs no model per K; ties in light score are broken
-  by candidate order, as tf.math.top_k does.
+- a cascade's order is made from its two models' logits request by request by
+  serving/routing.py, the module the cascade signature calls (tests/test_cascade_model.py
+  proves the SavedModel equals it), so the sweep needs no model per policy and fraction.
+  The adaptive policy's margin is calibrated per seed and fraction on the light logits of the
+  compute requests (no labels), so that its mean routed share is the fraction.
 
 Compute: FLOPs per request from `serving.flops.model_flops` + `request_flops` (the same counts
 the assembler stores with the cascade) on the compute requests (funnel/ if present, where
-N ~ 1000 is what pre-ranking serves, else the logged eval requests). Latency depends on the
-architecture, not the loss or seed: it is measured once, with the first seed's models, per
-architecture (light alone, heavy on all N, the cascade at each f) as in-process calls of the
-tf.function'd CascadeModule methods on up to `latency_requests` compute requests. Training time
-is the wall time of `trainer_module.train` (including its per-epoch eval AUC and the gradient-conflict
-probe every 10 steps, which every model runs alike); a HAP variant's is its two models' sum.
+N ~ 1000 is what pre-ranking serves, else the logged eval requests), with each cascade's routed
+count per request. Latency depends on the architecture, not the loss or seed: it is measured
+once, with the first seed's models, per architecture as in-process calls of the tf.function'd
+CascadeModule methods on up to `latency_requests` compute requests. Training time is the wall
+time of `trainer_module.train` (with its per-epoch evaluation and the gradient-conflict probe,
+which every model runs alike); a HAP variant's is its two models' sum.
+
+Claims (`routing_claims`), per routing family, with funnel/: no harm (Recall@200 never below
+the light model's beyond one standard deviation), the light-to-heavy gap recovered (80% of it on
+Recall@100 and NDCG@100 within 25% of heavy-on-all FLOPs), and better than the uniform-scaling
+curve at equal FLOPs.
 
 Outputs under OUT/report (written to a temporary folder and moved into place):
-`benchmark.md` (the tables), `benchmark.json` (every number of every seed), `pareto.png`
-(quality against FLOPs per request) and `gradient_conflict.png` (cosine between per-source
-gradients over training), and the training logs under `logs/`.
+`benchmark.md` (the claims and tables), `benchmark.json` (every number of every seed),
+`pareto.png` (quality against FLOPs per request: the routing families' curves against the
+uniform-scaling curve) and `gradient_conflict.png` (cosine between per-source gradients over
+training), and the training logs under `logs/`.
 """
 from __future__ import annotations
 
@@ -59,7 +69,9 @@ from hap.data import writer
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.evaluation import evaluate as ev
 from hap.evaluation import report
-from hap.evaluation.defaults import DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAULT_ROUTE_FRACTIONS, DEFAULT_SEEDS
+from hap.evaluation.defaults import (DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAULT_ROUTE_FRACTIONS, DEFAULT_SEEDS,
+                                     VARIANT_SETS)
+from hap.evaluation.top_k_metrics import FUNNEL_KS
 from hap.models import request_records, trainer_module, training, transformed
 from hap.pipeline import local_runner, run_report
 from hap.serving import cascade, flops, routing
@@ -77,7 +89,18 @@ class ModelRecipe:
     model: str
     loss: str
     sample_routing: str = ""
+    model_config: dict = dataclasses.field(default_factory=dict)
 
+
+# The uniform-scaling baselines: the heavy architecture narrowed (half-width embeddings, low-rank
+# crosses, a shorter MLP, smaller attention) to about 13% and 27% of its FLOPs per candidate on
+# the simulator's features (about what the cascade spends routing 10% and 20% of the candidates),
+# trained like the heavy model on every candidate, so that the cascade meets one model of its
+# own compute.
+NARROW_HEAVY = {
+    "s": {"embedding_dim": 8, "cross_projection_dim": 16, "deep_units": [32, 16], "attention_units": [16]},
+    "m": {"embedding_dim": 8, "cross_projection_dim": 32, "deep_units": [64, 32]},
+}
 
 MODELS = {
     "light_mixed_bce": ModelRecipe(LIGHT, "mixed_bce"),
@@ -86,57 +109,103 @@ MODELS = {
     "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce", sample_routing=LIGHT),
     "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT),
     "heavy_hard_ghcl": ModelRecipe(HEAVY, "ghcl"),
+    **{f"heavy_narrow_{size}_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT, model_config=config)
+       for size, config in NARROW_HEAVY.items()},
 }
+# The heavy models a cascade may route to: the pipeline's (trained on the hard groups, as the paper
+# does) and the heavy model trained on every group, which has seen candidates like the whole band.
+ROUTED_HEAVY = {"hard": "heavy_hard_ghcl", "all": "heavy_all_ghcl"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A scorer of the benchmark: one model on every candidate, or a cascade of two (`route_fraction`)."""
+    """A scorer of the benchmark: one model on every candidate, or a cascade of two routed by
+    `policy` (a `routing.RoutingPolicy` kind) at `route_fraction`; the adaptive policy's margin is
+    calibrated per seed (`policy_for`)."""
 
     key: str
     label: str
     light: str | None = None
     heavy: str | None = None
+    policy: str | None = None
     route_fraction: float | None = None
+    cutoff: int | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
         return tuple(m for m in (self.light, self.heavy) if m)
 
     @property
+    def is_cascade(self) -> bool:
+        return self.policy is not None
+
+    @property
     def architecture(self) -> str:
-        if self.route_fraction is not None:
-            return f"{CASCADE}@{self.route_fraction:g}"
-        return LIGHT if self.light else HEAVY
+        """What latency depends on: the model on every candidate, or the cascade's routing."""
+        if self.is_cascade:
+            return f"{CASCADE}:{self.policy}@{self.cutoff}:{self.route_fraction:g}"
+        return self.models[0] if self.heavy else LIGHT
+
+    @property
+    def family(self) -> str | None:
+        """A cascade's policy and routed heavy model: the fractions of one family form a curve."""
+        if not self.is_cascade or self.key == "f":
+            return None
+        policy = self.policy if self.policy == routing.TOP_K else f"{self.policy} around {self.cutoff}"
+        return f"{policy}, heavy {next(k for k, m in ROUTED_HEAVY.items() if m == self.heavy)}"
 
 
-def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS) -> list[Variant]:
-    hap_fraction = cascade.CascadeSettings().route_fraction
-    out = [
+# The variants of each --variants set, by key; the cascade sweep is added to "routing" and "all".
+LOSS_KEYS = ("a", "b", "c", "d", "e")
+UNIFORM_KEYS = ("c",) + tuple(f"u{size}" for size in NARROW_HEAVY) + ("e",)  # light, then wider to heavy
+
+
+# The output sizes the band and adaptive policies centre on: the funnel metrics' two cut-offs (a
+# band around 200 cannot change a top 100, and one around 100 is too narrow for a top 200).
+POLICY_CUTOFFS = FUNNEL_KS
+
+
+def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
+             policies=routing.POLICIES) -> list[Variant]:
+    """The benchmark's scorers. "losses": the five single models of the loss comparison;
+    "routing": the light and heavy GHCL models, the uniform-scaling models, HAP as the pipeline
+    builds it (f) and every policy (band and adaptive at each of POLICY_CUTOFFS) x routed heavy
+    model x fraction; "all": both."""
+    if which not in VARIANT_SETS:
+        raise ValueError(f"variant set must be one of {VARIANT_SETS}, got {which!r}")
+    hap = cascade.CascadeSettings().routing
+    singles = [
         Variant("a", "light, mixed_bce", light="light_mixed_bce"),
         Variant("b", "light, pooled_infonce", light="light_pooled_infonce"),
         Variant("c", "light, GHCL", light="light_ghcl"),
         Variant("d", "heavy on all samples, mixed_bce", heavy="heavy_all_mixed_bce"),
         Variant("e", "heavy on all samples, GHCL", heavy="heavy_all_ghcl"),
-        Variant("f", f"HAP, K = {hap_fraction:.0%} of N", light="light_ghcl", heavy="heavy_hard_ghcl",
-                route_fraction=hap_fraction),
-    ]
-    for fraction in sorted(set(route_fractions) - {hap_fraction}):
-        out.append(Variant(f"g{fraction:.0%}", f"HAP, K = {fraction:.0%} of N", light="light_ghcl",
-                           heavy="heavy_hard_ghcl", route_fraction=fraction))
-    return out
+    ] + [Variant(f"u{size}", f"heavy narrowed ({size}) on every candidate, GHCL", heavy=f"heavy_narrow_{size}_ghcl")
+         for size in NARROW_HEAVY]
+    cascades = [Variant("f", f"HAP as pushed: {hap.label}, heavy hard", light="light_ghcl",
+                        heavy=ROUTED_HEAVY["hard"], policy=hap.kind, route_fraction=hap.fraction, cutoff=hap.cutoff)]
+    for policy in policies:
+        for cutoff in ((hap.cutoff,) if policy == routing.TOP_K else POLICY_CUTOFFS):
+            name = policy if policy == routing.TOP_K else f"{policy}@{cutoff}"
+            for heavy_kind, heavy_model in ROUTED_HEAVY.items():
+                for fraction in sorted(set(route_fractions)):
+                    cascades.append(Variant(f"{name}-{heavy_kind}-{fraction:.0%}",
+                                            f"HAP, {name} {fraction:.0%}, heavy {heavy_kind}",
+                                            light="light_ghcl", heavy=heavy_model, policy=policy,
+                                            route_fraction=fraction, cutoff=cutoff))
+    if which == "losses":
+        return [v for v in singles if v.key in LOSS_KEYS]
+    if which == "routing":
+        return [v for v in singles if v.key in UNIFORM_KEYS] + cascades
+    return singles + cascades
 
 
-def cascade_scores(request, light, heavy, route_fraction: float) -> np.ndarray:
-    """The cascade's ranking key per candidate, request by request (ids in `request`), as
-    serving/routing.py routes and combines them."""
-    request, light, heavy = np.asarray(request), np.asarray(light, np.float64), np.asarray(heavy, np.float64)
-    out = np.empty(len(light), np.float64)
-    codes = np.unique(request, return_inverse=True)[1].reshape(-1)
-    rows_by_request = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
-    for rows in rows_by_request:
-        out[rows] = routing.route_request(light[rows], heavy[rows], route_fraction)[0].numpy()
-    return out
+def policy_for(variant: Variant, margins: dict) -> routing.RoutingPolicy:
+    """The variant's routing policy; `margins`: the adaptive policy's calibrated margin per
+    (fraction, cutoff)."""
+    margin = margins[(variant.route_fraction, variant.cutoff)] if variant.policy == routing.ADAPTIVE else None
+    return routing.RoutingPolicy(variant.policy, variant.route_fraction, cutoff=variant.cutoff, margin=margin,
+                                 combine=cascade.CascadeSettings().routing.combine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,20 +259,20 @@ class Serving:
     """tf.function'd CascadeModule methods over one pair of models, one request per call."""
 
     def __init__(self, inputs: Inputs, tft_layer, light=None, heavy=None,
-                 route_fraction: float | None = None):
-        settings = cascade.CascadeSettings() if route_fraction is None else cascade.CascadeSettings(route_fraction)
+                 policy: routing.RoutingPolicy | None = None):
+        settings = cascade.CascadeSettings() if policy is None else cascade.CascadeSettings(routing=policy)
         module = cascade.CascadeModule(light, heavy, tft_layer, inputs.tft_output.raw_feature_spec(),
                                        inputs.features, settings)
         self._layout = rq.RequestLayout(inputs.features)
         signature = [self._layout.signature()]
         self._module = module  # the tf.functions below hold its methods, and so the module
-        self.functions = {LIGHT: tf.function(module.light_scores, input_signature=signature),
-                          HEAVY: tf.function(module.heavy_scores, input_signature=signature),
+        self.functions = {LIGHT: tf.function(module.light_logits, input_signature=signature),
+                          HEAVY: tf.function(module.heavy_logits, input_signature=signature),
                           CASCADE: tf.function(module.cascade, input_signature=signature)}
 
-    def scores(self, which: str, requests: list[dict]) -> np.ndarray:
+    def logits(self, which: str, requests: list[dict]) -> np.ndarray:
         fn = self.functions[which]
-        return np.concatenate([fn(self._layout.to_tensors(r))["scores"].numpy().astype(np.float64) for r in requests])
+        return np.concatenate([fn(self._layout.to_tensors(r))["logits"].numpy() for r in requests])
 
     def latency_ms(self, which: str, requests: list[dict]) -> list[float]:
         fn = self.functions[which]
@@ -212,7 +281,7 @@ class Serving:
         out = []
         for t in tensors:
             start = time.perf_counter()
-            fn(t)["scores"].numpy()
+            tf.nest.map_structure(lambda x: x.numpy(), fn(t))
             out.append(1000.0 * (time.perf_counter() - start))
         return out
 
@@ -221,10 +290,11 @@ def train_model(name: str, seed: int, max_epochs: int | None, inputs: Inputs, lo
     """Trains MODELS[name]; returns (Keras scorer, seconds, history)."""
     recipe = MODELS[name]
     settings = trainer_module.TrainerSettings(model=recipe.model, loss=recipe.loss, sample_routing=recipe.sample_routing,
-                                              seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
+                                              model_config=recipe.model_config, seed=seed,
+                                              **({"max_epochs": max_epochs} if max_epochs else {}))
     start = time.perf_counter()
     scorer, history = trainer_module.train(settings, inputs.model_inputs, inputs.train, inputs.eval,
-                                    os.path.join(log_dir, f"{name}-seed{seed}"))
+                                           os.path.join(log_dir, f"{name}-seed{seed}"))
     return scorer, time.perf_counter() - start, history
 
 
@@ -248,72 +318,112 @@ def _funnel_columns(inputs: Inputs):
     return np.asarray([r for r, _ in rows]), np.asarray([u for _, u in rows], np.float64)
 
 
-def variant_scores(variant: Variant, probs: dict[str, np.ndarray], request) -> np.ndarray:
-    """A variant's scores from its models' click probabilities (`probs`: model name -> [n])."""
-    if variant.route_fraction is None:
-        return probs[variant.models[0]]
-    return cascade_scores(request, probs[variant.light], probs[variant.heavy], variant.route_fraction)
+def calibrate_margins(request, light_logits, settings) -> dict[tuple, float]:
+    """The adaptive policy's margin per (route fraction, cutoff) of `settings`, on unlabelled
+    requests' light logits."""
+    by_request = [light_logits[rows] for rows in routing.rows_by_request(request)]
+    return {(f, cutoff): routing.calibrate_margin(by_request, f, cutoff) for f, cutoff in settings}
+
+
+def variant_scores(variant: Variant, logits: dict[str, np.ndarray], request, margins: dict):
+    """(ranking scores, routed flags or None) of a variant from its models' logits (`logits`:
+    model name -> [n]), routed request by request by serving/routing.py."""
+    if not variant.is_cascade:
+        return logits[variant.models[0]], None
+    return routing.route_requests(policy_for(variant, margins), request, logits[variant.light], logits[variant.heavy])
+
+
+def model_flops(keras: dict) -> dict:
+    """FLOPs per part (serving/flops.py): the light model's two, and per candidate of every
+    heavy-architecture model, by model name."""
+    light = next(m for name, m in keras.items() if MODELS[name].model == LIGHT)
+    parts = {}
+    for name, model in keras.items():
+        if MODELS[name].model == HEAVY:
+            counted = flops.model_flops(light, model)
+            parts.update(light_user=counted["light_user"], light_per_candidate=counted["light_per_candidate"])
+            parts[name] = counted["heavy_per_candidate"]
+    return parts
+
+
+def variant_flops(variant: Variant, parts: dict, sizes: np.ndarray, routed_counts: np.ndarray | None) -> float:
+    """Mean FLOPs per request of the compute part (`sizes`: N per request; `routed_counts`: K
+    per request of a cascade)."""
+    if variant.is_cascade:
+        cost = {**parts, "heavy_per_candidate": parts[variant.heavy]}
+        return float(np.mean([flops.request_flops(cost, n, k)["cascade"] for n, k in zip(sizes, routed_counts)]))
+    if variant.light:
+        return float(np.mean(parts["light_user"] + sizes * parts["light_per_candidate"]))
+    return float(np.mean(sizes * parts[variant.heavy]))
 
 
 def run_seed(seed: int, max_epochs: int | None, inputs: Inputs, tft_layer, chosen: list[Variant], ks, log_dir: str,
              progress) -> dict:
     """Trains every model once with `seed` and evaluates every variant; returns
     {"models": {name: {seconds, per_source_auc, gradient_conflict}}, "metrics": {variant: {...}},
+    "flops": {variant: mean FLOPs per compute request}, "margins": {fraction: adaptive margin},
     "keras": {name: model}}."""
     needed = sorted({m for v in chosen for m in v.models}, key=list(MODELS).index)
     request, label, group = _logged_columns(inputs)
     if inputs.funnel is not None:
         f_request, utility = _funnel_columns(inputs)
-    models, keras, logged_probs, funnel_probs = {}, {}, {}, {}
+    # Every Serving stays alive to the end: with each dropped after use, a heavy model's funnel
+    # call ran the light trace of a collected module (seen here; tf.function's trace cache of a
+    # bound method outlived its module), so no module is collected while its traces may be.
+    models, keras, logged_logits, funnel_logits, servings = {}, {}, {}, {}, []
     for name in needed:
         progress.set_postfix_str(f"seed {seed}: training {name}")
         scorer, seconds, history = train_model(name, seed, max_epochs, inputs, log_dir)
         models[name] = {"seconds": seconds, **history}
         keras[name] = scorer
-        logged_probs[name] = tf.sigmoid(training.score_records(training.predictor(scorer), inputs.eval)).numpy().astype(np.float64)
+        logged_logits[name] = np.asarray(training.score_records(training.predictor(scorer), inputs.eval))
         if inputs.funnel is not None:
             model = MODELS[name].model
-            serving = Serving(inputs, tft_layer, **{model: scorer})
-            funnel_probs[name] = serving.scores(model, inputs.compute_requests)
+            servings.append(Serving(inputs, tft_layer, **{model: scorer}))
+            funnel_logits[name] = servings[-1].logits(model, inputs.compute_requests)
         progress.update()
-    result = {}
+    # FLOPs, and the adaptive policy's calibration, on the requests pre-ranking serves: funnel/
+    # when present, else the logged eval requests.
+    if inputs.funnel is not None:
+        compute_request, compute_logits = f_request, funnel_logits
+    else:
+        compute_request, compute_logits = request, logged_logits
+    adaptive = sorted({(v.route_fraction, v.cutoff) for v in chosen if v.policy == routing.ADAPTIVE})
+    margins = calibrate_margins(compute_request, compute_logits["light_ghcl"], adaptive) if adaptive else {}
+    parts = model_flops(keras)
+    sizes = np.asarray([len(rows) for rows in routing.rows_by_request(compute_request)])
+    result, cost = {}, {}
+    progress.set_postfix_str(f"seed {seed}: scoring {len(chosen)} variants")
     for v in chosen:
-        scores = variant_scores(v, logged_probs, request)
+        scores, _ = variant_scores(v, logged_logits, request, margins)
         result[v.key] = {name: m.value for name, m in ev.logged_metrics(request, label, group, scores, ks).items()}
         if inputs.funnel is not None:
-            f_scores = variant_scores(v, funnel_probs, f_request)
-            funnel = ev.funnel_metrics(f_request, utility, f_scores)
-            result[v.key].update({name: m.value for name, m in funnel.items()})
-    return {"models": models, "metrics": result, "keras": keras}
+            f_scores, _ = variant_scores(v, funnel_logits, f_request, margins)
+            result[v.key].update({name: m.value for name, m in ev.funnel_metrics(f_request, utility, f_scores).items()})
+        _, routed = variant_scores(v, compute_logits, compute_request, margins)
+        counts = None if routed is None else np.asarray(
+            [routed[rows].sum() for rows in routing.rows_by_request(compute_request)])
+        cost[v.key] = variant_flops(v, parts, sizes, counts)
+    return {"models": models, "metrics": result, "flops": cost, "flops_parts": parts, "margins": margins,
+            "keras": keras}
 
 
-def measure_compute(inputs: Inputs, tft_layer, keras: dict, chosen: list[Variant], latency_requests: int) -> dict:
-    """FLOPs per request (mean over the compute requests) and latency per architecture."""
-    light_name = next(v.light for v in chosen if v.light)
-    heavy_name = next(v.heavy for v in chosen if v.heavy)
-    parts = flops.model_flops(keras[light_name], keras[heavy_name])
-    sizes = [rq.RequestLayout(inputs.features).num_candidates(r) for r in inputs.compute_requests]
+def measure_latency(inputs: Inputs, tft_layer, keras: dict, margins: dict, chosen: list[Variant],
+                    latency_requests: int) -> dict:
+    """In-process latency per architecture (one seed's models), one request per call."""
     timed = inputs.compute_requests[:latency_requests]
-    latency, out = {}, {"parts": parts, "part": inputs.compute_part, "requests": len(sizes),
-                        "candidates_mean": float(np.mean(sizes)), "variants": {}}
+    latency, servings = {}, []  # kept alive: see run_seed
     for v in chosen:
-        if v.architecture not in latency:
-            if v.route_fraction is None:
-                which = LIGHT if v.light else HEAVY
-                serving = Serving(inputs, tft_layer, **{which: keras[v.models[0]]})
-            else:
-                which = CASCADE
-                serving = Serving(inputs, tft_layer, keras[v.light], keras[v.heavy], v.route_fraction)
-            latency[v.architecture] = ev.latency_summary(serving.latency_ms(which, timed))
-        if v.route_fraction is None:
-            cost = "light_only" if v.light else "heavy_all"
-            per_request = [flops.request_flops(parts, n, n)[cost] for n in sizes]
+        if v.architecture in latency:
+            continue
+        if v.is_cascade:
+            servings.append(Serving(inputs, tft_layer, keras[v.light], keras[v.heavy], policy_for(v, margins)))
+            which = CASCADE
         else:
-            per_request = [flops.request_flops(parts, n, routing.routed_count(n, v.route_fraction))["cascade"]
-                           for n in sizes]
-        out["variants"][v.key] = {"flops_mean": float(np.mean(per_request)), "latency": latency[v.architecture],
-                                  "architecture": v.architecture}
-    return out
+            which = LIGHT if v.light else HEAVY
+            servings.append(Serving(inputs, tft_layer, **{which: keras[v.models[0]]}))
+        latency[v.architecture] = ev.latency_summary(servings[-1].latency_ms(which, timed))
+    return latency
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +431,91 @@ def measure_compute(inputs: Inputs, tft_layer, keras: dict, chosen: list[Variant
 
 
 def summarise(per_seed: list[dict], chosen: list[Variant]) -> dict:
-    """Mean, std (population, over seeds) and values of every metric and training time."""
+    """Mean, std (population, over seeds) and values of every metric, the training time and the
+    FLOPs per request."""
     out = {}
     for v in chosen:
-        names = per_seed[0]["metrics"][v.key]
         entry = {}
-        for name in names:
-            values = np.array([s["metrics"][v.key][name] for s in per_seed], np.float64)
-            entry[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values.tolist()}
-        seconds = np.array([sum(s["models"][m]["seconds"] for m in v.models) for s in per_seed])
-        entry["train_seconds"] = {"mean": float(seconds.mean()), "std": float(seconds.std()),
-                                  "values": seconds.tolist()}
+        for name in per_seed[0]["metrics"][v.key]:
+            entry[name] = _stats([s["metrics"][v.key][name] for s in per_seed])
+        entry["train_seconds"] = _stats([sum(s["models"][m]["seconds"] for m in v.models) for s in per_seed])
+        entry["flops"] = _stats([s["flops"][v.key] for s in per_seed])
         out[v.key] = entry
+    return out
+
+
+def _stats(values) -> dict:
+    values = np.asarray(values, np.float64)
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values.tolist()}
+
+
+# What "HAP's routing claim holds" means, per dataset (issue "difficulty-aware routing"): the
+# quality metrics, the compute budget and the share of the light-to-heavy gap to recover.
+NO_HARM_METRIC = "oracle_recall@200"
+GAP_METRICS = ("oracle_recall@100", "ndcg@100")
+BUDGET_SHARE, GAP_SHARE = 0.25, 0.8
+LIGHT_KEY, HEAVY_KEY = "c", "e"
+
+
+def _paired_diff(per_seed: list[dict], key: str, other: str, metric: str) -> np.ndarray:
+    return np.array([s["metrics"][key][metric] - s["metrics"][other][metric] for s in per_seed], np.float64)
+
+
+def uniform_curve(result: dict, metric: str, flops_value: float) -> float | None:
+    """The uniform-scaling models' `metric` at `flops_value` FLOPs per request, linearly
+    interpolated in log FLOPs between the two models around it (None outside their range)."""
+    points = sorted((result["summary"][k]["flops"]["mean"], result["summary"][k][metric]["mean"])
+                    for k in UNIFORM_KEYS if k in result["summary"])
+    xs, ys = np.log([p[0] for p in points]), [p[1] for p in points]
+    x = np.log(flops_value)
+    if not points or x < xs[0] or x > xs[-1]:
+        return None
+    return float(np.interp(x, xs, ys))
+
+
+def routing_claims(result: dict) -> list[dict]:
+    """Per cascade family (policy x routed heavy model), whether each claim holds on this dataset:
+    no_harm: at every fraction, Recall@200 is not below the light model's by more than one
+    standard deviation of the per-seed difference;
+    recovers_gap: some fraction within BUDGET_SHARE of heavy-on-all FLOPs recovers GAP_SHARE of
+    the light-to-heavy gap on every GAP_METRICS metric;
+    beats_uniform: that same fraction beats the uniform-scaling curve at its FLOPs on them.
+    Needs funnel/ (the metrics are the funnel's); an empty list otherwise."""
+    if not result["funnel"] or not {LIGHT_KEY, HEAVY_KEY} <= set(result["summary"]):
+        return []
+    per_seed, summary = result["per_seed"], result["summary"]
+    budget = BUDGET_SHARE * summary[HEAVY_KEY]["flops"]["mean"]
+    families: dict[str, list[dict]] = {}
+    for v in result["variants"]:
+        if v["family"]:
+            families.setdefault(v["family"], []).append(v)
+    out = []
+    for family, members in families.items():
+        worst_harm, best = None, None
+        for v in members:
+            diff = _paired_diff(per_seed, v["key"], LIGHT_KEY, NO_HARM_METRIC)
+            margin = float(diff.mean() + diff.std())
+            worst_harm = margin if worst_harm is None else min(worst_harm, margin)
+            if summary[v["key"]]["flops"]["mean"] > budget:
+                continue
+            recovered = {}
+            for metric in GAP_METRICS:
+                gap = summary[HEAVY_KEY][metric]["mean"] - summary[LIGHT_KEY][metric]["mean"]
+                gain = summary[v["key"]][metric]["mean"] - summary[LIGHT_KEY][metric]["mean"]
+                recovered[metric] = gain / gap if gap > 0 else float("inf") if gain >= 0 else float("-inf")
+            uniform = {m: uniform_curve(result, m, summary[v["key"]]["flops"]["mean"]) for m in GAP_METRICS}
+            candidate = {"key": v["key"], "route_fraction": v["route_fraction"], "recovered": recovered,
+                         "uniform_at_equal_flops": uniform,
+                         "flops_share_of_heavy": summary[v["key"]]["flops"]["mean"] / summary[HEAVY_KEY]["flops"]["mean"]}
+            if best is None or min(recovered.values()) > min(best["recovered"].values()):
+                best = candidate
+        out.append({
+            "family": family, "no_harm": worst_harm >= 0, "worst_recall200_diff_plus_std": worst_harm,
+            "best_within_budget": best,
+            "recovers_gap": best is not None and all(r >= GAP_SHARE for r in best["recovered"].values()),
+            "beats_uniform": best is not None and all(
+                u is not None and summary[best["key"]][m]["mean"] > u for m, u in best["uniform_at_equal_flops"].items()),
+        })
     return out
 
 
@@ -342,13 +525,14 @@ def machine() -> dict:
 
 
 def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, max_epochs: int | None = None,
-              route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS,
+              route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS, which: str = "all",
               latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
               progress: bool = True) -> dict:
     """Runs the benchmark (module docstring); returns the content of benchmark.json.
 
     `run_dir`: a finished `hap run` output made from `data_dir` whose Transform output is used
     as is; by default the pipeline runs into OUT/run (served from its cache when it already ran).
+    `which`: the variant set (`variants`).
     """
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
@@ -357,6 +541,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
         raise ValueError(f"max_epochs and latency_requests must be >= 1, got {max_epochs} and {latency_requests}")
     if not route_fractions or not all(0.0 < f <= 1.0 for f in route_fractions):
         raise ValueError(f"route fractions must be in (0, 1], got {list(route_fractions)}")
+    chosen = variants(route_fractions, which)
     ks = tuple(sorted(set(int(k) for k in ks)))
     report_dir = os.path.join(out_dir, "report")
     if os.path.exists(report_dir) and os.listdir(report_dir) and not overwrite:
@@ -365,37 +550,44 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     load_start = os.getloadavg()
     started = time.time()
     if run_dir is None:
-
         run_dir = os.path.join(out_dir, "run")
         local_runner.run(data_dir, run_dir)
     pipeline_seconds = time.time() - started
 
     inputs = load_inputs(data_dir, run_dir)
     tft_layer = inputs.tft_output.transform_features_layer()
-    chosen = variants(route_fractions)
     needed = {m for v in chosen for m in v.models}
     with writer.atomic_directory(report_dir, overwrite=overwrite) as tmp:
         log_dir = os.path.join(tmp, "logs")
-        per_seed, compute = [], None
+        per_seed, latency = [], None
         warm_up(inputs, log_dir)
         with tqdm(total=len(seeds) * len(needed), desc="benchmark trainings", unit="model",
                   disable=not progress) as bar:
             for seed in seeds:
                 seed_result = run_seed(seed, max_epochs, inputs, tft_layer, chosen, ks, log_dir, bar)
-                if compute is None:
-                    bar.set_postfix_str("measuring FLOPs and latency")
-                    compute = measure_compute(inputs, tft_layer, seed_result["keras"], chosen, latency_requests)
-                del seed_result["keras"]
+                keras = seed_result.pop("keras")
+                if latency is None:
+                    bar.set_postfix_str("measuring latency")
+                    latency = measure_latency(inputs, tft_layer, keras, seed_result["margins"], chosen,
+                                              latency_requests)
+                seed_result["margins"] = {f"{f:g}@{cutoff}": m for (f, cutoff), m in seed_result["margins"].items()}
                 per_seed.append({"seed": seed, **seed_result})
+        sizes = [rq.RequestLayout(inputs.features).num_candidates(r) for r in inputs.compute_requests]
         result = ev.jsonable({
             "data": os.path.abspath(data_dir), "run": os.path.abspath(run_dir), "eval_day": inputs.eval_day,
-            "seeds": seeds, "max_epochs": max_epochs or trainer_module.TrainerSettings().max_epochs, "ks": list(ks), "funnel": inputs.funnel is not None,
-            "variants": [dataclasses.asdict(v) for v in chosen], "models": {k: dataclasses.asdict(r)
-                                                                           for k, r in MODELS.items()},
-            "summary": summarise(per_seed, chosen), "compute": compute, "per_seed": per_seed,
+            "seeds": seeds, "max_epochs": max_epochs or trainer_module.TrainerSettings().max_epochs, "ks": list(ks),
+            "funnel": inputs.funnel is not None, "variant_set": which,
+            "routing": dataclasses.asdict(cascade.CascadeSettings().routing),
+            "variants": [{**dataclasses.asdict(v), "family": v.family} for v in chosen],
+            "models": {k: dataclasses.asdict(r) for k, r in MODELS.items() if k in needed},
+            "summary": summarise(per_seed, chosen),
+            "compute": {"part": inputs.compute_part, "requests": len(sizes), "candidates_mean": float(np.mean(sizes)),
+                        "latency": latency, "architecture": {v.key: v.architecture for v in chosen}},
+            "per_seed": per_seed,
             "machine": {**machine(), "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
             "seconds": {"pipeline": pipeline_seconds, "total": time.time() - started},
         })
+        result["claims"] = ev.jsonable(routing_claims(result))
         with open(os.path.join(tmp, "benchmark.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
         report.write_benchmark_report(result, tmp)

@@ -4,8 +4,8 @@ The model is called the way TF Serving calls it: one request per call of its `ca
 and `heavy` signatures, with raw feature values (`hap.serving.request.RequestLayout`), so what is
 measured is what is served, Transform included. Three scorers come out of every request:
 
-- `cascade`: the signature's `scores`, the ranking key (routed candidates first, in the heavy
-  model's order; see serving/cascade.py);
+- `cascade`: the signature's `scores`, the ranking key its routing policy makes of the light and
+  heavy scores (serving/routing.py);
 - `light`, `heavy`: one model alone on all N candidates.
 
 Quality (`hap.evaluation.auc_metrics` and `top_k_metrics`, one tie rule for all):
@@ -16,9 +16,11 @@ Quality (`hap.evaluation.auc_metrics` and `top_k_metrics`, one tie rule for all)
   a logged request has about 30 candidates (about 10 exposed) and one or two clicks, so at
   K >= 10 every scorer finds nearly every click and the metric stops telling them apart.
 - on funnel/ when the dataset has it (held-out requests with ~1000 retrieved candidates each and
-  their `oracle_utility`): Recall@100 of the oracle top 10 and NDCG@100 by utility, which is
-  what pre-ranking is for (cut ~1000 to ~100 without losing what the user wants). Without
-  funnel/ these are skipped and the report says so.
+  their `oracle_utility`): Recall@K of the oracle top 10 and NDCG@K by utility at K = 100 and
+  200, which is what pre-ranking is for (cut ~1000 to 100-200 without losing what the user
+  wants). Without funnel/ these are skipped and the report says so.
+
+`cascade_quality` is the one number a cascade is blessed by (components/cascade_assembler).
 
 Compute, per request: FLOPs from the per-part counts stored with the model
 (`assets.extra/hap_cascade.json`, serving/flops.py) and measured latency of each signature call
@@ -47,9 +49,9 @@ from hap.data import reader
 from hap.data import writer
 from hap.evaluation import auc_metrics, report, top_k_metrics
 from hap.evaluation.metric_base import MetricResult
-from hap.evaluation.top_k_metrics import FUNNEL_K, FUNNEL_TOP
+from hap.evaluation.top_k_metrics import FUNNEL_KS, FUNNEL_TOP
 from hap.evaluation.defaults import DEFAULT_KS
-from hap.serving import cascade, flops, model_versions, routing
+from hap.serving import cascade, flops, model_versions
 from hap.serving import request as rq
 
 SIGNATURES = ("cascade", "light", "heavy")
@@ -77,7 +79,6 @@ def resolve_model(path: str) -> str:
 class CascadeInfo:
     """What the assembler stored beside the model (serving/cascade.py INFO_FILE)."""
 
-    route_fraction: float
     settings: dict
     features: c.FeatureSet
     flops: dict
@@ -98,10 +99,10 @@ def load_info(version_dir: str) -> CascadeInfo:
     for key in ("light_user", "light_per_candidate", "heavy_per_candidate"):
         if key not in info["flops"]:
             raise ValueError(f"{path}: flops has no {key!r}")
-    if "route_fraction" not in info["settings"]:
-        raise ValueError(f"{path}: settings has no 'route_fraction'")
+    if "routing" not in info["settings"]:
+        raise ValueError(f"{path}: settings has no 'routing' (a cascade assembled before routing policies)")
     features = c.parse_features({"version": 1, "features": info["features"]}, f"{path}: features")
-    return CascadeInfo(float(info["settings"]["route_fraction"]), info["settings"], features, info["flops"])
+    return CascadeInfo(info["settings"], features, info["flops"])
 
 
 def check_features(model_features: c.FeatureSet, data_features: c.FeatureSet, data_dir: str) -> None:
@@ -145,6 +146,31 @@ def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dic
     return requests
 
 
+# What a cascade is blessed by: pre-ranking's job is the set it passes on, so Recall@200 of the
+# oracle top 10 on funnel/ when the dataset has one; else GAUC of the logged requests' exposed
+# samples (the order within each request, which routing changes).
+BLESSING_METRICS = {"funnel": f"oracle_recall@{FUNNEL_KS[-1]}", "logged": "gauc"}
+
+
+def cascade_quality(version_dir: str, data_dir: str) -> dict:
+    """The cascade signature's blessing metric on `data_dir` (funnel/ if present, else the eval
+    day's logged requests), one request per call as served:
+    {"part", "metric", "value", "requests"}."""
+    info = load_info(version_dir)
+    features = c.load_features(data_dir)
+    check_features(info.features, features, data_dir)
+    funnel = funnel_requests(data_dir, features)
+    part, requests = (FUNNEL, funnel) if funnel is not None else (LOGGED, eval_day_requests(data_dir, features)[1])
+    scored = score_part(SignatureCaller(version_dir), requests, info, part, progress=False, signatures=("cascade",))
+    request, scores = scored.arrays()
+    if part == FUNNEL:
+        metrics = funnel_metrics(request, np.asarray(scored.utility, np.float64), scores["cascade"])
+    else:
+        metrics = logged_metrics(request, np.asarray(scored.label), np.asarray(scored.group), scores["cascade"])
+    name = BLESSING_METRICS[part]
+    return {"part": part, "metric": name, "value": metrics[name].value, "requests": len(requests)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics, shared with the benchmark so both report the same definitions
 
@@ -160,9 +186,11 @@ def logged_metrics(request, label, group, score, ks=DEFAULT_KS) -> dict[str, Met
 
 
 def funnel_metrics(request, utility, score) -> dict[str, MetricResult]:
-    return {f"oracle_recall@{FUNNEL_K}": top_k_metrics.oracle_recall_at_k(request, utility, score, FUNNEL_K,
-                                                                          FUNNEL_TOP),
-            f"ndcg@{FUNNEL_K}": top_k_metrics.ndcg_at_k(request, utility, score, FUNNEL_K)}
+    out = {}
+    for k in FUNNEL_KS:
+        out[f"oracle_recall@{k}"] = top_k_metrics.oracle_recall_at_k(request, utility, score, k, FUNNEL_TOP)
+        out[f"ndcg@{k}"] = top_k_metrics.ndcg_at_k(request, utility, score, k)
+    return out
 
 
 def groups_of(rows: list[dict]) -> list[str]:
@@ -216,20 +244,25 @@ class Scored:
     """One part (logged or funnel) scored request by request: per-candidate lists (label and
     group for logged samples, utility for the funnel) and one record per request."""
 
+    signatures: tuple = SIGNATURES
     request: list = dataclasses.field(default_factory=list)
-    scores: dict = dataclasses.field(default_factory=lambda: {s: [] for s in SIGNATURES})
+    scores: dict = dataclasses.field(init=False)
     label: list = dataclasses.field(default_factory=list)
     group: list = dataclasses.field(default_factory=list)
     utility: list = dataclasses.field(default_factory=list)
     per_request: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self.scores = {s: [] for s in self.signatures}
 
     def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return np.asarray(self.request), {s: np.concatenate(v) for s, v in self.scores.items()}
 
 
 def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: CascadeInfo, part: str,
-               progress: bool) -> Scored:
-    scored = Scored()
+               progress: bool, signatures: tuple = SIGNATURES) -> Scored:
+    """Calls `signatures` (the cascade's first) on every request of `part`."""
+    scored = Scored(signatures)
     layout = rq.RequestLayout(info.features)
     first = True
     for request_id, rows in tqdm(requests.items(), desc=f"scoring {part} requests", unit="req",
@@ -240,17 +273,19 @@ def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: C
                              f"max_candidates={info.settings['max_candidates']}")
         tensors = layout.to_tensors(layout.from_rows(rows))
         if first:
-            for signature in SIGNATURES:
+            for signature in signatures:
                 caller(signature, tensors)
             first = False
-        k = routing.routed_count(n, info.route_fraction)
-        costs = flops.request_flops(info.flops, n, k)
-        record = {"part": part, "request_id": request_id, "n": n, "k": k}
-        for signature in SIGNATURES:
+        record = {"part": part, "request_id": request_id, "n": n}
+        for signature in signatures:
             outputs, seconds = caller(signature, tensors)
             scored.scores[signature].append(outputs["scores"].astype(np.float64))
-            record[f"flops_{signature}"] = costs[FLOPS_OF_SIGNATURE[signature]]
             record[f"latency_ms_{signature}"] = 1000.0 * seconds
+            if "routed" in outputs:
+                record["k"] = int(outputs["routed"].sum())
+        costs = flops.request_flops(info.flops, n, record["k"])
+        for signature in signatures:
+            record[f"flops_{signature}"] = costs[FLOPS_OF_SIGNATURE[signature]]
         scored.request.extend([request_id] * n)
         scored.per_request.append(record)
         if part == LOGGED:
@@ -295,7 +330,7 @@ def evaluate(model: str, data_dir: str, out_dir: str, ks=DEFAULT_KS, overwrite: 
     label, group = np.asarray(scored.label), np.asarray(scored.group)
     result = {
         "model": os.path.abspath(version_dir), "data": os.path.abspath(data_dir), "eval_day": day,
-        "settings": info.settings, "ks": list(ks), "funnel_k": FUNNEL_K, "funnel_top": FUNNEL_TOP,
+        "settings": info.settings, "ks": list(ks), "funnel_ks": list(FUNNEL_KS), "funnel_top": FUNNEL_TOP,
         LOGGED: {"requests": len(logged), "samples": int(len(request)),
                  "metrics": {s: logged_metrics(request, label, group, scores[s], ks) for s in SIGNATURES}},
         "compute": {LOGGED: compute_summary(scored.per_request)},
@@ -303,8 +338,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, ks=DEFAULT_KS, overwrite: 
     per_request = list(scored.per_request)
     if funnel is None:
         result[FUNNEL] = {"skipped": f"{data_dir} has no {c.FUNNEL_DIR}/ (held-out requests with every retrieved "
-                                     f"candidate and its {c.ORACLE_COLUMN}); Recall@{FUNNEL_K} of the oracle "
-                                     f"top {FUNNEL_TOP} and NDCG@{FUNNEL_K} need it"}
+                                     f"candidate and its {c.ORACLE_COLUMN}); Recall@K of the oracle "
+                                     f"top {FUNNEL_TOP} and NDCG@K need it"}
     else:
         funnel_scored = score_part(caller, funnel, info, FUNNEL, progress)
         f_request, f_scores = funnel_scored.arrays()

@@ -12,7 +12,7 @@ import numpy as np
 
 from hap.data import contract as c
 from hap.data.sample_routing import MEAN_AUC, contrast_metric
-from hap.evaluation.top_k_metrics import FUNNEL_K, FUNNEL_TOP
+from hap.evaluation.top_k_metrics import FUNNEL_KS, FUNNEL_TOP
 
 SCORER_LABELS = {"cascade": "cascade scores", "light": "light alone", "heavy": "heavy alone"}
 PER_SOURCE = tuple(contrast_metric(g) for g in c.NEGATIVE_GROUPS)
@@ -144,8 +144,9 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
     settings = result["settings"]
     lines = [
         "# HAP cascade evaluation", "",
-        f"- model: `{result['model']}` (route_fraction {settings['route_fraction']}: the heavy model re-scores "
-        f"K = ceil({settings['route_fraction']} N) candidates per request)",
+        f"- model: `{result['model']}` (routing policy {settings['routing']['kind']}, route fraction "
+        f"{settings['routing']['fraction']:g}, output cut-off {settings['routing']['cutoff']}, scores combined "
+        f"{settings['routing']['combine']}: serving/routing.py)",
         f"- data: `{result['data']}`, eval day {result['eval_day']}: {result['logged']['requests']} logged requests, "
         f"{result['logged']['samples']} samples",
         "- scorers: the `cascade` signature's ranking key `scores`, and the `light` and `heavy` signatures (one "
@@ -157,9 +158,9 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
         "per-request AUC over exposed samples; HitRate@K and Recall@K rank each request's logged candidates "
         f"(K = {', '.join(map(str, result['ks']))}: a logged request has about 30 candidates and one or two "
         "clicks, so larger K no longer tells scorers apart). 'requests' counts those averaged over, the note "
-        "what was excluded. The cascade's pooled AUCs compare ranking keys across requests, where a routed "
-        "candidate (key 1 + heavy probability) outranks every unrouted one of any request; its per-request "
-        "metrics are the ones that measure the cascade as served.", "",
+        "what was excluded. The cascade's pooled AUCs compare ranking keys across requests, and its key is a "
+        "rank within a request ((N - rank) / N), not a probability; its per-request metrics (GAUC, HitRate, "
+        "Recall) are the ones that measure the cascade as served.", "",
         "## Full funnel", "",
     ]
     funnel = result["funnel"]
@@ -168,9 +169,9 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
     else:
         lines += [f"{funnel['requests']} held-out requests, {funnel['rows']} retrieved candidates in all.", "",
                   _scorer_table(funnel, list(funnel["metrics"][scorers[0]]), scorers), "",
-                  f"Recall@{result['funnel_k']}: share of each request's top {result['funnel_top']} by "
-                  f"oracle utility that the scorer keeps in its top {result['funnel_k']}; NDCG@{result['funnel_k']} "
-                  "with the oracle utility as gain.", ""]
+                  f"Recall@K: share of each request's top {result['funnel_top']} by oracle utility that the "
+                  f"scorer keeps in its top K, K = {' and '.join(map(str, result['funnel_ks']))} (what pre-ranking "
+                  "passes on); NDCG@K with the oracle utility as gain.", ""]
     lines += ["## Compute per request", ""]
     rows = []
     for part, summary in result["compute"].items():
@@ -201,51 +202,64 @@ def _mean_std(entry: dict, digits: int = 4) -> str:
 
 def _quality_names(result: dict) -> list[str]:
     """The metrics of the main table: the hardest source, the mean of four, GAUC, the smallest
-    and largest K, and the funnel's two."""
+    and largest K, and the funnel's."""
     ks = result["ks"]
     names = [contrast_metric(c.EN), MEAN_AUC, "gauc", f"hitrate@{ks[0]}", f"recall@{ks[-1]}"]
     if result["funnel"]:
-        names += [f"oracle_recall@{FUNNEL_K}", f"ndcg@{FUNNEL_K}"]
+        names += [f"{m}@{k}" for k in FUNNEL_KS for m in ("oracle_recall", "ndcg")]
     return names
 
 
 def _pareto_names(result: dict) -> list[str]:
     if result["funnel"]:
-        return [f"ndcg@{FUNNEL_K}", f"oracle_recall@{FUNNEL_K}", "gauc", MEAN_AUC]
+        return [f"{m}@{k}" for k in FUNNEL_KS for m in ("oracle_recall", "ndcg")]
     return ["gauc", MEAN_AUC, f"hitrate@{result['ks'][0]}", f"recall@{result['ks'][-1]}"]
 
 
+def _latency(result: dict, key: str) -> dict:
+    return result["compute"]["latency"][result["compute"]["architecture"][key]]
+
+
 def _pareto_plot(result: dict, path: str) -> None:
+    """Quality against FLOPs: one curve per routing family (its fractions), the uniform-scaling
+    curve (light, the narrowed heavy models, heavy), and the other single models as points."""
     plt = pyplot()
     names = _pareto_names(result)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
-    keys = [v["key"] for v in result["variants"]]
-    labels = [f"({v['key']}) {v['label']}" for v in result["variants"]]
-    flops = np.array([result["compute"]["variants"][k]["flops_mean"] / 1e6 for k in keys])
-    markers = "os^DvP*Xhp"
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10))
+    summary = result["summary"]
+    families: dict[str, list[dict]] = {}
+    for v in result["variants"]:
+        if v["family"]:
+            families.setdefault(v["family"], []).append(v)
+    uniform = sorted((v for v in result["variants"] if v["key"] in ("c", "us", "um", "e")),
+                     key=lambda v: summary[v["key"]]["flops"]["mean"])
+    others = [v for v in result["variants"] if v["policy"] is None and v not in uniform] + \
+             [v for v in result["variants"] if v["key"] == "f"]
+
+    def point(key, name):
+        return summary[key]["flops"]["mean"] / 1e6, summary[key][name]["mean"], summary[key][name]["std"] or 0.0
+
     for ax, name in zip(axes.ravel(), names):
-        mean = np.array([np.nan if result["summary"][k][name]["mean"] is None else result["summary"][k][name]["mean"]
-                         for k in keys])
-        std = np.array([result["summary"][k][name]["std"] or 0.0 for k in keys])
-        # One colour and marker per variant: the light variants share their FLOPs, so labels
-        # next to the points would overlap.
-        for i, label in enumerate(labels):
-            ax.errorbar(flops[i], mean[i], yerr=std[i], fmt=markers[i % len(markers)], color=f"C{i % 10}",
-                        capsize=3, label=label)
-        # The frontier: cheapest first, each point kept when it beats every cheaper one.
-        frontier, best = [], -np.inf
-        for i in np.argsort(flops, kind="stable"):
-            if not np.isnan(mean[i]) and mean[i] > best:
-                frontier.append(i)
-                best = mean[i]
-        ax.step(flops[frontier], mean[frontier], where="post", color="grey", lw=1, label="Pareto frontier")
+        if uniform:
+            xs, ys, es = zip(*(point(v["key"], name) for v in uniform))
+            ax.errorbar(xs, ys, yerr=es, color="black", marker="s", lw=2, capsize=3,
+                        label="uniform scaling: " + " -> ".join(f"({v['key']})" for v in uniform))
+        for i, (family, members) in enumerate(families.items()):
+            members = sorted(members, key=lambda v: v["route_fraction"])
+            xs, ys, es = zip(*(point(v["key"], name) for v in members))
+            ax.errorbar(xs, ys, yerr=es, color=f"C{i % 10}", marker="o", lw=1, capsize=2,
+                        ls="-" if "hard" in family else "--", label=f"HAP {family}")
+        for j, v in enumerate(others):
+            x, y, e = point(v["key"], name)
+            ax.errorbar([x], [y], yerr=[e], fmt="*^Dv"[j % 4], color="grey", capsize=3, label=f"({v['key']}) {v['label']}")
         ax.set_xscale("log")
         ax.set_xlabel(f"MFLOPs per request (mean N = {result['compute']['candidates_mean']:.0f})")
         ax.set_title(metric_label(name))
     handles, legend_labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, legend_labels, loc="lower center", ncol=3, fontsize="small")
-    fig.suptitle(f"Quality against compute, mean ± std over seeds {result['seeds']}")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.suptitle(f"{os.path.basename(result['data'].rstrip('/'))}: quality against compute, "
+                 f"mean ± std over seeds {result['seeds']}")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -289,46 +303,85 @@ def benchmark_table(result: dict) -> str:
                                                                    "training s"]
     rows = []
     for v in result["variants"]:
-        entry, compute = result["summary"][v["key"]], result["compute"]["variants"][v["key"]]
+        entry = result["summary"][v["key"]]
         rows.append([f"({v['key']})", v["label"]] + [_mean_std(entry[n]) for n in names]
-                    + [f"{compute['flops_mean'] / 1e6:.2f}", fmt(compute["latency"].get("p50_ms"), 1),
+                    + [f"{entry['flops']['mean'] / 1e6:.2f}", fmt(_latency(result, v["key"]).get("p50_ms"), 1),
                        _mean_std(entry["train_seconds"], 1)])
     return table(header, rows)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def claims_table(result: dict) -> str:
+    """Which routing claims held on this dataset, per policy family (benchmark.routing_claims)."""
+    if not result.get("claims"):
+        return "No routing claims checked: they need funnel/ and the light (c) and heavy (e) models."
+    rows = []
+    for claim in result["claims"]:
+        best = claim["best_within_budget"]
+        rows.append([claim["family"], _yes(claim["no_harm"]), f"{claim['worst_recall200_diff_plus_std']:+.4f}",
+                     "none" if best is None else f"({best['key']}), {best['flops_share_of_heavy']:.0%}",
+                     "-" if best is None else ", ".join(f"{metric_label(m)} {r:.0%}" for m, r in best["recovered"].items()),
+                     _yes(claim["recovers_gap"]), _yes(claim["beats_uniform"])])
+    return table(["routing", "no harm at every fraction", "worst Recall@200 diff + std",
+                  "best within 25% of heavy FLOPs", "gap recovered", "recovers >= 80%", "beats uniform scaling"], rows)
 
 
 def write_benchmark_report(result: dict, out_dir: str) -> None:
     _pareto_plot(result, os.path.join(out_dir, "pareto.png"))
     has_conflict = _conflict_plot(result, os.path.join(out_dir, "gradient_conflict.png"))
     compute = result["compute"]
-    every = [n for n in result["summary"][result["variants"][0]["key"]] if n != "train_seconds"]
+    every = [n for n in result["summary"][result["variants"][0]["key"]] if n not in ("train_seconds", "flops")]
     full = table(["", *[metric_label(n) for n in every]],
                  [[f"({v['key']})"] + [_mean_std(result["summary"][v["key"]][n]) for n in every]
                   for v in result["variants"]])
     machine = result["machine"]
+    routing = result["routing"]
     lines = [
         "# HAP benchmark", "",
         f"- data: `{result['data']}` (eval day {result['eval_day']}); pipeline run: `{result['run']}`",
         f"- seeds {result['seeds']}, epochs chosen by validation (at most {result['max_epochs']}) per model; "
         "mean ± std (population) over seeds",
+        f"- routing: output cut-off {routing['cutoff']}, scores combined {routing['combine']} "
+        "(serving/routing.py); the adaptive policy's margin is calibrated per seed on the light logits of the "
+        f"{compute['part']} requests, without labels",
         f"- machine: {machine['cpus']} CPUs, {'GPU ' + ', '.join(machine['gpus']) if machine['gpus'] else 'no GPU'}; "
         f"load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])} at the "
         f"start, {', '.join(f'{x:.2f}' for x in machine['load_average_at_end'])} at the end",
         f"- wall time {result['seconds']['total']:.0f} s, of which the pipeline run "
         f"{result['seconds']['pipeline']:.0f} s",
-        "",
+        "", "## Routing claims", "", claims_table(result), "",
+        "## Variants", "",
         benchmark_table(result), "",
         "Quality on the eval day's logged samples"
-        + (f" and on funnel/ (Recall@{FUNNEL_K} of the oracle top {FUNNEL_TOP}, NDCG@{FUNNEL_K} by oracle "
-           "utility)" if result["funnel"]
+        + (f" and on funnel/ (Recall@K of the oracle top {FUNNEL_TOP}, NDCG@K by oracle utility, K = "
+           f"{' and '.join(map(str, FUNNEL_KS))})" if result["funnel"]
            else "; the dataset has no funnel/, so the full-funnel metrics are skipped") + ". "
         f"FLOPs per request are the mean over the {compute['requests']} {compute['part']} requests "
-        f"(mean N = {compute['candidates_mean']:.0f}); latency is the in-process p50 of one request per call on up "
-        f"to {compute['variants'][result['variants'][0]['key']]['latency'].get('requests', 0)} of them, measured "
-        "once per architecture; training time is the wall time of trainer_module.train (a HAP row: both models).", "",
+        f"(mean N = {compute['candidates_mean']:.0f}) of what each variant computes on them (a cascade: the "
+        "candidates it routed); latency is the in-process p50 of one request per call, measured once per "
+        "architecture; training time is the wall time of trainer_module.train (a HAP row: both models).", "",
         "## Every metric", "", full, "",
         "## Plots", "", "![quality against compute](pareto.png)", "",
     ]
     if has_conflict:
         lines += ["![gradient conflict](gradient_conflict.png)", ""]
     with open(os.path.join(out_dir, "benchmark.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_benchmark_summary(results: dict[str, dict], path: str) -> None:
+    """One page over several datasets' benchmarks: which routing claims held where."""
+    lines = ["# HAP benchmark over datasets", ""]
+    for name, result in results.items():
+        lines += [f"## {name}", "", f"`{result['data']}`, seeds {result['seeds']}: report `{name}/report/benchmark.md`",
+                  "", claims_table(result), "", f"![{name}]({name}/report/pareto.png)", ""]
+    held = {name: [c["family"] for c in r.get("claims") or [] if c["no_harm"] and c["recovers_gap"] and c["beats_uniform"]]
+            for name, r in results.items()}
+    lines += ["## Where every claim held", ""]
+    lines += [f"- {name}: {', '.join(families) if families else 'no routing family met all three claims'}"
+              for name, families in held.items()]
+    with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

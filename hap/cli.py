@@ -2,17 +2,18 @@
 
     hap data simulate --out DIR [--requests N] [--seed S] [--format csv|tfrecord] [--regime NAME]
                       [--cross-strength C] [--history-strength H] [--click-noise P] [--click-sparsity S]
+    hap data simulate --out DIR --append-day [--drift X] [--click-drift L]
     hap data validate DIR
     hap schema derive --features features.yaml --out schema.pbtxt
-    hap run --data DIR --out DIR [--light-loss L] [--heavy-loss L] [--max-epochs E] [--auc-floors JSON]
-            [--beam-arg ARG ...]
+    hap run --data DIR --out DIR [--window-days W] [--warm-start] [--light-loss L] [--heavy-loss L]
+            [--max-epochs E] [--auc-floors JSON] [--beam-arg ARG ...]
     hap tensorboard OUT
     hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
     hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--rest-api-port 8501] [--host 127.0.0.1]
               [--monitoring-config-file FILE]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
-    hap benchmark --data DIR --out DIR [--run RUN] [--seeds 0 1 2] [--max-epochs E] [--overwrite]
+    hap benchmark --data DIR [DIR ...] --out DIR [--run RUN] [--variants all|routing|losses] [--seeds 0 1 2]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -35,6 +36,17 @@ from hap.evaluation import defaults as evaluation_defaults
 def _simulate(args) -> int:
     from hap.data import simulator
 
+    if args.append_day:
+        if args.overwrite:
+            raise ValueError("--append-day adds to the dataset at --out; it overwrites nothing")
+        start = time.time()
+        counts = simulator.append_day(args.out, simulator.DayDrift(network=args.drift, click=args.click_drift),
+                                      progress=not args.quiet)
+        print(f"appended day {counts['day']}: {counts['samples']} samples of {counts['requests']} requests "
+              f"to {os.path.join(args.out, contract.SAMPLES_DIR)} in {time.time() - start:.1f}s")
+        return 0
+    if args.drift or args.click_drift:
+        raise ValueError("--drift and --click-drift describe an appended day: give --append-day too")
     given_knobs = {knob: getattr(args, knob) for knob in
                    ("cross_strength", "history_strength", "click_noise", "click_sparsity")
                    if getattr(args, knob) is not None}
@@ -264,13 +276,29 @@ def _evaluate(args) -> int:
 def _benchmark(args) -> int:
     from hap.evaluation import benchmark, report
 
-    result = benchmark.benchmark(args.data, args.out, run_dir=args.run, seeds=args.seeds, max_epochs=args.max_epochs,
-                                 route_fractions=args.route_fractions, ks=args.k,
-                                 latency_requests=args.latency_requests, overwrite=args.overwrite,
-                                 progress=not args.quiet)
-    print(report.benchmark_table(result))
-    print(f"benchmark finished in {result['seconds']['total']:.0f}s: "
-          f"{os.path.join(args.out, 'report', 'benchmark.md')}")
+    if args.run and len(args.data) > 1:
+        raise ValueError("--run reuses one dataset's pipeline run: give one --data with it")
+    settings = dict(seeds=args.seeds, max_epochs=args.max_epochs, route_fractions=args.route_fractions, ks=args.k,
+                    which=args.variants, latency_requests=args.latency_requests, overwrite=args.overwrite,
+                    progress=not args.quiet)
+    if len(args.data) == 1:
+        result = benchmark.benchmark(args.data[0], args.out, run_dir=args.run, **settings)
+        print(report.benchmark_table(result))
+        print(report.claims_table(result))
+        print(f"benchmark finished in {result['seconds']['total']:.0f}s: "
+              f"{os.path.join(args.out, 'report', 'benchmark.md')}")
+        return 0
+    names = [os.path.basename(os.path.normpath(d)) for d in args.data]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the datasets' folder names must differ (they name the outputs): {names}")
+    results = {}
+    for name, data in zip(names, args.data):
+        print(f"== {name}: {data}")
+        results[name] = benchmark.benchmark(data, os.path.join(args.out, name), **settings)
+        print(report.claims_table(results[name]))
+    summary = os.path.join(args.out, "summary.md")
+    report.write_benchmark_summary(results, summary)
+    print(f"benchmark of {len(results)} datasets finished: {summary}")
     return 0
 
 
@@ -359,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--click-sparsity", type=float, metavar="S",
                      help="shift subtracted from the click logit when clicks are drawn, >= 0")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    sim.add_argument("--append-day", action="store_true",
+                     help="add the next day to the simulated dataset at --out (the feed continued; its settings "
+                          "come from OUT/simulation.json, the other options above are not used)")
+    sim.add_argument("--drift", type=float, default=0.0, metavar="X",
+                     help="with --append-day: share in [0, 1] of the new day's requests arriving over the network "
+                          "fewest users have (context feature c_network)")
+    sim.add_argument("--click-drift", type=float, default=0.0, metavar="L",
+                     help="with --append-day: added to the new day's click logit (its click base rate moves)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
 
@@ -458,16 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)
 
-    bench = sub.add_parser("benchmark", help="train and compare HAP with its baselines on one dataset")
-    bench.add_argument("--data", required=True, help="contract dataset")
+    bench = sub.add_parser("benchmark", help="train and compare HAP with its baselines on one or more datasets")
+    bench.add_argument("--data", required=True, nargs="+",
+                       help="contract dataset(s); with several, each gets OUT/<its folder name>/ and OUT/summary.md "
+                            "says which routing claims held where")
     bench.add_argument("--out", required=True, help="output folder: run/ (the pipeline run) and report/")
+    bench.add_argument("--variants", choices=evaluation_defaults.VARIANT_SETS, default="all",
+                       help="routing: light, uniform-scaling and cascade variants; losses: the loss comparison")
     bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
     bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
                        help="training seeds (mean ± std over them)")
     bench.add_argument("--max-epochs", type=int, help="most training epochs of every model (default: the trainer's)")
     bench.add_argument("--route-fractions", type=float, nargs="+",
                        default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
-                       help="HAP's share of candidates re-scored by the heavy model (K = ceil(f N))")
+                       help="shares of candidates re-scored by the heavy model, swept for every routing policy")
     bench.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
                        help="K of HitRate@K and Recall@K")
     bench.add_argument("--latency-requests", type=int, default=evaluation_defaults.DEFAULT_LATENCY_REQUESTS,

@@ -8,18 +8,23 @@ from typing import Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.components.distribution_validator.component import DistributionValidator
 from tfx.dsl.components.base import base_beam_component
+from tfx.proto import distribution_validator_pb2
 from tfx.types import Channel
-from tfx.types.standard_artifacts import Model, ModelBlessing
+from tfx.types.standard_artifacts import ExampleStatistics, Model, ModelBlessing
 
 from hap.components.anomaly_gate.component import AnomalyGate
 from hap.components.cascade_assembler.component import CascadeAssembler
+from hap.components.contract_example_gen import executor as example_gen_executor
 from hap.components.contract_example_gen.component import ContractExampleGen
+from hap.components.drift_gate.component import DriftGate
 from hap.components.request_grouper.component import RequestGrouper
 from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
 from hap.models.trainer_module import TrainerSettings
+from hap.pipeline.resolvers import LatestBlessedModelOfOtherDataStrategy
 from hap.serving.cascade import CascadeSettings
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
@@ -68,6 +73,23 @@ def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     )
 
 
+DRIFT_COMPARATORS = ("infinity_norm", "jensen_shannon_divergence")
+
+
+def drift_config(comparators: dict) -> distribution_validator_pb2.DistributionValidatorConfig:
+    """DistributionValidator's configuration from {feature: (comparator, threshold)}, the
+    comparator one of TFDV's: "infinity_norm" (L-infinity distance of the value shares, for
+    categorical features) or "jensen_shannon_divergence" (for numeric ones)."""
+    config = distribution_validator_pb2.DistributionValidatorConfig()
+    for feature, (comparator, threshold) in sorted(comparators.items()):
+        if comparator not in DRIFT_COMPARATORS:
+            raise ValueError(f"drift comparator of {feature!r}: {comparator!r} is none of {DRIFT_COMPARATORS}")
+        entry = config.default_slice_config.feature.add()
+        entry.path.step.append(feature)
+        getattr(entry.distribution_comparator, comparator).threshold = float(threshold)
+    return config
+
+
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
@@ -80,20 +102,34 @@ def create_pipeline(
     auc_floors: dict,
     auc_tolerance: float,
     eval_days: int = 1,
+    window_days: Optional[int] = None,
+    warm_start: bool = False,
+    drift_comparators: Optional[dict] = None,
+    accept_drift: bool = False,
     vocab_top_k: int = 100_000,
     model_name: str = "hap",
     cascade: CascadeSettings = CascadeSettings(),
+    cascade_tolerance: float = 0.01,
     metadata_connection_config=None,
     beam_pipeline_args: Optional[list[str]] = None,
     component_beam_args: Optional[dict[str, list[str]]] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
-    """`component_beam_args`: Beam arguments added to some components' (by id, e.g.
+    """`window_days`: the Trainers learn from that many days before the `eval_days` newest ones
+    (default: every earlier day).
+    `warm_start`: each Trainer starts from the last blessed model of its kind trained on other data
+    (pipeline/resolvers.py; models/trainer_module.py loads its weights).
+    `drift_comparators`: {feature: (TFDV comparator, threshold)} (`drift_config`): the newest day's
+    statistics are compared with the last accepted day's and a drift stops the run before Transform
+    (components/drift_gate), unless `accept_drift`; empty or None: no drift check.
+    `cascade_tolerance`: how far the cascade's blessing metric may fall below the last blessed
+    cascade's (components/cascade_assembler).
+    `component_beam_args`: Beam arguments added to some components' (by id, e.g.
     {"Transform": ["--direct_running_mode=multi_processing"]}) after `beam_pipeline_args`, so
     they win; an id that is not a Beam component of the pipeline is an error naming it."""
     model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
                     preprocessing.CODE_FINGERPRINT: code_fingerprint()}
-    example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days)
+    example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days, window_days=window_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
     example_validator = tfx.components.ExampleValidator(
@@ -110,20 +146,49 @@ def create_pipeline(
     transform.add_upstream_node(gate)
     # The Trainers stream whole requests; the Evaluators read Transform's per-sample examples.
     grouper = RequestGrouper(examples=transform.outputs["transformed_examples"], custom_config=model_config)
-    components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform, grouper]
+    components = [example_gen, statistics_gen, schema_gen, example_validator, gate]
+    if drift_comparators:
+        # Today (the eval split: the newest day) against the last day the DriftGate accepted.
+        accepted = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            statistics=Channel(type=ExampleStatistics, producer_component_id="DriftGate",
+                               output_key="accepted_statistics"),
+        ).with_id("LastAcceptedStatistics")
+        baseline_statistics = accepted.outputs["statistics"].as_optional()
+        split = example_gen_executor.EVAL
+        drift_validator = DistributionValidator(
+            statistics=statistics_gen.outputs["statistics"], baseline_statistics=baseline_statistics,
+            config=drift_config(drift_comparators), include_split_pairs=[(split, split)])
+        drift_gate = DriftGate(anomalies=drift_validator.outputs["anomalies"],
+                               statistics=statistics_gen.outputs["statistics"],
+                               baseline_statistics=baseline_statistics, accept_drift=accept_drift).with_id("DriftGate")
+        transform.add_upstream_node(drift_gate)
+        components += [accepted, drift_validator, drift_gate]
+    components += [transform, grouper]
     trained = {}
 
     for model, settings in ((LIGHT, light_trainer), (HEAVY, heavy_trainer)):
         trainer_config = {**model_config, **settings, "model": model}
         TrainerSettings.from_config(trainer_config)  # a bad setting fails here, not in the Trainer
+        trainer_id, evaluator_id = f"Trainer_{model}", f"Evaluator_{model}"
+        warm = {}
+        if warm_start:
+            base = tfx.dsl.Resolver(
+                strategy_class=LatestBlessedModelOfOtherDataStrategy,
+                model=Channel(type=Model, producer_component_id=trainer_id),
+                model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
+                examples=grouper.outputs["request_examples"],
+            ).with_id(f"WarmStartModel_{model}")
+            components.append(base)
+            warm = {"base_model": base.outputs["model"]}
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
             examples=grouper.outputs["request_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             custom_config=trainer_config,
-        ).with_id(f"Trainer_{model}")
-        evaluator_id = f"Evaluator_{model}"
+            **warm,
+        ).with_id(trainer_id)
         baseline = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
             model=Channel(type=Model, producer_component_id=trainer.id),
@@ -138,19 +203,27 @@ def create_pipeline(
         components += [trainer, baseline, evaluator]
         trained[model] = (trainer.outputs["model"], evaluator.outputs["blessing"])
 
+    assembler_id = "CascadeAssembler"
+    cascade_baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=Channel(type=Model, producer_component_id=assembler_id),
+        model_blessing=Channel(type=ModelBlessing, producer_component_id=assembler_id),
+    ).with_id("LatestBlessedCascade")
     assembler = CascadeAssembler(
         transform_graph=transform.outputs["transform_graph"],
         light_model=trained[LIGHT][0], light_blessing=trained[LIGHT][1],
         heavy_model=trained[HEAVY][0], heavy_blessing=trained[HEAVY][1],
-        custom_config=model_config, settings=cascade, model_name=model_name)
+        custom_config=model_config, data_root=data_root, settings=cascade, model_name=model_name,
+        baseline_model=cascade_baseline.outputs["model"], regression_tolerance=cascade_tolerance,
+    ).with_id(assembler_id)
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
-    # cascade only when both of its models were blessed.
+    # cascade only when both of its models were blessed and the cascade did not regress.
     pusher = tfx.components.Pusher(
         model=assembler.outputs["model"],
         model_blessing=assembler.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(serving_model_dir, model_name))))
-    components += [assembler, pusher]
+    components += [cascade_baseline, assembler, pusher]
 
     beam_components = {node.id: node for node in components if isinstance(node, base_beam_component.BaseBeamComponent)}
     for component_id, args in (component_beam_args or {}).items():

@@ -5,9 +5,9 @@ Signatures (inputs as in `serving/request.py`):
 
 - `cascade` (also `serving_default`): runs Transform and the light user tower once for the
   request, the light item tower and head on all N candidates, and the heavy model on the
-  candidates that serving/routing.py routes (the K with the highest light scores). Returns
-  `scores` float32 [N]: the ranking key that serving/routing.py combines (routed candidates
-  first, ordered by the heavy model; a key, not a probability);
+  candidates that the settings' routing policy (serving/routing.py) routes. Returns
+  `scores` float32 [N]: the final ranking key that the policy combines, (N - rank) / N (an
+  order, not a probability);
   `top_indices` int32 [min(k_out, N)]: candidate indices by descending score;
   `light_scores` float32 [N]: light click probabilities;
   `heavy_scores` float32 [N]: heavy click probabilities of routed candidates, 0 elsewhere;
@@ -48,17 +48,18 @@ INFO_FILE = "hap_cascade.json"
 
 @dataclasses.dataclass(frozen=True)
 class CascadeSettings:
-    """route_fraction: share of the candidates re-scored by the heavy model (serving/routing.py).
+    """routing: which candidates the heavy model re-scores and how the scores combine
+    (serving/routing.py).
     k_out: how many candidate indices `top_indices` returns (at most N).
     max_candidates: the largest N a call may carry."""
 
-    route_fraction: float = 0.1
+    routing: routing.RoutingPolicy = routing.RoutingPolicy()
     k_out: int = 100
     max_candidates: int = 5000
 
     def __post_init__(self):
-        if not 0.0 < self.route_fraction <= 1.0:
-            raise ValueError(f"route_fraction must be in (0, 1], got {self.route_fraction}")
+        if isinstance(self.routing, dict):  # as read back from JSON
+            object.__setattr__(self, "routing", routing.RoutingPolicy(**self.routing))
         if self.k_out < 1 or self.max_candidates < 1:
             raise ValueError(f"k_out and max_candidates must be positive: {self}")
 
@@ -137,12 +138,14 @@ class CascadeModule(tf.Module):
             return tf.identity(n)
 
     def _finite_checks(self, request: dict) -> list:
-        """An infinite numeric is refused, as the data contract refuses it in a dataset (NaN is the
-        request's missing value): z-scored, it would saturate every score it reaches, ranking
-        the candidates by nothing (a user's) or putting one first (a candidate's)."""
+        """An infinite numeric, or a finite one beyond the contract's bound |x| <= 1e18, is
+        refused, as the data contract refuses it in a dataset (NaN is the request's missing
+        value): z-scored, it would saturate every score it reaches, ranking the candidates by
+        nothing (a user's) or putting one first (a candidate's)."""
         return [tf.debugging.assert_equal(
-                    tf.reduce_any(tf.math.is_inf(request[name])), False,
-                    message=f"{name}: a numeric value is infinite; send a finite number, or NaN for a missing value")
+                    tf.reduce_any(tf.abs(request[name]) > c.MAX_ABS_NUMERIC), False,
+                    message=f"{name}: a numeric value is infinite or beyond |x| <= {c.MAX_ABS_NUMERIC:.0e}; send a "
+                            "finite number within it, or NaN for a missing value")
                 for name in self._numerics if name in request]
 
     def _split(self, request: dict):
@@ -168,24 +171,29 @@ class CascadeModule(tf.Module):
     def cascade(self, request: dict) -> dict:
         n, user, items = self._split(request)
         light_logits = self._light_logits(user, items)
-        light_scores = tf.sigmoid(light_logits)
         # Logits, not probabilities: float32 sigmoids of large logits tie where the logits do not.
-        rows = routing.routed_rows(light_logits, self._settings.route_fraction)
-        at = rows[:, tf.newaxis]
-        routed = tf.scatter_nd(at, tf.ones_like(rows, tf.bool), [n])
-        heavy_scores = tf.scatter_nd(at, tf.sigmoid(self._heavy_logits(user, items, rows)), [n])
-        scores = routing.final_scores(light_scores, heavy_scores, routed)
+        policy = self._settings.routing
+        routed = routing.routed_mask(policy, light_logits)
+        rows = tf.cast(tf.where(routed)[:, 0], tf.int32)
+        heavy_logits = tf.scatter_nd(rows[:, tf.newaxis], self._heavy_logits(user, items, rows), [n])
+        scores = routing.combine(policy, light_logits, heavy_logits, routed)
         top = tf.math.top_k(scores, tf.minimum(self._settings.k_out, n)).indices
-        return {"scores": scores, "top_indices": top, "light_scores": light_scores,
-                "heavy_scores": heavy_scores, "routed": routed}
+        return {"scores": scores, "top_indices": top, "light_scores": tf.sigmoid(light_logits),
+                "heavy_scores": tf.where(routed, tf.sigmoid(heavy_logits), 0.0), "routed": routed}
+
+    def light_logits(self, request: dict) -> dict:
+        _, user, items = self._split(request)
+        return {"logits": self._light_logits(user, items)}
+
+    def heavy_logits(self, request: dict) -> dict:
+        n, user, items = self._split(request)
+        return {"logits": self._heavy_logits(user, items, tf.range(n))}
 
     def light_scores(self, request: dict) -> dict:
-        _, user, items = self._split(request)
-        return {"scores": tf.sigmoid(self._light_logits(user, items))}
+        return {"scores": tf.sigmoid(self.light_logits(request)["logits"])}
 
     def heavy_scores(self, request: dict) -> dict:
-        n, user, items = self._split(request)
-        return {"scores": tf.sigmoid(self._heavy_logits(user, items, tf.range(n)))}
+        return {"scores": tf.sigmoid(self.heavy_logits(request)["logits"])}
 
     def item_embeddings(self, items: dict) -> dict:
         with tf.control_dependencies(self._finite_checks(items)):

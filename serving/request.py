@@ -33,10 +33,7 @@ from hap.data import contract as c
 REQUEST_ROLES = (c.USER, c.CONTEXT)
 CANDIDATE_ROLES = (c.ITEM, c.CROSS)
 MISSING_TOKEN = ""
-# The data contract's bound on a numeric value, in the raw units of its feature: |x| <= 1e18.
-# A value beyond it is not a measurement but a corrupt one (an overflowed counter, a sentinel
-# such as 1e30 or FLT_MAX) and is refused as an infinite one is (see `numeric_problem`).
-MAX_ABS_NUMERIC = 1e18
+MAX_ABS_NUMERIC = c.MAX_ABS_NUMERIC
 _BOUND = f"{MAX_ABS_NUMERIC:.0e}".replace("e+", "e")  # "1e18"
 
 

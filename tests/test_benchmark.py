@@ -13,10 +13,10 @@ import tensorflow as tf
 from hap import cli
 from hap.data import contract as c
 from hap.data import reader
-from hap.evaluation import benchmark
-from hap.evaluation.defaults import DEFAULT_ROUTE_FRACTIONS
+from hap.evaluation import benchmark, report
 from hap.models import distribute, heavy, light, losses, trainer_module, transformed
 from hap.serving import request as rq
+from hap.serving import routing
 from hap.serving.cascade import CascadeSettings
 
 ALL = c.SAMPLE_GROUPS
@@ -32,6 +32,8 @@ EXPECTED = {
     "heavy_all_mixed_bce": (heavy.HeavyModel, losses.MixedBCELoss, None, ALL, ALL),
     "heavy_all_ghcl": (heavy.HeavyModel, losses.GHCLLoss, NEGATIVES, ALL, ALL),
     "heavy_hard_ghcl": (heavy.HeavyModel, losses.GHCLLoss, (c.EN, c.RN), (c.EP, c.EN), HARD),
+    "heavy_narrow_s_ghcl": (heavy.HeavyModel, losses.GHCLLoss, NEGATIVES, ALL, ALL),
+    "heavy_narrow_m_ghcl": (heavy.HeavyModel, losses.GHCLLoss, NEGATIVES, ALL, ALL),
 }
 
 
@@ -46,16 +48,39 @@ def test_sample_routing_setting():
 
 
 def test_variants_cover_the_issue():
-    chosen = {v.key: v for v in benchmark.variants()}
-    assert chosen["f"].route_fraction == CascadeSettings().route_fraction
-    assert [chosen[k].models for k in "abcde"] == [(m,) for m in list(benchmark.MODELS)[:5]]
+    fractions = [0.1, 0.5]
+    chosen = {v.key: v for v in benchmark.variants(fractions)}
+    pushed = CascadeSettings().routing
+    assert (chosen["f"].policy, chosen["f"].route_fraction) == (pushed.kind, pushed.fraction)
     assert chosen["f"].models == ("light_ghcl", "heavy_hard_ghcl")
-    fractions = sorted(v.route_fraction for v in chosen.values() if v.route_fraction is not None)
-    assert fractions == sorted(DEFAULT_ROUTE_FRACTIONS)
+    assert [chosen[k].models for k in "abcde"] == [(m,) for m in list(benchmark.MODELS)[:5]]
+    cascades = [v for v in chosen.values() if v.is_cascade and v.key != "f"]
+    cutoffs = {routing.TOP_K: (pushed.cutoff,), routing.BAND: (100, 200), routing.ADAPTIVE: (100, 200)}
+    assert sorted((v.policy, v.cutoff, v.heavy, v.route_fraction) for v in cascades) == sorted(
+        (p, cutoff, h, f) for p in routing.POLICIES for cutoff in cutoffs[p]
+        for h in ("heavy_hard_ghcl", "heavy_all_ghcl") for f in fractions)
+    assert len({v.family for v in cascades}) == 10 and chosen["f"].family is None
+    routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
+    assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
+    assert [v.key for v in benchmark.variants(fractions, "losses")] == list("abcde")
 
 
-def test_cascade_scores_equal_the_cascade_signature(cascade_model, e2e_data):
-    """HAP's scores, composed from the light and heavy signatures, are the cascade's `scores`."""
+def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline_run, e2e_data):
+    inputs = benchmark.load_inputs(e2e_data, pipeline_run)
+    keras = {name: trainer_module.build_scorer(benchmark.MODELS[name].model, inputs.model_inputs,
+                                               benchmark.MODELS[name].model_config)
+             for name in ("light_ghcl", "heavy_all_ghcl", "heavy_narrow_s_ghcl", "heavy_narrow_m_ghcl")}
+    parts = benchmark.model_flops(keras)
+    assert (parts["light_per_candidate"] < parts["heavy_narrow_s_ghcl"] < parts["heavy_narrow_m_ghcl"]
+            < parts["heavy_all_ghcl"])
+    # About 10% and 25% of the heavy model's FLOPs per candidate.
+    assert 0.05 < parts["heavy_narrow_s_ghcl"] / parts["heavy_all_ghcl"] < 0.2
+    assert 0.15 < parts["heavy_narrow_m_ghcl"] / parts["heavy_all_ghcl"] < 0.35
+
+
+def test_cascade_variants_equal_the_cascade_signature(cascade_model, e2e_data):
+    """A cascade variant's scores, made from the light and heavy signatures by the routing module,
+    are the cascade signature's `scores`."""
     model = tf.saved_model.load(cascade_model)
     features = c.load_features(e2e_data)
     by_request = collections.defaultdict(list)
@@ -70,18 +95,11 @@ def test_cascade_scores_equal_the_cascade_signature(cascade_model, e2e_data):
         heavy_scores.append(model.signatures["heavy"](**inputs)["scores"].numpy())
         cascade_scores.append(model.signatures["cascade"](**inputs)["scores"].numpy())
         request += [request_id] * len(rows)
-    composed = benchmark.cascade_scores(request, np.concatenate(light_scores), np.concatenate(heavy_scores),
-                                        CascadeSettings().route_fraction)
-    np.testing.assert_allclose(composed, np.concatenate(cascade_scores), rtol=1e-5, atol=1e-6)
-
-
-def test_cascade_scores_route_the_top_k_of_each_request():
-    request = np.array(["a"] * 4 + ["b"] * 3)
-    light_scores = np.array([0.1, 0.9, 0.5, 0.5, 0.2, 0.3, 0.1])
-    heavy_scores = np.array([0.7, 0.2, 0.4, 0.8, 0.6, 0.1, 0.9])
-    out = benchmark.cascade_scores(request, light_scores, heavy_scores, 0.5)
-    # a: K = 2, the light 0.9 and the first of the tied 0.5s; b: K = 2 of 3.
-    np.testing.assert_allclose(out, [0.1, 1.2, 1.4, 0.5, 1.6, 1.1, 0.1])
+    pushed = next(v for v in benchmark.variants() if v.key == "f")
+    # Sigmoid probabilities keep the logits' order, which is all that top-K routing reads.
+    composed, _ = benchmark.variant_scores(pushed, {"light_ghcl": np.concatenate(light_scores),
+                                                    "heavy_hard_ghcl": np.concatenate(heavy_scores)}, request, {})
+    np.testing.assert_allclose(composed, np.concatenate(cascade_scores), rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +118,8 @@ def spied_run(pipeline_run, e2e_funnel_data, tmp_path_factory, monkeypatch_modul
         seen[current["name"]]["loss"] = loss
         return loss
 
-    def build_scorer(model, model_inputs):
-        scorer = real_build(model, model_inputs)
+    def build_scorer(model, model_inputs, model_config=None):
+        scorer = real_build(model, model_inputs, model_config)
         seen[current["name"]]["scorer"] = scorer
         return scorer
 
@@ -145,35 +163,51 @@ def test_each_model_trains_with_the_loss_and_samples_it_claims(spied_run):
         assert got["groups"] == groups, name
 
 
-def test_the_report_has_every_variant_table_and_plot(spied_run):
+def test_the_report_has_every_variant_table_and_plot(spied_run, tmp_path):
     out, _ = spied_run
-    report = os.path.join(out, "report")
-    with open(os.path.join(report, "benchmark.json"), encoding="utf-8") as f:
+    report_dir = os.path.join(out, "report")
+    with open(os.path.join(report_dir, "benchmark.json"), encoding="utf-8") as f:
         result = json.load(f)
     keys = [v["key"] for v in result["variants"]]
-    assert keys == ["a", "b", "c", "d", "e", "f", "g50%"]
+    assert keys == [v.key for v in benchmark.variants([0.1, 0.5])]
     assert result["funnel"] and result["compute"]["part"] == "funnel"
+    summary = result["summary"]
     for key in keys:
-        summary = result["summary"][key]
-        for name in ("auc_mean", "gauc", "hitrate@1", "ndcg@100", "oracle_recall@100"):
-            assert summary[name]["values"] and all(v is not None and 0 <= v <= 1 for v in summary[name]["values"])
-        assert summary["train_seconds"]["mean"] > 0
-    flops = {k: result["compute"]["variants"][k]["flops_mean"] for k in keys}
-    assert flops["a"] == flops["b"] == flops["c"] < flops["f"] < flops["g50%"] < flops["d"] == flops["e"]
+        for name in ("auc_mean", "gauc", "hitrate@1", "ndcg@100", "oracle_recall@100", "ndcg@200",
+                     "oracle_recall@200"):
+            assert summary[key][name]["values"] and all(v is not None and 0 <= v <= 1
+                                                        for v in summary[key][name]["values"])
+        assert summary[key]["train_seconds"]["mean"] > 0
+    flops = {k: summary[k]["flops"]["mean"] for k in keys}
+    assert flops["a"] == flops["b"] == flops["c"] < flops["us"] < flops["um"] < flops["d"] == flops["e"]
+    assert flops["f"] == flops["top_k-hard-10%"] < flops["top_k-hard-50%"] < flops["e"]
+    # The adaptive policy's margin holds its mean budget: its FLOPs are those of the fixed share.
+    for fraction in ("10%", "50%"):
+        assert flops[f"adaptive@200-hard-{fraction}"] <= flops[f"top_k-hard-{fraction}"] * 1.0001
     # HAP's training time is both its models'.
     seed = result["per_seed"][0]["models"]
-    assert result["summary"]["f"]["train_seconds"]["mean"] == pytest.approx(
+    assert summary["f"]["train_seconds"]["mean"] == pytest.approx(
         seed["light_ghcl"]["seconds"] + seed["heavy_hard_ghcl"]["seconds"])
-    with open(os.path.join(report, "benchmark.md"), encoding="utf-8") as f:
+    families = {claim["family"] for claim in result["claims"]}
+    assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 10
+    for claim in result["claims"]:
+        assert isinstance(claim["no_harm"], bool) and isinstance(claim["beats_uniform"], bool)
+    with open(os.path.join(report_dir, "benchmark.md"), encoding="utf-8") as f:
         text = f.read()
     for key in keys:
         assert f"| ({key}) |" in text
+    assert "## Routing claims" in text and "| top_k, heavy hard |" in text and "| band around 100, heavy all |" in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert images == ["pareto.png", "gradient_conflict.png"]
     for name in images:
-        with open(os.path.join(report, name), "rb") as f:
+        with open(os.path.join(report_dir, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
     assert not math.isnan(result["seconds"]["total"])
+    summary_path = str(tmp_path / "summary.md")
+    report.write_benchmark_summary({"one": result, "two": result}, summary_path)
+    with open(summary_path, encoding="utf-8") as f:
+        text = f.read()
+    assert "## one" in text and "## two" in text and "![two](two/report/pareto.png)" in text
 
 
 def test_a_run_of_other_data_is_refused(pipeline_run, tiny_csv, tmp_path, capsys):
@@ -187,3 +221,56 @@ def test_a_directory_that_is_not_a_run_is_refused(tiny_csv, tmp_path, capsys):
     assert cli.main(["benchmark", "--data", tiny_csv, "--run", run, "--out", str(tmp_path / "out"),
                      "--quiet"]) == 2
     assert f"{run}: no metadata.sqlite" in capsys.readouterr().err
+
+
+def _claims_result(cascade_recall100: dict[str, float], recall200_drop: float) -> dict:
+    """A benchmark result by hand: light (c) at 0.5, heavy (e) at 0.9 on every funnel metric;
+    the uniform-scaling models on a straight line in log FLOPs between them; one routing family
+    at 10% and 20%."""
+    flops = {"c": 1e6, "us": 1e7, "um": 1e7 * 2.5, "e": 1e8}
+    quality = {"c": 0.5, "us": 0.6, "um": 0.65, "e": 0.9}
+    variants = [{"key": k, "policy": None, "heavy": None, "light": None, "route_fraction": None, "label": k,
+                 "family": None} for k in flops]
+    for key, fraction, cost in (("band-hard-10%", 0.1, 1.2e7), ("band-hard-20%", 0.2, 2.2e7)):
+        variants.append({"key": key, "policy": "band", "heavy": "heavy_hard_ghcl", "light": "light_ghcl",
+                         "route_fraction": fraction, "label": key, "family": "band around 100, heavy hard"})
+        flops[key] = cost
+        quality[key] = cascade_recall100[key]
+    metrics = ("oracle_recall@100", "ndcg@100", "oracle_recall@200")
+    per_seed = []
+    for seed_offset in (-0.01, 0.01):
+        per_seed.append({"metrics": {k: {m: quality[k] + seed_offset - (recall200_drop if m == "oracle_recall@200"
+                                                                        and k.startswith("band") else 0.0)
+                                         for m in metrics} for k in flops}})
+    summary = {k: {"flops": {"mean": flops[k]}, **{m: {"mean": quality[k] - (recall200_drop if m == "oracle_recall@200"
+                                                                            and k.startswith("band") else 0.0)}
+                                                for m in metrics}} for k in flops}
+    return {"funnel": True, "summary": summary, "per_seed": per_seed, "variants": variants}
+
+
+def test_routing_claims_in_closed_form():
+    # Heavy-on-all costs 1e8, so the budget is 2.5e7: both fractions are within it. 20% recovers
+    # (0.85 - 0.5) / (0.9 - 0.5) = 87.5% of the gap; the uniform curve at 2.2e7 FLOPs is below 0.65.
+    result = _claims_result({"band-hard-10%": 0.7, "band-hard-20%": 0.85}, recall200_drop=0.0)
+    (claim,) = benchmark.routing_claims(result)
+    assert claim["family"] == "band around 100, heavy hard"
+    assert claim["best_within_budget"]["key"] == "band-hard-20%"
+    assert claim["best_within_budget"]["recovered"]["oracle_recall@100"] == pytest.approx(0.875)
+    assert claim["recovers_gap"] and claim["beats_uniform"]
+    assert claim["no_harm"]  # Recall@200 at 0.7 and 0.85 against the light model's 0.5
+    uniform = benchmark.uniform_curve(result, "oracle_recall@100", 2.2e7)
+    x = (np.log(2.2e7) - np.log(1e7)) / (np.log(2.5e7) - np.log(1e7))
+    assert uniform == pytest.approx(0.6 + x * 0.05)
+    assert benchmark.uniform_curve(result, "oracle_recall@100", 1e9) is None
+
+    # A cascade at 0.6 (20%) recovers 25% only and lies below the uniform curve at its FLOPs; one
+    # that drops Recall@200 by 0.3 below the light model harms at that fraction.
+    result = _claims_result({"band-hard-10%": 0.55, "band-hard-20%": 0.6}, recall200_drop=0.3)
+    (claim,) = benchmark.routing_claims(result)
+    assert not claim["recovers_gap"] and not claim["beats_uniform"] and not claim["no_harm"]
+    assert claim["worst_recall200_diff_plus_std"] == pytest.approx(0.55 - 0.3 - 0.5)
+
+
+def test_routing_claims_need_the_funnel():
+    result = _claims_result({"band-hard-10%": 0.7, "band-hard-20%": 0.85}, 0.0)
+    assert benchmark.routing_claims({**result, "funnel": False}) == []

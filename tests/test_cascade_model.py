@@ -1,5 +1,4 @@
 """The pushed cascade SavedModel, loaded as TF Serving would load it (no Python classes)."""
-import math
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from hap.data import contract as c
 from hap.serving import request as rq
+from hap.serving import routing
 from hap.serving import warmup
 from hap.serving.cascade import CascadeSettings
 
@@ -57,24 +57,29 @@ def test_signature_names_inputs_and_outputs(model, features):
     assert set(transformed) == set(features.names), "serving must not need training-only columns"
 
 
-def test_cascade_agrees_with_the_light_and_heavy_signatures(model, requests):
+def test_cascade_equals_the_routing_module_on_the_light_and_heavy_signatures(model, requests):
+    policy = DEFAULTS.routing
     for request in requests:
         out = _call(model, "cascade", request)
         light = _call(model, "light", request)["scores"]
         heavy = _call(model, "heavy", request)["scores"]
         n = len(light)
-        k = math.ceil(DEFAULTS.route_fraction * n)
+        k = routing.routed_count(n, policy.fraction)
         np.testing.assert_allclose(out["light_scores"], light, rtol=1e-5, atol=1e-6)
         routed = out["routed"]
-        # The routed set is exactly the top K by light score.
+        # The default policy routes exactly the top K by light score.
         assert routed.sum() == k
         assert set(np.flatnonzero(routed)) == set(np.argsort(-light, kind="stable")[:k])
         np.testing.assert_allclose(out["heavy_scores"][routed], heavy[routed], rtol=1e-5, atol=1e-6)
         assert (out["heavy_scores"][~routed] == 0).all()
-        # Routed candidates come first, ordered by the heavy model; the rest by the light one.
-        np.testing.assert_allclose(out["scores"], np.where(routed, 1 + heavy, light), rtol=1e-5, atol=1e-6)
+        # Routing and combination read only orders, which the sigmoid keeps: the routing module on
+        # the two models' probabilities gives the signature's routed set and ranking key.
+        keys, expected_routed = routing.route_request(policy, light, heavy)
+        np.testing.assert_array_equal(routed, expected_routed.numpy())
+        np.testing.assert_allclose(out["scores"], keys.numpy(), rtol=0, atol=1e-7)
         top = out["top_indices"]
         assert len(top) == min(DEFAULTS.k_out, n)
+        np.testing.assert_allclose(np.sort(out["scores"]), (np.arange(n) + 1) / n, rtol=1e-6)  # one key per rank
         np.testing.assert_array_equal(out["scores"][top], np.sort(out["scores"])[::-1][:len(top)])
         assert routed[top[:k]].all()
 
@@ -125,6 +130,8 @@ def test_missing_values_and_empty_histories_are_served(model, requests, features
     ("ragged candidates", "needs N"),
     ("an infinite user numeric", "is infinite"),
     ("an infinite item numeric", "is infinite"),
+    ("an absurd user numeric", "beyond"),   # 1e30: finite, but beyond the contract's |x| <= 1e18
+    ("an absurd item numeric", "beyond"),
 ])
 def test_malformed_requests_fail_with_a_named_problem(model, features, problem, message):
     n = {"no candidates": 0, "too many candidates": DEFAULTS.max_candidates + 1}.get(problem, 4)
@@ -134,11 +141,11 @@ def test_malformed_requests_fail_with_a_named_problem(model, features, problem, 
     if problem == "ragged candidates":
         name = next(f.name for f in features.features if f.role == c.ITEM and f.name != "item_id")
         request[name] = request[name][:2]
-    if problem.startswith("an infinite"):
+    if problem.startswith(("an infinite", "an absurd")):
         level = rq.is_request_level if "user" in problem else (lambda f: not rq.is_request_level(f))
         name = next(f.name for f in features.features if f.kind == c.NUMERIC and level(f))
         request[name] = request[name].copy()
-        request[name][0] = np.inf
+        request[name][0] = np.inf if "infinite" in problem else 1e30
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         _call(model, "cascade", request)
 

@@ -106,10 +106,12 @@ def test_metrics_match_the_metric_modules_on_signature_outputs(evaluated, cascad
     utility = np.array([r[c.ORACLE_COLUMN] for r in rows])
     for s in evaluate.SIGNATURES:
         got = result["funnel"]["metrics"][s]
-        assert got["ndcg@100"]["value"] == pytest.approx(
-            top_k_metrics.ndcg_at_k(request, utility, scores[s], 100).value, abs=1e-6)
-        assert got["oracle_recall@100"]["value"] == pytest.approx(
-            top_k_metrics.oracle_recall_at_k(request, utility, scores[s], 100, 10).value, abs=1e-6)
+        assert set(got) == {"ndcg@100", "oracle_recall@100", "ndcg@200", "oracle_recall@200"}
+        for k in (100, 200):
+            assert got[f"ndcg@{k}"]["value"] == pytest.approx(
+                top_k_metrics.ndcg_at_k(request, utility, scores[s], k).value, abs=1e-6)
+            assert got[f"oracle_recall@{k}"]["value"] == pytest.approx(
+                top_k_metrics.oracle_recall_at_k(request, utility, scores[s], k, 10).value, abs=1e-6)
 
 
 def test_without_funnel_the_funnel_metrics_are_skipped_and_reported(cascade_model, e2e_data, tmp_path):

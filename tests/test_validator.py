@@ -205,3 +205,12 @@ def test_a_truncated_tfrecord_file_is_reported(tmp_path, tiny_tfrecord):
     with gzip.open(path, "wb") as f:
         f.write(data[: len(data) // 2])
     assert any(e.startswith(f"{path}: unreadable after record ") for e in _errors(out))
+
+
+@pytest.mark.parametrize("value, message", [("inf", "not a finite number"),
+                                            ("1e30", "beyond the contract's bound |x| <= 1e+18")])
+def test_non_finite_and_absurd_numerics_are_located(dataset, value, message):
+    column = next(f.name for f in c.load_features(dataset).features if f.kind == c.NUMERIC)
+    _set(_day0(dataset), 2, column, value)
+    errors = _errors(dataset)
+    assert any(e.startswith(f"{_day0(dataset)}:2: column '{column}'") and message in e for e in errors), errors

@@ -1,10 +1,14 @@
 """CascadeAssembler: one servable SavedModel from the Transform graph and the two trained models.
 
-Its `blessing` output is blessed only when both models were blessed by their Evaluators, so a
-Pusher fed it pushes the cascade only then.
+Its `blessing` output is blessed only when both models were blessed by their Evaluators and the
+cascade, as routed, did not regress: its blessing metric on the eval day
+(`evaluation.evaluate.cascade_quality`: funnel/ Recall@200 when the dataset has a funnel, else
+the logged requests' GAUC) is at most `regression_tolerance` below the last blessed cascade's
+(`baseline_model`) on the same data. A Pusher fed it pushes the cascade only then.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from tfx import types
@@ -18,10 +22,12 @@ from hap.serving.cascade import CascadeSettings
 class CascadeAssemblerSpec(component_spec.ComponentSpec):
     PARAMETERS = {
         "custom_config": component_spec.ExecutionParameter(type=str),
-        "route_fraction": component_spec.ExecutionParameter(type=float),
+        "routing": component_spec.ExecutionParameter(type=str),
         "k_out": component_spec.ExecutionParameter(type=int),
         "max_candidates": component_spec.ExecutionParameter(type=int),
         "model_name": component_spec.ExecutionParameter(type=str),
+        "data_root": component_spec.ExecutionParameter(type=str),
+        "regression_tolerance": component_spec.ExecutionParameter(type=float),
     }
     INPUTS = {
         "transform_graph": component_spec.ChannelParameter(type=standard_artifacts.TransformGraph),
@@ -29,6 +35,7 @@ class CascadeAssemblerSpec(component_spec.ComponentSpec):
         "heavy_model": component_spec.ChannelParameter(type=standard_artifacts.Model),
         "light_blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
         "heavy_blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "baseline_model": component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {
         "model": component_spec.ChannelParameter(type=standard_artifacts.Model),
@@ -41,19 +48,22 @@ class CascadeAssembler(base_component.BaseComponent):
     warm-up requests, in the Model artifact's `Format-Serving` folder that Pusher reads.
 
     `custom_config` is the Trainers' (it carries the feature set); `model_name` is the TF Serving
-    model name the warm-up requests address.
+    model name the warm-up requests address; `data_root` the contract dataset whose eval day (and
+    funnel/) the cascade is validated on; `baseline_model` the last blessed cascade, if any.
     """
 
     SPEC_CLASS = CascadeAssemblerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, transform_graph, light_model, heavy_model, light_blessing, heavy_blessing,
-                 custom_config: dict, settings: CascadeSettings = CascadeSettings(), model_name: str = "hap"):
+                 custom_config: dict, data_root: str, settings: CascadeSettings = CascadeSettings(),
+                 model_name: str = "hap", baseline_model=None, regression_tolerance: float = 0.01):
         super().__init__(spec=CascadeAssemblerSpec(
             transform_graph=transform_graph, light_model=light_model, heavy_model=heavy_model,
-            light_blessing=light_blessing, heavy_blessing=heavy_blessing,
+            light_blessing=light_blessing, heavy_blessing=heavy_blessing, baseline_model=baseline_model,
+            data_root=data_root, regression_tolerance=regression_tolerance,
             custom_config=json.dumps(custom_config, sort_keys=True),
-            route_fraction=settings.route_fraction, k_out=settings.k_out,
+            routing=json.dumps(dataclasses.asdict(settings.routing), sort_keys=True), k_out=settings.k_out,
             max_candidates=settings.max_candidates, model_name=model_name,
             model=types.Channel(type=standard_artifacts.Model),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

@@ -2,12 +2,14 @@
 wraps them and the Transform graph in `CascadeModule`, and saves it with warm-up requests.
 
 The SavedModel is written to a temporary folder beside its destination and renamed into
-place, so a failed run leaves no half-written model for Pusher to find.
+place, so a failed run leaves no half-written model for Pusher to find. When both models were
+blessed, the cascade is then validated as a cascade (`validate`) against the last blessed one.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Any, Dict, List
@@ -21,8 +23,10 @@ from tfx.components.util import model_utils
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from hap.data import contract as c
+from hap.evaluation import evaluate
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
-from hap.serving import cascade, flops, warmup
+from hap.serving import cascade, flops, routing, warmup
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 
@@ -52,6 +56,33 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
     os.replace(staging, export_dir)
 
 
+def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float) -> dict:
+    """The cascade's blessing metric on the eval day against the last blessed cascade's on the
+    same data: {"metric", "part", "value", "baseline", "regressed", "reason"}. A baseline that
+    cannot be scored on today's data (its features are not all there) is not compared with."""
+    quality = evaluate.cascade_quality(export_dir, data_root)
+    out = {"metric": quality["metric"], "part": quality["part"], "value": quality["value"], "baseline": None,
+           "regressed": False, "reason": "no blessed cascade to compare with"}
+    if baseline_dir is None:
+        return out
+    try:
+        base = evaluate.cascade_quality(baseline_dir, data_root)
+    except (c.ContractError, ValueError, FileNotFoundError) as e:
+        out["reason"] = f"the last blessed cascade cannot be scored on this data: {e}"
+        return out
+    out["baseline"] = base["value"]
+    if math.isnan(quality["value"]) or math.isnan(base["value"]):
+        out["reason"] = f"{quality['metric']} is not measurable on this data"
+    elif quality["value"] < base["value"] - tolerance:
+        out["regressed"] = True
+        out["reason"] = (f"{quality['metric']} on {quality['part']} {quality['value']:.4f} is more than {tolerance} below "
+                         f"the last blessed cascade's {base['value']:.4f}")
+    else:
+        out["reason"] = (f"{quality['metric']} on {quality['part']} {quality['value']:.4f} against the last blessed "
+                         f"cascade's {base['value']:.4f}")
+    return out
+
+
 class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
@@ -59,22 +90,34 @@ class Executor(base_executor.BaseExecutor):
         blessed = all(model_utils.is_model_blessed(_single(input_dict[k]))
                       for k in ("light_blessing", "heavy_blessing"))
         settings = cascade.CascadeSettings(
-            route_fraction=float(exec_properties["route_fraction"]), k_out=int(exec_properties["k_out"]),
+            routing=routing.RoutingPolicy(**json.loads(exec_properties["routing"])), k_out=int(exec_properties["k_out"]),
             max_candidates=int(exec_properties["max_candidates"]))
         model = _single(output_dict["model"])
+        export_dir = path_utils.serving_model_path(model.uri)
         assemble(
             transform_dir=_single(input_dict["transform_graph"]).uri,
             light_dir=path_utils.serving_model_path(_single(input_dict["light_model"]).uri),
             heavy_dir=path_utils.serving_model_path(_single(input_dict["heavy_model"]).uri),
             custom_config=json.loads(exec_properties["custom_config"]),
-            settings=settings, model_name=exec_properties["model_name"],
-            export_dir=path_utils.serving_model_path(model.uri))
+            settings=settings, model_name=exec_properties["model_name"], export_dir=export_dir)
 
         blessing = _single(output_dict["blessing"])
+        if blessed:
+            baseline = input_dict.get("baseline_model") or []
+            check = validate(export_dir, path_utils.serving_model_path(baseline[0].uri) if baseline else None,
+                             exec_properties["data_root"], float(exec_properties["regression_tolerance"]))
+            blessed = not check["regressed"]
+            blessing.set_string_custom_property("cascade_metric", check["metric"])
+            blessing.set_float_custom_property("cascade_value", check["value"])
+            if check["baseline"] is not None:
+                blessing.set_float_custom_property("baseline_value", check["baseline"])
+            blessing.set_string_custom_property("reason", check["reason"])
+        else:
+            blessing.set_string_custom_property("reason", "a model of the cascade was not blessed by its Evaluator")
         with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "w") as f:
             f.write("")
         blessing.set_int_custom_property("blessed", int(blessed))
         blessing.set_string_custom_property("current_model", model.uri)
         blessing.set_int_custom_property("current_model_id", model.id)
-        if not blessed:
-            logging.info("CascadeAssembler: not blessed, as one of the models was not; Pusher will skip it")
+        logging.info("CascadeAssembler: %s (%s)", "blessed" if blessed else "NOT blessed; Pusher will skip it",
+                     blessing.get_string_custom_property("reason"))

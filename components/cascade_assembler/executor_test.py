@@ -1,4 +1,5 @@
 """CascadeAssembler's executor on the Transform graph and models of a real pipeline run."""
+import dataclasses
 import glob
 import json
 import os
@@ -36,7 +37,8 @@ def inputs(pipeline_run):
 
 def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_data, tmp_path):
     features = c.load_features(e2e_data)
-    settings = cascade.CascadeSettings(route_fraction=0.25, k_out=7, max_candidates=900)
+    policy = routing.RoutingPolicy(kind=routing.BAND, fraction=0.25, cutoff=20)
+    settings = cascade.CascadeSettings(routing=policy, k_out=7, max_candidates=900)
     model = _artifact(standard_artifacts.Model, str(tmp_path / "model"))
     blessing = _artifact(standard_artifacts.ModelBlessing, str(tmp_path / "blessing"))
     model.id = 42
@@ -46,18 +48,21 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
         {**inputs, "light_blessing": [_artifact(standard_artifacts.ModelBlessing, "", blessed=True)],
          "heavy_blessing": [_artifact(standard_artifacts.ModelBlessing, "", blessed=False)]},
         {"model": [model], "blessing": [blessing]},
-        {"custom_config": json.dumps(preprocessing.make_custom_config(features)), "route_fraction": 0.25,
-         "k_out": 7, "max_candidates": 900, "model_name": "ranker"})
+        {"custom_config": json.dumps(preprocessing.make_custom_config(features)), "routing": json.dumps(dataclasses.asdict(policy)),
+         "k_out": 7, "max_candidates": 900, "model_name": "ranker", "data_root": e2e_data,
+         "regression_tolerance": 0.01})
 
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.listdir(blessing.uri) == [executor.NOT_BLESSED_FILE]
+    assert "not blessed by its Evaluator" in blessing.get_string_custom_property("reason")
     assert blessing.get_int_custom_property("current_model_id") == 42
     serving = os.path.join(model.uri, "Format-Serving")
     assert sorted(os.listdir(model.uri)) == ["Format-Serving"], "the staging folder was left behind"
     assert os.path.isfile(os.path.join(serving, "saved_model.pb"))
     with open(os.path.join(serving, "assets.extra", cascade.INFO_FILE)) as f:
         info = json.load(f)
-    assert info["settings"] == {"route_fraction": 0.25, "k_out": 7, "max_candidates": 900}
+    assert info["settings"] == {"routing": dataclasses.asdict(policy), "k_out": 7, "max_candidates": 900}
+    assert cascade.CascadeSettings(**info["settings"]) == settings
     assert [f["name"] for f in info["features"]] == list(features.names)
     parts = info["flops"]
     # The heavy model is the expensive one per candidate; the routed quarter costs accordingly.
@@ -89,9 +94,26 @@ def test_the_component_passes_its_settings_to_the_executor():
         light_model=Channel(type=standard_artifacts.Model), heavy_model=Channel(type=standard_artifacts.Model),
         light_blessing=Channel(type=standard_artifacts.ModelBlessing),
         heavy_blessing=Channel(type=standard_artifacts.ModelBlessing),
-        custom_config={"features": []}, settings=cascade.CascadeSettings(route_fraction=0.2, k_out=50),
-        model_name="ranker")
+        custom_config={"features": []}, data_root="/data", settings=cascade.CascadeSettings(
+            routing.RoutingPolicy(fraction=0.2), k_out=50), model_name="ranker", regression_tolerance=0.02)
     params = assembler.exec_properties
-    assert (params["route_fraction"], params["k_out"], params["model_name"]) == (0.2, 50, "ranker")
+    assert (json.loads(params["routing"])["fraction"], params["k_out"], params["model_name"]) == (0.2, 50, "ranker")
+    assert (params["data_root"], params["regression_tolerance"]) == ("/data", 0.02)
     assert json.loads(params["custom_config"]) == {"features": []}
     assert set(assembler.outputs) == {"model", "blessing"}
+
+
+def test_a_cascade_is_validated_against_the_last_blessed_one(cascade_model, e2e_data, monkeypatch):
+    # Against itself: the same GAUC on the logged eval day (the dataset has no funnel/), no regression.
+    check = executor.validate(cascade_model, cascade_model, e2e_data, tolerance=0.01)
+    assert (check["metric"], check["part"]) == ("gauc", "logged")
+    assert 0.5 < check["value"] <= 1 and check["baseline"] == check["value"] and not check["regressed"]
+    assert executor.validate(cascade_model, None, e2e_data, 0.01)["reason"] == "no blessed cascade to compare with"
+
+    # A new cascade 0.02 below the last blessed one regresses at a tolerance of 0.01, not at 0.03.
+    values = {"new": 0.70, "old": 0.72}
+    monkeypatch.setattr(executor.evaluate, "cascade_quality", lambda version, data: {
+        "part": "funnel", "metric": "oracle_recall@200", "value": values[version], "requests": 3})
+    check = executor.validate("new", "old", e2e_data, tolerance=0.01)
+    assert check["regressed"] and "0.7000 is more than 0.01 below the last blessed cascade's 0.7200" in check["reason"]
+    assert not executor.validate("new", "old", e2e_data, tolerance=0.03)["regressed"]
