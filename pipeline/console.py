@@ -14,8 +14,10 @@ are also shown on the console, and a component that fails is named there with it
 The component lines follow TFX's LocalDagRunner through the records it logs around each launch
 (tfx/orchestration/local/local_dag_runner.py: "Component %s is running." and "... is finished.";
 tfx/orchestration/portable/launcher.py: "A cached execution %d is used." when its cache serves
-it). The records are matched by their format string and read through their arguments, not by
-parsing text.
+it; "[%s] Input resolution error: %s", logged at ERROR with a traceback when TFX finds no
+artifact for an input, e.g. a resolver of the previous run's output on a first run, after which
+the run goes on: the line says "no input" and the traceback stays in the log). The records are
+matched by their format string and read through their arguments, not by parsing text.
 
 This module imports no TensorFlow: `hap tensorboard` uses its layout functions.
 """
@@ -119,13 +121,20 @@ class Console:
         if self.components and self.components[-1]["node"] == node:
             self.components[-1]["state"] = "cached"
 
+    def component_unresolved(self, node: str) -> None:
+        """TFX found no artifact for an input of the component (e.g. a resolver of the previous
+        run's output on a first run): it records the execution as failed and goes on."""
+        if self.components and self.components[-1]["node"] == node:
+            self.components[-1]["state"] = "no input"
+
     def component_finished(self, node: str, failed: bool = False) -> None:
         if not self.components or self.components[-1]["node"] != node:
             return
         entry = self.components[-1]
         entry["seconds"] = time.monotonic() - entry["start"]
-        entry["state"] = "FAILED" if failed else ("cached" if entry["state"] == "cached" else "done")
-        self.end(entry["head"], f"{entry['state']:<7}{entry['seconds']:7.1f} s")
+        entry["state"] = "FAILED" if failed else (entry["state"] if entry["state"] in ("cached", "no input")
+                                                  else "done")
+        self.end(entry["head"], f"{entry['state']:<8}{entry['seconds']:6.1f} s")
 
     def running_component(self) -> str | None:
         """The component launched and not finished, if any (the one that failed)."""
@@ -141,9 +150,9 @@ class Console:
         try:
             yield
         except BaseException:
-            self.end(head, f"FAILED {time.monotonic() - start:7.1f} s")
+            self.end(head, f"{'FAILED':<8}{time.monotonic() - start:6.1f} s")
             raise
-        self.end(head, f"done   {time.monotonic() - start:7.1f} s")
+        self.end(head, f"{'done':<8}{time.monotonic() - start:6.1f} s")
 
 
 class ComponentProgress(logging.Handler):
@@ -151,6 +160,9 @@ class ComponentProgress(logging.Handler):
 
     RUNNING, FINISHED = "Component %s is running.", "Component %s is finished."
     CACHED = "A cached execution %d is used."
+    # tfx/orchestration/portable/launcher.py and resolver_node_handler.py, at ERROR with the
+    # traceback; the run goes on. The console says "no input" on the component's line instead.
+    UNRESOLVED = "[%s] Input resolution error: %s"
 
     def __init__(self, console: Console, total: int):
         super().__init__(logging.INFO)
@@ -163,13 +175,16 @@ class ComponentProgress(logging.Handler):
             self.console.component_started(self.node, self.index, max(self.total, self.index))
         elif record.msg == self.CACHED and self.node:
             self.console.component_cached(self.node)
+        elif record.msg == self.UNRESOLVED and record.args:
+            self.console.component_unresolved(str(record.args[0]))
         elif record.msg == self.FINISHED and record.args:
             self.console.component_finished(str(record.args[0]))
 
 
-# Records that the console does not repeat: the launcher's own note of a failed execution (the
-# console names the failed component and shows its traceback instead).
-_NOT_ON_CONSOLE = ("Execution %d failed.",)
+# ERROR records that the console does not repeat: the launcher's own note of a failed execution
+# (the console names the failed component and shows its traceback instead), and an input TFX
+# could not resolve (the component's line says "no input"; the traceback is in the log).
+_NOT_ON_CONSOLE = ("Execution %d failed.", ComponentProgress.UNRESOLVED)
 
 
 class _ConsoleErrors(logging.Handler):
