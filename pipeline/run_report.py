@@ -143,6 +143,19 @@ def push_summary(out_dir: str) -> dict:
             "destination": props["pushed_destination"].string_value if "pushed_destination" in props else None}
 
 
+def cascade_blessing(out_dir: str) -> dict | None:
+    """The CascadeAssembler's own blessing of the newest run (both models blessed and the cascade,
+    as routed, not worse than the last blessed one): `blessed` and its `reason`; None for a run
+    whose assembler has no blessing output."""
+    try:
+        blessing = latest_artifact(out_dir, "CascadeAssembler", "ModelBlessing")
+    except FileNotFoundError:
+        return None
+    props = blessing.custom_properties
+    return {"blessed": bool(props["blessed"].int_value) if "blessed" in props else False,
+            "reason": props["reason"].string_value if "reason" in props else ""}
+
+
 def cascade_info(version_dir: str) -> dict:
     """What the CascadeAssembler stored beside a cascade SavedModel: its settings, features and
     FLOPs per part (serving/cascade.py INFO_FILE)."""
@@ -217,6 +230,10 @@ def summary_lines(out_dir: str, evaluated: bool = False) -> list[str]:
             or ["  (the Evaluator gave no reason)"]
         lines.append("  what to do: README, \"When a model is not blessed\" (e.g. relax a floor with --auc-floors)")
 
+    cascade = cascade_blessing(out_dir)
+    if cascade is not None and not not_blessed:
+        lines.append(f"cascade: {'blessed' if cascade['blessed'] else 'NOT blessed'}"
+                     + (f" ({cascade['reason']})" if cascade["reason"] else ""))
     serving = console.serving_base(out_dir)
     push = push_summary(out_dir)
     served = model_versions.complete_versions(serving)

@@ -96,4 +96,7 @@ def test_summary_of_the_shared_run_agrees_with_its_blessings(pipeline_run):
         else:
             assert lines[line].endswith(": NOT blessed")
             assert re.match(r"  EP vs \w+ AUC [\d.]+ < floor 1$", lines[line + 1]), lines
+    if all(trained["blessed"] for trained in run_report.training_summary(pipeline_run).values()):
+        cascade = run_report.cascade_blessing(pipeline_run)
+        assert f"cascade: {'blessed' if cascade['blessed'] else 'NOT blessed'} ({cascade['reason']})" in lines
     assert any(line.startswith("pushed: ") for line in lines)
