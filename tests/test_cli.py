@@ -5,7 +5,7 @@ import pytest
 
 from hap import cli
 from hap.data import contract as c
-from hap.data import writer
+from hap.data import simulator, writer
 
 
 def test_simulate_then_validate(tmp_path, capsys):
@@ -13,7 +13,7 @@ def test_simulate_then_validate(tmp_path, capsys):
     assert cli.main(["data", "simulate", "--out", out, "--requests", "20", "--funnel-requests", "1",
                      "--format", "tfrecord", "--quiet"]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == [c.FEATURES_FILE, c.FUNNEL_DIR, c.SAMPLES_DIR]
+    assert sorted(os.listdir(out)) == sorted([c.FEATURES_FILE, c.FUNNEL_DIR, c.SAMPLES_DIR, simulator.RECORD_FILE])
     assert all(name.endswith(".tfrecord.gz") for name in os.listdir(os.path.join(out, c.SAMPLES_DIR)))
     assert cli.main(["data", "validate", out]) == 0
     assert "OK:" in capsys.readouterr().out
@@ -28,7 +28,7 @@ def test_simulate_refuses_to_overwrite_without_the_flag(tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
     assert cli.main(["data", "simulate", "--out", str(out), "--requests", "5", "--funnel-requests", "0",
                      "--quiet", "--overwrite"]) == 0
-    assert sorted(os.listdir(out)) == [c.FEATURES_FILE, c.SAMPLES_DIR]
+    assert sorted(os.listdir(out)) == sorted([c.FEATURES_FILE, c.SAMPLES_DIR, simulator.RECORD_FILE])
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path):
