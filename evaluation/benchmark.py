@@ -112,9 +112,11 @@ MODELS = {
     **{f"heavy_narrow_{size}_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT, model_config=config)
        for size, config in NARROW_HEAVY.items()},
 }
-# The heavy models a cascade may route to: the pipeline's (trained on the hard groups, as the paper
-# does) and the heavy model trained on every group, which has seen candidates like the whole band.
-ROUTED_HEAVY = {"hard": "heavy_hard_ghcl", "all": "heavy_all_ghcl"}
+# The models a cascade may route to: the pipeline's heavy model (trained on the hard groups, as the
+# paper does), the heavy model trained on every group (it has seen candidates like the whole band),
+# and the narrowed heavy model (s) trained on every group: a cheaper second stage that can be given
+# more of the candidates for the same FLOPs.
+ROUTED_HEAVY = {"hard": "heavy_hard_ghcl", "all": "heavy_all_ghcl", "narrow": "heavy_narrow_s_ghcl"}
 
 
 @dataclasses.dataclass(frozen=True)

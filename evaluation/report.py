@@ -248,7 +248,7 @@ def _pareto_plot(result: dict, path: str) -> None:
             members = sorted(members, key=lambda v: v["route_fraction"])
             xs, ys, es = zip(*(point(v["key"], name) for v in members))
             ax.errorbar(xs, ys, yerr=es, color=f"C{i % 10}", marker="o", lw=1, capsize=2,
-                        ls="-" if "hard" in family else "--", label=f"HAP {family}")
+                        ls={"hard": "-", "all": "--"}.get(family.rsplit(" ", 1)[-1], ":"), label=f"HAP {family}")
         for j, v in enumerate(others):
             x, y, e = point(v["key"], name)
             ax.errorbar([x], [y], yerr=[e], fmt="*^Dv"[j % 4], color="grey", capsize=3, label=f"({v['key']}) {v['label']}")

@@ -196,6 +196,8 @@ class GradientConflict(tf.keras.callbacks.Callback):
                                              input_signature=[tf.TensorSpec([len(groups)], tf.bool)])
         self.history: list[dict[str, float]] = []
         self.cost = {"probes": 0, "probe_seconds": 0.0, "trace_seconds": 0.0, "train_seconds": 0.0}
+        # It reads no logs: without this, Keras copies every step's logs to numpy for its batch hooks.
+        self._supports_tf_logs = True
         self._step = 0
         self._step_start = 0.0
 

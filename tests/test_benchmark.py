@@ -58,8 +58,8 @@ def test_variants_cover_the_issue():
     cutoffs = {routing.TOP_K: (pushed.cutoff,), routing.BAND: (100, 200), routing.ADAPTIVE: (100, 200)}
     assert sorted((v.policy, v.cutoff, v.heavy, v.route_fraction) for v in cascades) == sorted(
         (p, cutoff, h, f) for p in routing.POLICIES for cutoff in cutoffs[p]
-        for h in ("heavy_hard_ghcl", "heavy_all_ghcl") for f in fractions)
-    assert len({v.family for v in cascades}) == 10 and chosen["f"].family is None
+        for h in ("heavy_hard_ghcl", "heavy_all_ghcl", "heavy_narrow_s_ghcl") for f in fractions)
+    assert len({v.family for v in cascades}) == 15 and chosen["f"].family is None
     routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
     assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
     assert [v.key for v in benchmark.variants(fractions, "losses")] == list("abcde")
@@ -189,7 +189,7 @@ def test_the_report_has_every_variant_table_and_plot(spied_run, tmp_path):
     assert summary["f"]["train_seconds"]["mean"] == pytest.approx(
         seed["light_ghcl"]["seconds"] + seed["heavy_hard_ghcl"]["seconds"])
     families = {claim["family"] for claim in result["claims"]}
-    assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 10
+    assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 15
     for claim in result["claims"]:
         assert isinstance(claim["no_harm"], bool) and isinstance(claim["beats_uniform"], bool)
     with open(os.path.join(report_dir, "benchmark.md"), encoding="utf-8") as f:
