@@ -110,7 +110,8 @@ def _run_settings(args) -> dict:
             "heavy_trainer": {**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
             "auc_floors": configs.auc_floors_with(_json_option("--auc-floors", args.auc_floors)
                                                   if args.auc_floors else {}),
-            "beam_pipeline_args": args.beam_arg or None, "enable_cache": not args.no_cache}
+            "beam_pipeline_args": args.beam_arg or None, "enable_cache": not args.no_cache,
+            "window_days": args.window_days, "warm_start": args.warm_start, "accept_drift": args.accept_drift}
 
 
 # Raised before any component runs: the user's data or options, told as `hap: error: ...`.
@@ -426,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--auc-floors", metavar="JSON",
                      help='relax or raise per-source AUC floors, e.g. \'{"light": {"EN": 0.5}}\'')
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.add_argument("--window-days", type=int, metavar="W",
+                     help="train on the W days before the newest day, which evaluates (default: every earlier day)")
+    run.add_argument("--warm-start", action="store_true",
+                     help="start each model from the last blessed model of its kind trained on other data "
+                          "(README, \"Day by day\")")
+    run.add_argument("--accept-drift", action="store_true",
+                     help="the newest day's drift from the last accepted day is real: go on and make it the baseline")
     run.set_defaults(func=_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline for an orchestrator").add_subparsers(

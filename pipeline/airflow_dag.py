@@ -14,6 +14,14 @@ scheduler and the workers:
     HAP_SCHEDULE   the DAG's schedule, a cron expression or preset (default: @daily)
     HAP_AUC_FLOORS JSON replacing some of the Evaluators' per-source AUC floors, e.g.
                    '{"light": {"EN": 0.5}}' (default: data/sample_routing.py)
+    HAP_WINDOW_DAYS  days of training before the newest day, as `hap run --window-days`
+                   (default: every earlier day)
+    HAP_WARM_START   1: each Trainer starts from the last blessed model, as `hap run --warm-start`
+    HAP_ACCEPT_DRIFT 1: the newest day's drift is real, as `hap run --accept-drift` (for one
+                   DagRun: `airflow dags test` with it set, not the scheduler's environment)
+
+Day by day (README, "Day by day"): each scheduled DagRun runs the pipeline once over HAP_DATA as
+it is then; whatever appends the day's samples to HAP_DATA before the run makes it the new day.
 
 Every component runs as one Airflow task, in the worker's process; the data-parallel ones
 (ExampleGen, StatisticsGen, Transform, Evaluator) hand their work to the Beam runner that
@@ -51,11 +59,28 @@ def _auc_floors(env) -> dict:
         raise RuntimeError(f"HAP_AUC_FLOORS: {e}") from e
 
 
+def _flag(env, name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "0", "1", "true", "false"):
+        raise RuntimeError(f"{name} must be 1 or 0, got {env[name]!r}")
+    return value in ("1", "true")
+
+
+def _window_days(env) -> int | None:
+    raw = env.get("HAP_WINDOW_DAYS", "").strip()
+    if not raw:
+        return configs.WINDOW_DAYS
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeError(f"HAP_WINDOW_DAYS must be a whole number of days >= 1, got {raw!r}")
+    return int(raw)
+
+
 def build_dag(env=os.environ):
     pipeline = local_runner.build(
         _required(env, "HAP_DATA"), _required(env, "HAP_OUT"),
         beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS,
-        auc_floors=_auc_floors(env))
+        auc_floors=_auc_floors(env), window_days=_window_days(env), warm_start=_flag(env, "HAP_WARM_START"),
+        accept_drift=_flag(env, "HAP_ACCEPT_DRIFT"))
     config = AirflowPipelineConfig(
         airflow_dag_config={"schedule": env.get("HAP_SCHEDULE", DEFAULT_SCHEDULE), "start_date": START_DATE,
                             "catchup": False},

@@ -77,12 +77,24 @@ def _component_beam_args(data_root: str, beam_pipeline_args, component_beam_args
     return configs.component_beam_args(sum(os.path.getsize(os.path.join(samples, name)) for name in os.listdir(samples)))
 
 
+def drift_comparators_for(features: c.FeatureSet, comparators: dict | None = None) -> dict:
+    """`comparators` (default configs.DRIFT_COMPARATORS) on the features the dataset has."""
+    present = set(features.names) | set(c.REQUIRED_COLUMNS)
+    return {name: spec for name, spec in (configs.DRIFT_COMPARATORS if comparators is None else comparators).items()
+            if name in present}
+
+
 def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
           auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
           component_beam_args: dict | None = None, enable_cache: bool = True,
-          eval_days: int = configs.EVAL_DAYS) -> tfx.dsl.Pipeline:
+          eval_days: int = configs.EVAL_DAYS, window_days: int | None = configs.WINDOW_DAYS,
+          warm_start: bool = False, drift_comparators: dict | None = None, accept_drift: bool = False,
+          auc_tolerance: float = configs.AUC_TOLERANCE) -> tfx.dsl.Pipeline:
     """The pipeline over a dataset on this machine's file system, with the layout above; the
-    Airflow DAG (pipeline/airflow_dag.py) runs the same one."""
+    Airflow DAG (pipeline/airflow_dag.py) runs the same one. Day by day (README, "Day by day"):
+    `window_days` of training before the eval day, `warm_start` from the last blessed models, the
+    drift check with `drift_comparators` (default configs.DRIFT_COMPARATORS, {}: none) and
+    `accept_drift` (see create_pipeline)."""
     data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
     features = c.load_features(data_root)
     os.makedirs(out_dir, exist_ok=True)
@@ -96,8 +108,13 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         light_trainer={**configs.LIGHT_TRAINER, **(light_trainer or {})},
         heavy_trainer={**configs.HEAVY_TRAINER, **(heavy_trainer or {})},
         auc_floors=auc_floors or configs.auc_floors_with({}),
-        auc_tolerance=configs.AUC_TOLERANCE,
+        auc_tolerance=auc_tolerance,
         eval_days=eval_days,
+        window_days=window_days,
+        warm_start=warm_start,
+        same_transform_baselines=True,
+        drift_comparators=drift_comparators_for(features, drift_comparators),
+        accept_drift=accept_drift,
         vocab_top_k=configs.VOCAB_TOP_K,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(out_dir, "metadata.sqlite")),

@@ -76,7 +76,9 @@ def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_p
 
 def training_summary(out_dir: str) -> dict[str, dict]:
     """Per model: the epoch validation chose, the epochs run, the eval AUCs at the chosen epoch
-    (from the Trainer's training_history.json) and whether its Evaluator blessed it."""
+    (from the Trainer's training_history.json), whether its Evaluator blessed it, and the warm
+    start (`warm_started_from`, the base model's path or None; `warm_start`, what was loaded or
+    why not)."""
     summary = {}
     for model in MODELS:
         run_dir = latest_artifact(out_dir, f"Trainer_{model}", "ModelRun").uri
@@ -85,8 +87,96 @@ def training_summary(out_dir: str) -> dict[str, dict]:
         blessing = latest_artifact(out_dir, f"Evaluator_{model}", "ModelBlessing")
         summary[model] = {"chosen_epoch": history["chosen_epoch"], "epochs_run": history["epochs_run"],
                           "auc": history["per_source_auc"][history["chosen_epoch"] - 1],
-                          "blessed": bool(blessing.custom_properties["blessed"].int_value)}
+                          "blessed": bool(blessing.custom_properties["blessed"].int_value),
+                          "warm_started_from": history.get("warm_started_from"),
+                          "warm_start": history.get("warm_start")}
     return summary
+
+
+def latest_inputs(out_dir: str, node: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    """The input artifacts of the newest execution of the component `node`, by input key."""
+    store = _store(out_dir)
+    context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
+    executions = store.get_executions_by_context(context.id) if context else []
+    if not executions:
+        return {}
+    events = [e for e in store.get_events_by_execution_ids([max(executions, key=lambda e: e.id).id])
+              if e.type == metadata_store_pb2.Event.INPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
+    inputs = {}
+    for event in events:
+        for step in event.path.steps:
+            if step.HasField("key"):
+                inputs.setdefault(step.key, []).append(artifacts[event.artifact_id])
+    return inputs
+
+
+def _span(artifact: metadata_store_pb2.Artifact) -> int | None:
+    return artifact.properties["span"].int_value if "span" in artifact.properties else None
+
+
+def days_text(out_dir: str) -> str | None:
+    """Which days the newest run trained and evaluated on (ContractExampleGen's days.json)."""
+    from hap.components.contract_example_gen import executor
+
+    try:
+        days = executor.read_days(latest_artifact(out_dir, "ContractExampleGen", "Examples").uri)
+    except FileNotFoundError:
+        return None
+    if not days:
+        return None
+    text = f"data: trained on {_days(days['train'])}, evaluated on {_days(days['eval'])}"
+    if days["outside_window"]:
+        text += f" ({_days(days['outside_window'])} outside the window)"
+    return text
+
+
+def _days(days: list) -> str:
+    if len(days) == 1:
+        return f"day {days[0]}"
+    if days == list(range(days[0], days[-1] + 1)):
+        return f"days {days[0]}-{days[-1]}"
+    return "days " + ", ".join(map(str, days))
+
+
+def drift_text(out_dir: str) -> str | None:
+    """What the newest drift check compared and found; None when the pipeline has none."""
+    inputs = latest_inputs(out_dir, "DriftGate")
+    if not inputs:
+        return None
+    today = _span(inputs["statistics"][0])
+    baseline = inputs.get("baseline_statistics")
+    if not baseline:
+        return f"drift check: no accepted day yet; day {today} is the baseline of the next run"
+    from hap.components.drift_gate import component as drift_gate
+
+    anomalies = inputs["anomalies"][0]
+    split_names = anomalies.properties["split_names"].string_value if "split_names" in anomalies.properties else "[]"
+    measured = drift_gate.drift_measurements(anomalies.uri, split_names)
+    drifted = [m for m in measured if m["value"] > m["threshold"]]
+    found = "DRIFT, accepted (--accept-drift)" if drifted else "within every threshold"
+    values = ", ".join(f"{m['feature']} {_MEASURES.get(m['measure'], m['measure'])} {m['value']:.3f}/{m['threshold']:g}"
+                       for m in measured)
+    against = _span(baseline[0])
+    if against == today:
+        return f"drift check: day {today} was accepted by an earlier run of this day"
+    return f"drift check: day {today} against day {against} (the last accepted): {found} ({values})"
+
+
+_MEASURES = {"L_INFTY": "L-inf", "JENSEN_SHANNON_DIVERGENCE": "JSD"}
+
+
+def _warm_text(trained: dict) -> str | None:
+    warm = trained.get("warm_start") or {}
+    if trained.get("warm_started_from"):
+        rows = warm.get("embedding_rows", {})
+        kept = sum(r["kept"] for r in rows.values())
+        tokens = sum(r["tokens"] for r in rows.values())
+        return (f"  warm-started from {trained['warm_started_from']} ({kept} of {tokens} vocabulary "
+                f"entries kept their rows)")
+    if warm.get("skipped"):
+        return f"  warm start skipped: {warm['skipped']}"
+    return None
 
 
 def blessing_failures(out_dir: str, model: str) -> list[dict]:
@@ -216,19 +306,21 @@ def summary_lines(out_dir: str, evaluated: bool = False) -> list[str]:
     the cascade's latency itself (hap demo)."""
     from hap.serving import model_versions
 
-    lines = []
+    lines = [text for text in (days_text(out_dir), drift_text(out_dir)) if text]
     not_blessed = []
     for model, trained in training_summary(out_dir).items():
         head = (f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation "
                 f"(eval AUC {_auc_text(model, trained['auc'])})")
+        warm = _warm_text(trained)
         if trained["blessed"]:
-            lines.append(f"{head}: blessed")
+            lines += [f"{head}: blessed"] + ([warm] if warm else [])
             continue
         not_blessed.append(model)
         lines.append(f"{head}: NOT blessed")
         lines += [f"  {failure_text(f)}" for f in blessing_failures(out_dir, model)] \
             or ["  (the Evaluator gave no reason)"]
         lines.append("  what to do: README, \"When a model is not blessed\" (e.g. relax a floor with --auc-floors)")
+        lines += [warm] if warm else []
 
     cascade = cascade_blessing(out_dir)
     if cascade is not None and not not_blessed:

@@ -15,10 +15,11 @@ def _read_examples(split_dir):
             for r in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator()]
 
 
-def _run(dataset_dir, out_dir, eval_days=1, range_bytes=None):
+def _run(dataset_dir, out_dir, eval_days=1, range_bytes=None, window_days=None):
     examples = standard_artifacts.Examples()
     examples.uri = out_dir
-    gen = component.ContractExampleGen(input_base=dataset_dir, eval_days=eval_days, range_bytes=range_bytes)
+    gen = component.ContractExampleGen(input_base=dataset_dir, eval_days=eval_days, range_bytes=range_bytes,
+                                       window_days=window_days)
     exec_properties = {key: gen.exec_properties[key] for key in (
         standard_component_specs.INPUT_CONFIG_KEY, standard_component_specs.OUTPUT_CONFIG_KEY,
         standard_component_specs.CUSTOM_CONFIG_KEY)}
@@ -80,3 +81,24 @@ def test_a_malformed_row_fails_with_its_location(tmp_path, tiny_csv, line, range
         f.writelines(lines)
     with pytest.raises(Exception, match=rf"day-1\.csv:{line}: column 'day': not an integer: 'tuesday'"):
         _run(ds, str(tmp_path / "out"), range_bytes=range_bytes)
+
+
+def test_a_window_trains_on_the_days_before_the_eval_day_and_the_span_is_the_newest_day(tmp_path, tiny_csv):
+    examples = _run(tiny_csv, str(tmp_path / "out"), window_days=1)
+    train = _read_examples(os.path.join(examples.uri, "Split-train"))
+    assert {_day(e) for e in train} == {1}
+    assert examples.span == 2
+    assert executor.read_days(examples.uri) == {"train": [1], "eval": [2], "outside_window": [0]}
+    whole = _run(tiny_csv, str(tmp_path / "whole"))
+    assert executor.read_days(whole.uri) == {"train": [0, 1], "eval": [2], "outside_window": []}
+
+
+def test_no_training_day_left_is_an_error_naming_the_days(tmp_path, tiny_csv):
+    with pytest.raises(ValueError, match=r"no training day: the dataset's days are \[0, 1, 2\], the last 3 evaluate"):
+        _run(tiny_csv, str(tmp_path / "out"), eval_days=3)
+
+
+@pytest.mark.parametrize("window", [0, -1, 1.5, True])
+def test_a_window_is_a_whole_number_of_days(window):
+    with pytest.raises(ValueError, match="window_days"):
+        component.ContractExampleGen(input_base="/data", window_days=window)
