@@ -145,7 +145,7 @@ class Variant:
     def architecture(self) -> str:
         """What latency depends on: the model on every candidate, or the cascade's routing."""
         if self.is_cascade:
-            return f"{CASCADE}:{self.policy}@{self.cutoff}:{self.route_fraction:g}"
+            return f"{CASCADE}:{self.policy}@{self.cutoff}:{self.route_fraction:g}:{self.heavy}"
         return self.models[0] if self.heavy else LIGHT
 
     @property

@@ -37,9 +37,14 @@ class TrainerSettings:
     shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory. It refills at
     the start of every pass (a batch never spans two passes), which stalls that pass's first
     step: at 10x the default data 10,000 requests took 1.4-4.6 s per epoch to fill, 1,000 took
-    0.1-0.2 s (/tmp/fill measurement in the README, "Training at scale"). The grouper's output
-    order is a hash of the request key, so a small buffer still mixes requests of all days.
+    0.1-2.6 s under load (benchmarks/training_steps.py, "pass fill"). The grouper writes the
+    records in the order of a hash of the request key, so a small buffer still mixes days.
     conflict_budget: the share of training time the gradient-conflict probe may take.
+    eval_requests: the per-epoch validation reads at most this many eval requests (the first in
+    the records' order, which the grouper makes random): 5,000 requests are about 160,000 samples
+    at the contract's request sizes, enough for per-source AUCs to about +-0.01, while a
+    whole eval day at production scale would cost more than the epoch it checks. The
+    Evaluators still judge the model on the whole eval split.
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
     `heavy.HeavyConfig`) that differ from its defaults, e.g. a narrower heavy model as the
     benchmark's uniform-scaling baseline."""
@@ -54,6 +59,7 @@ class TrainerSettings:
     seed: int = 0
     shuffle_requests: int = 1_000
     conflict_budget: float = 0.05
+    eval_requests: int = 5_000
     sample_routing: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
 
@@ -63,7 +69,7 @@ class TrainerSettings:
         routing_of(self.sample_routing or self.model)
         if self.loss not in losses.LOSS_NAMES:
             raise ValueError(f"loss must be one of {losses.LOSS_NAMES}, got {self.loss!r}")
-        for name in ("max_epochs", "patience", "batch_size", "shuffle_requests"):
+        for name in ("max_epochs", "patience", "batch_size", "shuffle_requests", "eval_requests"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
@@ -130,7 +136,8 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     scorer, loss_fn = model.scorer, model.loss_fn
     replicas = strategy.num_replicas_in_sync
     requests_per_batch = train_records.requests_per_batch(distribute.per_replica_batch_size(settings.batch_size, replicas))
-    auc_cb = training.PerSourceAUC(scorer, eval_records, log_dir, contrasts=routing.contrasts)
+    validation = dataclasses.replace(eval_records, requests=min(eval_records.requests, settings.eval_requests))
+    auc_cb = training.PerSourceAUC(scorer, validation, log_dir, contrasts=routing.contrasts)
     stopping = tf.keras.callbacks.EarlyStopping(monitor=f"val_{MEAN_AUC}", mode="max", patience=settings.patience,
                                                 restore_best_weights=True)
     conflict_cb = training.GradientConflict(
