@@ -10,6 +10,9 @@ VOCAB_TOP_K = 100_000             # larger vocabularies keep their most frequent
 # each of its contrast groups clears that group's sanity floor (data/sample_routing.py), and (once a
 # blessed model exists) does not fall more than AUC_TOLERANCE below the blessed one.
 AUC_TOLERANCE = 0.01
+# The CascadeAssembler blesses a cascade whose blessing metric (funnel/ Recall@200, else GAUC) on
+# the eval day is at most this far below the last blessed cascade's (components/cascade_assembler).
+CASCADE_TOLERANCE = 0.01
 
 # Day by day: the Trainers learn from WINDOW_DAYS days before the eval day (None: every earlier
 # day) and, with `hap run --warm-start`, start from the last blessed model of their kind.

@@ -89,7 +89,8 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
           component_beam_args: dict | None = None, enable_cache: bool = True,
           eval_days: int = configs.EVAL_DAYS, window_days: int | None = configs.WINDOW_DAYS,
           warm_start: bool = False, drift_comparators: dict | None = None, accept_drift: bool = False,
-          auc_tolerance: float = configs.AUC_TOLERANCE) -> tfx.dsl.Pipeline:
+          auc_tolerance: float = configs.AUC_TOLERANCE,
+          cascade_tolerance: float = configs.CASCADE_TOLERANCE) -> tfx.dsl.Pipeline:
     """The pipeline over a dataset on this machine's file system, with the layout above; the
     Airflow DAG (pipeline/airflow_dag.py) runs the same one. Day by day (README, "Day by day"):
     `window_days` of training before the eval day, `warm_start` from the last blessed models, the
@@ -112,7 +113,8 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         eval_days=eval_days,
         window_days=window_days,
         warm_start=warm_start,
-        same_transform_baselines=True,
+        hap_resolvers=True,
+        cascade_tolerance=cascade_tolerance,
         drift_comparators=drift_comparators_for(features, drift_comparators),
         accept_drift=accept_drift,
         vocab_top_k=configs.VOCAB_TOP_K,

@@ -24,8 +24,8 @@ from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
 from hap.models.trainer_module import TrainerSettings
-from hap.pipeline.resolvers import (LatestArtifactOrNothingStrategy, LatestBlessedModelOfOtherDataStrategy,
-                                    LatestBlessedModelOfSameTransformStrategy)
+from hap.pipeline.resolvers import (LatestArtifactOrNothingStrategy, LatestBlessedCascadeStrategy,
+                                    LatestBlessedModelOfOtherDataStrategy, LatestBlessedModelOfSameTransformStrategy)
 from hap.serving.cascade import CascadeSettings
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
@@ -105,7 +105,7 @@ def create_pipeline(
     eval_days: int = 1,
     window_days: Optional[int] = None,
     warm_start: bool = False,
-    same_transform_baselines: bool = False,
+    hap_resolvers: bool = False,
     drift_comparators: Optional[dict] = None,
     accept_drift: bool = False,
     vocab_top_k: int = 100_000,
@@ -121,10 +121,11 @@ def create_pipeline(
     (default: every earlier day).
     `warm_start`: each Trainer starts from the last blessed model of its kind trained on other data
     (pipeline/resolvers.py; models/trainer_module.py loads its weights).
-    `same_transform_baselines`: each Evaluator's baseline is the last blessed model trained on this
-    run's Transform output (pipeline/resolvers.py), not any last blessed model: needed once the
-    data changes between runs (a new day), and it keeps the Evaluators' regression check where it
-    is valid. Off for Kubeflow, whose compiler knows TFX's own strategies only.
+    `hap_resolvers`: the baselines come from HAP's resolver strategies (pipeline/resolvers.py):
+    each Evaluator's is the last blessed model trained on this run's Transform output, not any last
+    blessed model (needed once the data changes between runs, a new day: an older model fed today's
+    vocabulary indices scores other ids), and the CascadeAssembler's is found at all. Off for
+    Kubeflow, whose compiler knows TFX's own strategies only.
     `drift_comparators`: {feature: (TFDV comparator, threshold)} (`drift_config`): the newest day's
     statistics are compared with the last accepted day's and a drift stops the run before Transform
     (components/drift_gate), unless `accept_drift`; empty or None: no drift check.
@@ -195,9 +196,9 @@ def create_pipeline(
             custom_config=trainer_config,
             **warm,
         ).with_id(trainer_id)
-        same_transform = {"transform_graph": transform.outputs["transform_graph"]} if same_transform_baselines else {}
+        same_transform = {"transform_graph": transform.outputs["transform_graph"]} if hap_resolvers else {}
         baseline = tfx.dsl.Resolver(
-            strategy_class=(LatestBlessedModelOfSameTransformStrategy if same_transform_baselines
+            strategy_class=(LatestBlessedModelOfSameTransformStrategy if hap_resolvers
                             else tfx.dsl.experimental.LatestBlessedModelStrategy),
             model=Channel(type=Model, producer_component_id=trainer.id),
             model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
@@ -213,10 +214,12 @@ def create_pipeline(
         trained[model] = (trainer.outputs["model"], evaluator.outputs["blessing"])
 
     assembler_id = "CascadeAssembler"
+    todays_models = {"light_model": trained[LIGHT][0], "heavy_model": trained[HEAVY][0]} if hap_resolvers else {}
     cascade_baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        strategy_class=LatestBlessedCascadeStrategy if hap_resolvers else tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=Channel(type=Model, producer_component_id=assembler_id),
         model_blessing=Channel(type=ModelBlessing, producer_component_id=assembler_id),
+        **todays_models,
     ).with_id("LatestBlessedCascade")
     assembler = CascadeAssembler(
         transform_graph=transform.outputs["transform_graph"],

@@ -6,6 +6,8 @@ yet, and TFX's strategy would record a FAILED resolver execution in every first 
 
 `LatestBlessedModelOfSameTransformStrategy`, for the Evaluators' baselines: see its docstring.
 
+`LatestBlessedCascadeStrategy`, for the CascadeAssembler's baseline: see its docstring.
+
 `LatestBlessedModelOfOtherDataStrategy`, for warm starts: the latest blessed model not trained
 on today's data. TFX's LatestBlessedModelStrategy would do for a warm start on a new day, but not on a re-run of
 a day whose model was blessed: that model would become its own day's base model, the Trainers'
@@ -47,7 +49,9 @@ class _LatestBlessedModelByInputs(resolver.ResolverStrategy):
     """Inputs `model` and `model_blessing` (every Model of a Trainer and every ModelBlessing of its
     Evaluator, as for TFX's LatestBlessedModelStrategy) and one more channel of today's artifacts;
     outputs the newest blessed model whose Trainer read (`READ` True) or did not read (False) one
-    of today's artifacts, with its blessing, or nothing."""
+    of today's artifacts, with its blessing, or nothing. A blessing names its model by id
+    (`current_model_id`, as TFX's strategy pairs them) or, where that is 0, by URI
+    (`current_model`): see LatestBlessedCascadeStrategy."""
 
     READ: bool
 
@@ -56,13 +60,15 @@ class _LatestBlessedModelByInputs(resolver.ResolverStrategy):
         today_keys = set(input_dict) - {MODEL, BLESSING}
         today = {a.id for key in today_keys for a in input_dict[key]}
         result = {MODEL: [], BLESSING: [], **{key: list(input_dict[key]) for key in today_keys}}
-        blessings = [b for b in input_dict.get(BLESSING, [])
-                     if b.get_int_custom_property(latest_blessed_model_strategy._BLESSED) == 1]  # noqa: SLF001
-        by_model = {b.get_int_custom_property(latest_blessed_model_strategy._CURRENT_MODEL_ID): b  # noqa: SLF001
-                    for b in blessings}
+        blessed = [b for b in input_dict.get(BLESSING, [])
+                   if b.get_int_custom_property(latest_blessed_model_strategy._BLESSED) == 1]  # noqa: SLF001
+        by_id = {b.get_int_custom_property(latest_blessed_model_strategy._CURRENT_MODEL_ID): b  # noqa: SLF001
+                 for b in blessed}
+        by_uri = {b.get_string_custom_property("current_model"): b for b in blessed}
         for model in sorted(input_dict.get(MODEL, []), key=lambda a: a.id, reverse=True):
-            if model.id in by_model and bool(today & _trained_on(store, model.id)) == self.READ:
-                result[MODEL], result[BLESSING] = [model], [by_model[model.id]]
+            blessing = by_id.get(model.id) or by_uri.get(model.uri)
+            if blessing is not None and bool(today & _trained_on(store, model.id)) == self.READ:
+                result[MODEL], result[BLESSING] = [model], [blessing]
                 break
         return result
 
@@ -83,3 +89,16 @@ class LatestBlessedModelOfSameTransformStrategy(_LatestBlessedModelByInputs):
     CascadeAssembler's, on raw data, each cascade with its own Transform."""
 
     READ = True
+
+
+class LatestBlessedCascadeStrategy(_LatestBlessedModelByInputs):
+    """The CascadeAssembler's baseline: the newest blessed cascade not assembled from today's
+    models (the further channels, `light_model` and `heavy_model`), so that a re-run with cached
+    Trainers compares with what the first run of the day compared with and stays cached. TFX's
+    LatestBlessedModelStrategy pairs a blessing with its model by `current_model_id`, which an
+    Evaluator takes from its input model; the assembler blesses its own output, whose id ML
+    Metadata assigns only after the executor returns, so that property is 0 there and TFX's
+    strategy never found a blessed cascade ("blessed (no blessed cascade to compare with)" every
+    day). Its `current_model` URI names the model too; pairing by it finds it."""
+
+    READ = False
