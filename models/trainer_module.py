@@ -132,7 +132,8 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     tf.keras.utils.set_random_seed(settings.seed)
     routing = settings.routing
     train_records = train_records.only(routing.trains_on)
-    model = compiled_trainer(settings, model_inputs, strategy); warm = warm_start(model.scorer) if warm_start else {}  # noqa: E702  (run_fn's)
+    model = compiled_trainer(settings, model_inputs, strategy)
+    warm = warm_start(model.scorer) if warm_start else {}  # run_fn's base model, copied in
     scorer, loss_fn = model.scorer, model.loss_fn
     replicas = strategy.num_replicas_in_sync
     requests_per_batch = train_records.requests_per_batch(distribute.per_replica_batch_size(settings.batch_size, replicas))
