@@ -149,7 +149,7 @@ def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dic
 # What a cascade is blessed by: pre-ranking's job is the set it passes on, so Recall@200 of the
 # oracle top 10 on funnel/ when the dataset has one; else GAUC of the logged requests' exposed
 # samples (the order within each request, which routing changes).
-BLESSING_METRICS = {"funnel": f"oracle_recall@{FUNNEL_KS[-1]}", "logged": "gauc"}
+BLESSING_METRICS = {FUNNEL: f"oracle_recall@{FUNNEL_KS[-1]}", LOGGED: "gauc"}
 
 
 def cascade_quality(version_dir: str, data_dir: str) -> dict:

@@ -36,9 +36,9 @@ class TrainerSettings:
     batch_size: samples per batch on average, filled with whole requests.
     shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory. It refills at
     the start of every pass (a batch never spans two passes), which stalls that pass's first
-    step: at 10x the default data 10,000 requests took 1.4-4.6 s per epoch to fill, 1,000 took
-    0.1-2.4 s (README, "Training"; benchmarks/training_steps.py's "pass fill"). The grouper writes the
-    records in the order of a hash of the request key, so a small buffer still mixes days.
+    step, so it is kept small (README, "Training"; benchmarks/training_steps.py's "pass fill").
+    The grouper writes the records in the order of a hash of the request key, so a small buffer
+    still mixes days.
     conflict_budget: the share of training time the gradient-conflict probe may take.
     eval_requests: the per-epoch validation reads at most this many eval requests (the first in
     the records' order, which the grouper makes random): 5,000 requests are about 160,000 samples
