@@ -5,20 +5,28 @@ Variants (`variants()`), each built from the models of `MODELS`; `--variants` pi
     (a) light two-tower, mixed_bce            (b) light, pooled_infonce       (c) light, GHCL
     (d) heavy on all samples, mixed_bce       (e) heavy on all samples, GHCL: the heavy model as a
         one-stage pre-ranker on every candidate
-    (us), (um) the heavy architecture narrowed to about 10% and 25% of its FLOPs (NARROW_HEAVY),
-        on every candidate: with (c) and (e), the uniform-scaling curve that routing must beat
-    (f) HAP as the pipeline pushes it (serving/cascade.py's CascadeSettings)
+    (us), (um) the heavy architecture narrowed to about 13% and 27% of its FLOPs (NARROW_HEAVY;
+        (us) is the pipeline's second stage), on every candidate: with (c) and (e), the
+        uniform-scaling curve that routing must beat
+    (f) HAP as the pipeline pushes it (CascadeSettings' policy, routed to the pipeline's heavy model)
     (<policy>-<heavy>-<f>) every routing policy of serving/routing.py (top_k, band, adaptive)
-        x the heavy model it routes to (hard: trained on EP, EN, RN as the pipeline trains it;
-        all: trained on every group) x route fraction f (5%, 10%, 20%, 50% by default).
+        x the heavy model it routes to (hard: full size, trained on EP, EN, RN as the paper
+        trains it; all: full size, trained on every group; narrow: the pipeline's) x route
+        fraction f (5%, 10%, 20%, 50% by default).
 
-"losses" is (a)-(e); "routing" is (c), (us), (um), (e) and the cascades; "all" is both.
+    (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled) light, GHCL with each other harmonising rule
+        or with conflict-sensitive sampling (models/losses.py); (d-pooled) heavy on all samples,
+        pooled_infonce; (e-pcgrad) heavy on all samples, GHCL pcgrad
+
+"losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the cascades;
+"all" is both without the rule variants (eight more trainings per seed, which the routing
+comparison does not read). benchmark.md's "Losses" section and, over several datasets,
+summary.md's gain plot compare every loss with its model's pooled_infonce.
 
 How. The TFX pipeline runs once (`hap.pipeline.local_runner.run`, cached across runs) for its
 Transform output; every model is then trained in-process with `trainer_module.train` on the
-transformed examples, as the pipeline's Trainer does, once per seed. Heavy-on-all-samples is
-`TrainerSettings(sample_routing="light")`: every sample group and the loss over all four
-negative sources.
+transformed examples, as the pipeline's Trainer does, once per seed. The heavy models are full
+size unless named narrow; the paper's is `TrainerSettings(sample_routing="hard_only")`.
 
 Scoring, with the same metric code as `hap evaluate` (evaluation/evaluate.py):
 - logged samples of the eval day: the Keras models on the transformed eval split;
@@ -66,14 +74,14 @@ from tqdm import tqdm
 
 from hap.data import contract as c
 from hap.data import writer
-from hap.data.sample_routing import HEAVY, LIGHT
+from hap.data.sample_routing import HARD_ONLY, HEAVY, LIGHT, MEAN_AUC
 from hap.evaluation import evaluate as ev
 from hap.evaluation import report
 from hap.evaluation.defaults import (DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAULT_ROUTE_FRACTIONS, DEFAULT_SEEDS,
                                      VARIANT_SETS)
 from hap.evaluation.top_k_metrics import FUNNEL_KS
 from hap.models import request_records, trainer_module, training, transformed
-from hap.pipeline import local_runner, run_report
+from hap.pipeline import configs, local_runner, run_report
 from hap.serving import cascade, flops, routing
 from hap.serving import request as rq
 
@@ -92,30 +100,39 @@ class ModelRecipe:
     model_config: dict = dataclasses.field(default_factory=dict)
 
 
-# The uniform-scaling baselines: the heavy architecture narrowed (half-width embeddings, low-rank
-# crosses, a shorter MLP, smaller attention) to about 13% and 27% of its FLOPs per candidate on
-# the simulator's features (about what the cascade spends routing 10% and 20% of the candidates),
-# trained like the heavy model on every candidate, so that the cascade meets one model of its
-# own compute.
+# The uniform-scaling baselines: the heavy architecture narrowed to about 13% (s: the pipeline's
+# second stage) and 27% (m) of its FLOPs per candidate on the simulator's features (about what the
+# cascade spends routing 10% and 20% of the candidates to the full model), trained on every
+# candidate, so that the cascade meets one model of its own compute.
 NARROW_HEAVY = {
-    "s": {"embedding_dim": 8, "cross_projection_dim": 16, "deep_units": [32, 16], "attention_units": [16]},
+    "s": configs.HEAVY_TRAINER["model_config"],
     "m": {"embedding_dim": 8, "cross_projection_dim": 32, "deep_units": [64, 32]},
 }
+
+# GHCL's other harmonising rules and its conflict-sensitive sampling, in the "losses" set: each on
+# the light model, and on the heavy model the one chosen a priori (README, "Losses"): PCGrad,
+# since the heavy model is where the per-source gradient cosines were negative.
+LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled")
+HEAVY_RULES = ("ghcl_pcgrad",)
 
 MODELS = {
     "light_mixed_bce": ModelRecipe(LIGHT, "mixed_bce"),
     "light_pooled_infonce": ModelRecipe(LIGHT, "pooled_infonce"),
     "light_ghcl": ModelRecipe(LIGHT, "ghcl"),
-    "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce", sample_routing=LIGHT),
-    "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT),
-    "heavy_hard_ghcl": ModelRecipe(HEAVY, "ghcl"),
-    **{f"heavy_narrow_{size}_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=LIGHT, model_config=config)
+    "heavy_all_mixed_bce": ModelRecipe(HEAVY, "mixed_bce"),
+    "heavy_all_ghcl": ModelRecipe(HEAVY, "ghcl"),
+    "heavy_hard_ghcl": ModelRecipe(HEAVY, "ghcl", sample_routing=HARD_ONLY),
+    **{f"heavy_narrow_{size}_ghcl": ModelRecipe(HEAVY, "ghcl", model_config=config)
        for size, config in NARROW_HEAVY.items()},
+    # The loss comparison's GHCL rules (models/losses.py GHCL_VARIANTS) and the heavy model's pooled baseline.
+    **{f"light_{loss}": ModelRecipe(LIGHT, loss) for loss in LIGHT_RULES},
+    "heavy_all_pooled_infonce": ModelRecipe(HEAVY, "pooled_infonce"),
+    **{f"heavy_all_{loss}": ModelRecipe(HEAVY, loss) for loss in HEAVY_RULES},
 }
-# The models a cascade may route to: the pipeline's heavy model (trained on the hard groups, as the
-# paper does), the heavy model trained on every group (it has seen candidates like the whole band),
-# and the narrowed heavy model (s) trained on every group: a cheaper second stage that can be given
-# more of the candidates for the same FLOPs.
+# The models a cascade may route to: the full-size heavy model trained on the hard groups (as the
+# paper does) or on every group (it has seen candidates like the whole band), and the pipeline's
+# narrowed heavy model, trained on every group: a cheaper second stage that can be given more of
+# the candidates for the same FLOPs.
 ROUTED_HEAVY = {"hard": "heavy_hard_ghcl", "all": "heavy_all_ghcl", "narrow": "heavy_narrow_s_ghcl"}
 
 
@@ -158,7 +175,11 @@ class Variant:
 
 
 # The variants of each --variants set, by key; the cascade sweep is added to "routing" and "all".
-LOSS_KEYS = ("a", "b", "c", "d", "e")
+RULE_KEY = {"ghcl_gradnorm": "gradnorm", "ghcl_ghm": "ghm", "ghcl_pcgrad": "pcgrad", "ghcl_sampled": "sampled"}
+LOSS_KEYS = ("a", "b", "c", *(f"c-{RULE_KEY[r]}" for r in LIGHT_RULES), "d", "d-pooled", "e",
+             *(f"e-{RULE_KEY[r]}" for r in HEAVY_RULES))
+# Per model, the loss comparison's baselines (benchmark.md's "Losses" table and the gain plot).
+LOSS_BASELINES = {LIGHT: ("a", "b"), HEAVY: ("d", "d-pooled")}
 UNIFORM_KEYS = ("c",) + tuple(f"u{size}" for size in NARROW_HEAVY) + ("e",)  # light, then wider to heavy
 
 
@@ -169,10 +190,11 @@ POLICY_CUTOFFS = FUNNEL_KS
 
 def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
              policies=routing.POLICIES) -> list[Variant]:
-    """The benchmark's scorers. "losses": the five single models of the loss comparison;
+    """The benchmark's scorers. "losses": the single models of the loss comparison, (a)-(e) and
+    GHCL's other rules (LOSS_KEYS);
     "routing": the light and heavy GHCL models, the uniform-scaling models, HAP as the pipeline
     builds it (f) and every policy (band and adaptive at each of POLICY_CUTOFFS) x routed heavy
-    model x fraction; "all": both."""
+    model x fraction; "all": both, without the rule variants."""
     if which not in VARIANT_SETS:
         raise ValueError(f"variant set must be one of {VARIANT_SETS}, got {which!r}")
     hap = cascade.CascadeSettings().routing
@@ -184,8 +206,8 @@ def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
         Variant("e", "heavy on all samples, GHCL", heavy="heavy_all_ghcl"),
     ] + [Variant(f"u{size}", f"heavy narrowed ({size}) on every candidate, GHCL", heavy=f"heavy_narrow_{size}_ghcl")
          for size in NARROW_HEAVY]
-    cascades = [Variant("f", f"HAP as pushed: {hap.label}, heavy hard", light="light_ghcl",
-                        heavy=ROUTED_HEAVY["hard"], policy=hap.kind, route_fraction=hap.fraction, cutoff=hap.cutoff)]
+    cascades = [Variant("f", f"HAP as pushed: {hap.label}, heavy narrow", light="light_ghcl",
+                        heavy=ROUTED_HEAVY["narrow"], policy=hap.kind, route_fraction=hap.fraction, cutoff=hap.cutoff)]
     for policy in policies:
         for cutoff in ((hap.cutoff,) if policy == routing.TOP_K else POLICY_CUTOFFS):
             name = policy if policy == routing.TOP_K else f"{policy}@{cutoff}"
@@ -196,7 +218,11 @@ def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
                                             light="light_ghcl", heavy=heavy_model, policy=policy,
                                             route_fraction=fraction, cutoff=cutoff))
     if which == "losses":
-        return [v for v in singles if v.key in LOSS_KEYS]
+        rules = [Variant(f"c-{RULE_KEY[r]}", f"light, GHCL {RULE_KEY[r]}", light=f"light_{r}") for r in LIGHT_RULES]
+        rules += [Variant("d-pooled", "heavy on all samples, pooled_infonce", heavy="heavy_all_pooled_infonce")]
+        rules += [Variant(f"e-{RULE_KEY[r]}", f"heavy on all samples, GHCL {RULE_KEY[r]}", heavy=f"heavy_all_{r}")
+                  for r in HEAVY_RULES]
+        return sorted([v for v in singles if v.key in LOSS_KEYS] + rules, key=lambda v: LOSS_KEYS.index(v.key))
     if which == "routing":
         return [v for v in singles if v.key in UNIFORM_KEYS] + cascades
     return singles + cascades
@@ -521,6 +547,51 @@ def routing_claims(result: dict) -> list[dict]:
     return out
 
 
+# What "GHCL earns its name" means on one dataset (issue 13): a GHCL variant's mean per-source
+# AUC above pooled_infonce's by more than LOSS_STDS standard deviations of both, above mixed_bce's
+# by MIXED_MARGIN, and (with funnel/) no loss of Recall@100 against either beyond one standard
+# deviation of the per-seed difference.
+LOSS_STDS, MIXED_MARGIN, LOSS_RECALL = 2.0, 0.015, "oracle_recall@100"
+# The GHCL variants of each model: (c) and the c-<rule> keys, (e) and the e-<rule> keys.
+GHCL_PREFIX = {LIGHT: "c", HEAVY: "e"}
+
+
+def loss_claims(result: dict) -> list[dict]:
+    """Per variant of the loss comparison but its model's pooled_infonce (LOSS_BASELINES): its
+    per-seed paired gains over pooled_infonce (`gains`: metric -> [mean, std]) and, for the GHCL
+    variants, its gains over both baselines and whether the criteria above hold (`holds`; None
+    for mixed_bce); empty without the baselines."""
+    summary, per_seed = result["summary"], result["per_seed"]
+    metrics = [MEAN_AUC] + ([LOSS_RECALL] if result["funnel"] else [])
+    out = []
+    for model, (mixed, pooled) in LOSS_BASELINES.items():
+        if not {mixed, pooled} <= set(summary):
+            continue
+        prefix = GHCL_PREFIX[model]
+        for v in result["variants"]:
+            key = v["key"]
+            ghcl = key == prefix or key.startswith(prefix + "-")
+            if key != mixed and not ghcl:
+                continue
+            gains = {m: [float(d.mean()), float(d.std())] for m in metrics
+                     for d in [_paired_diff(per_seed, key, pooled, m)]}
+            entry = {"model": model, "key": key, "label": v["label"], "gains": gains, "holds": None}
+            if ghcl:
+                auc, base = summary[key][MEAN_AUC], summary[pooled][MEAN_AUC]
+                gain = auc["mean"] - base["mean"]
+                over_mixed = auc["mean"] - summary[mixed][MEAN_AUC]["mean"]
+                recall = None
+                if result["funnel"]:
+                    recall = all(float(d.mean() + d.std()) >= 0 for d in (
+                        _paired_diff(per_seed, key, other, LOSS_RECALL) for other in (mixed, pooled)))
+                beats_pooled = gain > LOSS_STDS * auc["std"] and gain > LOSS_STDS * base["std"]
+                entry.update({"gain_over_pooled": gain, "gain_over_mixed": over_mixed, "beats_pooled": beats_pooled,
+                              "beats_mixed": over_mixed >= MIXED_MARGIN, "keeps_recall": recall,
+                              "holds": beats_pooled and over_mixed >= MIXED_MARGIN and recall is not False})
+            out.append(entry)
+    return out
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
@@ -590,6 +661,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
             "seconds": {"pipeline": pipeline_seconds, "total": time.time() - started},
         })
         result["claims"] = ev.jsonable(routing_claims(result))
+        result["loss_claims"] = ev.jsonable(loss_claims(result))
         with open(os.path.join(tmp, "benchmark.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
         report.write_benchmark_report(result, tmp)

@@ -18,16 +18,16 @@ import time
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from hap.data.sample_routing import LIGHT, MEAN_AUC, SampleRouting, routing_of
+from hap.data.sample_routing import LIGHT, MEAN_AUC, MODELS, SampleRouting, routing_of
 from hap.models import distribute, heavy, light, losses, preprocessing, request_records, training, transformed
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSettings:
     """model: which model to train, "light" or "heavy".
-    sample_routing: whose `SampleRouting` to train it with (default: its own). Training the heavy
-    model with the light one's routing is the benchmark's uniform-scaling baseline: the heavy
-    architecture as a one-stage pre-ranker on every sample group.
+    sample_routing: the `SampleRouting` to train it with, a model's name or one of
+    `sample_routing.ALTERNATIVE_ROUTING` (default: its own), e.g. "hard_only", the paper's
+    heavy model, which `hap benchmark` compares with the pipeline's.
     max_epochs, patience: the epoch is chosen by validation. After each epoch the eval split's
     mean per-source AUC (over the model's contrasts) is measured; training stops once it has not
     improved for `patience` epochs, or after `max_epochs`, and the best epoch's weights are kept.
@@ -46,8 +46,8 @@ class TrainerSettings:
     whole eval day at production scale would cost more than the epoch it checks. The
     Evaluators still judge the model on the whole eval split.
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
-    `heavy.HeavyConfig`) that differ from its defaults, e.g. a narrower heavy model as the
-    benchmark's uniform-scaling baseline."""
+    `heavy.HeavyConfig`) that differ from its defaults: the pipeline's heavy model is the
+    architecture narrowed (pipeline/configs.HEAVY_TRAINER)."""
 
     model: str = LIGHT
     loss: str = "ghcl"
@@ -64,7 +64,8 @@ class TrainerSettings:
     model_config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        routing_of(self.model)
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; the models are {MODELS}")
         model_hparams(self.model, self.model_config)  # a bad hyper-parameter fails here, naming it
         routing_of(self.sample_routing or self.model)
         if self.loss not in losses.LOSS_NAMES:

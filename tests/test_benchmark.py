@@ -1,6 +1,7 @@
 """`hap benchmark`: each variant trains with the loss and samples it claims, the HAP scores are the
 cascade's, and the report comes out whole."""
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -39,12 +40,14 @@ EXPECTED = {
 
 def test_sample_routing_setting():
     own = trainer_module.TrainerSettings(model="heavy")
-    assert own.routing.trains_on == HARD and own.routing.contrasts == (c.EN, c.RN)
-    as_light = trainer_module.TrainerSettings(model="heavy", sample_routing="light")
-    assert as_light.routing.trains_on == ALL and as_light.routing.contrasts == NEGATIVES
-    assert trainer_module.TrainerSettings.from_config({"model": "heavy", "sample_routing": "light"}) == as_light
-    with pytest.raises(ValueError, match="unknown model 'hard'"):
+    assert own.routing.trains_on == ALL and own.routing.contrasts == NEGATIVES
+    paper = trainer_module.TrainerSettings(model="heavy", sample_routing="hard_only")
+    assert paper.routing.trains_on == HARD and paper.routing.contrasts == (c.EN, c.RN)
+    assert trainer_module.TrainerSettings.from_config({"model": "heavy", "sample_routing": "hard_only"}) == paper
+    with pytest.raises(ValueError, match="unknown model or sample routing 'hard'"):
         trainer_module.TrainerSettings(sample_routing="hard")
+    with pytest.raises(ValueError, match="unknown model 'hard_only'"):
+        trainer_module.TrainerSettings(model="hard_only")
 
 
 def test_variants_cover_the_issue():
@@ -52,7 +55,7 @@ def test_variants_cover_the_issue():
     chosen = {v.key: v for v in benchmark.variants(fractions)}
     pushed = CascadeSettings().routing
     assert (chosen["f"].policy, chosen["f"].route_fraction) == (pushed.kind, pushed.fraction)
-    assert chosen["f"].models == ("light_ghcl", "heavy_hard_ghcl")
+    assert chosen["f"].models == ("light_ghcl", "heavy_narrow_s_ghcl")
     assert [chosen[k].models for k in "abcde"] == [(m,) for m in list(benchmark.MODELS)[:5]]
     cascades = [v for v in chosen.values() if v.is_cascade and v.key != "f"]
     cutoffs = {routing.TOP_K: (pushed.cutoff,), routing.BAND: (100, 200), routing.ADAPTIVE: (100, 200)}
@@ -62,7 +65,8 @@ def test_variants_cover_the_issue():
     assert len({v.family for v in cascades}) == 15 and chosen["f"].family is None
     routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
     assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
-    assert [v.key for v in benchmark.variants(fractions, "losses")] == list("abcde")
+    assert [v.key for v in benchmark.variants(fractions, "losses")] == [
+        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "d", "d-pooled", "e", "e-pcgrad"]
 
 
 def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline_run, e2e_data):
@@ -180,14 +184,15 @@ def test_the_report_has_every_variant_table_and_plot(spied_run, tmp_path):
         assert summary[key]["train_seconds"]["mean"] > 0
     flops = {k: summary[k]["flops"]["mean"] for k in keys}
     assert flops["a"] == flops["b"] == flops["c"] < flops["us"] < flops["um"] < flops["d"] == flops["e"]
-    assert flops["f"] == flops["top_k-hard-10%"] < flops["top_k-hard-50%"] < flops["e"]
+    assert flops["f"] == flops["top_k-narrow-50%"] < flops["us"] < flops["e"]
+    assert flops["top_k-hard-10%"] < flops["top_k-hard-50%"] < flops["e"]
     # The adaptive policy's margin holds its mean budget: its FLOPs are those of the fixed share.
     for fraction in ("10%", "50%"):
         assert flops[f"adaptive@200-hard-{fraction}"] <= flops[f"top_k-hard-{fraction}"] * 1.0001
     # HAP's training time is both its models'.
     seed = result["per_seed"][0]["models"]
     assert summary["f"]["train_seconds"]["mean"] == pytest.approx(
-        seed["light_ghcl"]["seconds"] + seed["heavy_hard_ghcl"]["seconds"])
+        seed["light_ghcl"]["seconds"] + seed["heavy_narrow_s_ghcl"]["seconds"])
     families = {claim["family"] for claim in result["claims"]}
     assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 15
     for claim in result["claims"]:
@@ -274,3 +279,39 @@ def test_routing_claims_in_closed_form():
 def test_routing_claims_need_the_funnel():
     result = _claims_result({"band-hard-10%": 0.7, "band-hard-20%": 0.85}, 0.0)
     assert benchmark.routing_claims({**result, "funnel": False}) == []
+
+
+def _loss_result(auc: dict[str, tuple[float, float]], recall: dict[str, tuple[float, float]]) -> dict:
+    """A loss-comparison result by hand: per variant key, (mean, half-spread) of the mean AUC and
+    of Recall@100 over two seeds (values mean - spread and mean + spread)."""
+    variants = [dataclasses.asdict(v) for v in benchmark.variants(which="losses") if v.key in auc]
+    per_seed = [{"metrics": {k: {"auc_mean": auc[k][0] + sign * auc[k][1],
+                                 "oracle_recall@100": recall[k][0] + sign * recall[k][1]} for k in auc}}
+                for sign in (-1, 1)]
+    summary = {k: {"auc_mean": {"mean": auc[k][0], "std": auc[k][1]},
+                   "oracle_recall@100": {"mean": recall[k][0], "std": recall[k][1]},
+                   "train_seconds": {"mean": 1.0, "std": 0.0}} for k in auc}
+    return {"funnel": True, "summary": summary, "per_seed": per_seed, "variants": variants}
+
+
+def test_loss_claims_in_closed_form(tmp_path):
+    # (c) beats pooled (b) by 0.03 > 2 x 0.01 and mixed (a) by 0.04; (c-ghm) beats pooled by
+    # 0.015 < 2 x 0.01; (c-pcgrad) wins on AUC but loses 0.05 of Recall@100.
+    result = _loss_result(
+        {"a": (0.80, 0.005), "b": (0.81, 0.005), "c": (0.84, 0.01), "c-ghm": (0.825, 0.01), "c-pcgrad": (0.85, 0.0)},
+        {"a": (0.5, 0.01), "b": (0.5, 0.01), "c": (0.5, 0.01), "c-ghm": (0.52, 0.0), "c-pcgrad": (0.45, 0.0)})
+    claims = {e["key"]: e for e in benchmark.loss_claims(result)}
+    assert set(claims) == {"a", "c", "c-ghm", "c-pcgrad"}
+    assert claims["a"]["holds"] is None and claims["a"]["gains"]["auc_mean"] == pytest.approx([-0.01, 0.0])
+    assert claims["c"]["gain_over_pooled"] == pytest.approx(0.03) and claims["c"]["holds"]
+    assert claims["c"]["gains"]["auc_mean"] == pytest.approx([0.03, 0.005])  # per seed: 0.025 and 0.035
+    assert not claims["c-ghm"]["beats_pooled"] and claims["c-ghm"]["beats_mixed"] and not claims["c-ghm"]["holds"]
+    assert claims["c-pcgrad"]["beats_pooled"] and claims["c-pcgrad"]["keeps_recall"] is False
+    assert not claims["c-pcgrad"]["holds"]
+    assert benchmark.loss_claims({**result, "summary": {k: v for k, v in result["summary"].items() if k != "b"}}) == []
+    result["loss_claims"] = claims = benchmark.loss_claims(result)
+    text = report.losses_table(result)
+    assert "| (c) | light, GHCL |" in text and "+0.0300" in text and text.count("| yes |") >= 1
+    assert report.loss_gain_plot({"one": result, "two": result}, str(tmp_path / "gain.png"))
+    with open(tmp_path / "gain.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -63,7 +63,7 @@ def test_auc_floors_with_replaces_only_the_floors_given():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"medium": {"EN": 0.5}}, "unknown model 'medium'"),
-    ({"heavy": {"GN": 0.5}}, "heavy has no floor for 'GN'"),
+    ({"heavy": {"EP": 0.5}}, "heavy has no floor for 'EP'"),
     ({"light": {"EN": 1.5}}, r"light.EN must be a number in \[0, 1\]"),
     ({"light": {"EN": "0.5"}}, "light.EN must be a number"),
     ({"light": 0.5}, "light needs a mapping"),

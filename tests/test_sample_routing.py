@@ -6,7 +6,7 @@ import pytest
 
 from conftest import floors_at
 from hap.data import contract as c
-from hap.data.sample_routing import HEAVY, LIGHT, SAMPLE_ROUTING, SampleRouting, contrast_metric, routing_of
+from hap.data.sample_routing import HARD_ONLY, HEAVY, LIGHT, SAMPLE_ROUTING, SampleRouting, contrast_metric, routing_of
 from hap.models import losses, transformed
 from hap.models.trainer_module import TrainerSettings
 from hap.pipeline import configs, local_runner
@@ -42,8 +42,10 @@ def test_every_consumer_follows_the_table(monkeypatch, tiny_csv, tmp_path):
 def test_the_default_table():
     light, heavy = routing_of(LIGHT), routing_of(HEAVY)
     assert light.trains_on == c.SAMPLE_GROUPS and light.contrasts == (c.EN, c.RN, c.PRN, c.GN)
-    assert heavy.trains_on == (c.EP, c.EN, c.RN) and heavy.contrasts == (c.EN, c.RN)
-    assert heavy.bce_on == (c.EP, c.EN)
+    assert heavy == light, "the second stage re-scores every kind of candidate, so it learns from every kind"
+    paper = routing_of(HARD_ONLY)
+    assert paper.trains_on == (c.EP, c.EN, c.RN) and paper.contrasts == (c.EN, c.RN)
+    assert paper.bce_on == (c.EP, c.EN)
     assert contrast_metric(c.RN) == "auc_EP_vs_RN"
 
 
