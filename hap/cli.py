@@ -323,6 +323,11 @@ def _compare(out, run_dir: str, data: str, demo_dir: str) -> None:
     out.line()
 
 
+def demo_run_args(data: str, run_dir: str) -> argparse.Namespace:
+    """`hap run`'s options as the demo runs it: every default, read from the run parser itself."""
+    return build_parser().parse_args(["run", "--data", data, "--out", run_dir])
+
+
 def _demo(args) -> int:
     from hap.data import simulator, validator
     from hap.pipeline import console
@@ -344,9 +349,7 @@ def _demo(args) -> int:
         out.line(f"{'':8}" + ("OK: " if report.ok else "INVALID: ") + report.summary())
         if not report.ok:
             return 1
-        if not _pipeline(out, data, run_dir, _run_settings(argparse.Namespace(
-                max_epochs=None, auc_floors=None, light_loss=None, heavy_loss=None, beam_arg=None, no_cache=False)),
-                log):
+        if not _pipeline(out, data, run_dir, _run_settings(demo_run_args(data, run_dir)), log):
             return 1
         from hap.pipeline import run_report
         from hap.serving import model_versions

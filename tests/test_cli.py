@@ -54,10 +54,19 @@ def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path):
 @pytest.mark.parametrize("floors, message", [
     ("{light", r"--auc-floors: not JSON"),
     ('{"medium": {"EN": 0.5}}', r"unknown model 'medium'"),
-    ('{"heavy": {"GN": 0.5}}', r"heavy has no floor for 'GN'"),
+    ('{"heavy": {"EP": 0.5}}', r"heavy has no floor for 'EP'"),
 ])
 def test_run_refuses_bad_auc_floors_before_running(tmp_path, capsys, floors, message):
     assert cli.main(["run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                      "--auc-floors", floors]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_runs_the_pipeline_with_hap_runs_defaults(tmp_path):
+    from hap.pipeline import configs
+
+    settings = cli._run_settings(cli.demo_run_args(str(tmp_path / "data"), str(tmp_path / "run")))
+    assert settings["window_days"] is None and settings["warm_start"] is False and settings["accept_drift"] is False
+    assert settings["auc_floors"] == configs.auc_floors_with({}) and settings["enable_cache"] is True
+    assert settings["light_trainer"] == {} and settings["heavy_trainer"] == {}
