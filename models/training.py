@@ -68,6 +68,8 @@ class RoutedTrainer(tf.keras.Model):
         return list(self._trackers.values())
 
     def train_step(self, features):
+        if getattr(self.loss_fn, "gradient_rule", None):
+            return self._per_source_step(features)
         with tf.GradientTape() as tape:
             terms = self._terms(features, training=True)
             # Each replica holds the loss of the whole step (see gather_replicas) and the
@@ -82,8 +84,45 @@ class RoutedTrainer(tf.keras.Model):
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return self._track(terms)
 
+    def _per_source_step(self, features):
+        """A step of a loss whose harmonising rule combines per-source gradients (GHCL's
+        "gradnorm", "pcgrad"; models/losses.py): one persistent tape gives the gradient of the
+        shared part (bce_weight * BCE and the regularisers) and one of each source's InfoNCE,
+        flattened and densified (embedding gradients arrive as IndexedSlices) into a [G, P]
+        stack that `loss_fn.combine_gradients` turns into one update."""
+        names = self.loss_fn.negative_groups
+        with tf.GradientTape(persistent=True) as tape:
+            terms = self._terms(features, training=True)
+            shared = self.loss_fn.bce_weight * terms["bce"] / _replicas()
+            if self.losses:
+                terms["regularization"] = tf.add_n(self.losses)
+                shared += tf.nn.scale_regularization_loss(terms["regularization"])
+            per_source = [terms[f"infonce_{g}"] / _replicas() for g in names]
+        variables = self.scorer.trainable_variables
+        zero = tf.UnconnectedGradients.ZERO
+        gradients = [tf.convert_to_tensor(g) for g in tape.gradient(shared, variables, unconnected_gradients=zero)]
+        stack = tf.stack([flatten(tape.gradient(loss, variables, unconnected_gradients=zero)) for loss in per_source])
+        del tape
+        combined, weights = self.loss_fn.combine_gradients(stack, tf.stack([terms[f"count_{g}"] for g in names]))
+        gradients = [g + part for g, part in zip(gradients, unflatten(combined, variables))]
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        for i, g in enumerate(names):
+            terms[f"grad_weight_{g}"] = weights[i]
+        return self._track(terms)
+
     def test_step(self, features):
         return self._track(self._terms(features, training=False))
+
+
+def flatten(gradients) -> tf.Tensor:
+    """One float32 vector of a list of gradients, IndexedSlices densified."""
+    return tf.concat([tf.reshape(tf.convert_to_tensor(g, tf.float32), [-1]) for g in gradients], axis=0)
+
+
+def unflatten(vector, variables) -> list[tf.Tensor]:
+    """`vector` (as `flatten` makes it) cut back into tensors of the variables' shapes."""
+    sizes = [v.shape.num_elements() for v in variables]
+    return [tf.reshape(part, v.shape) for part, v in zip(tf.split(vector, sizes), variables)]
 
 
 def gather_replicas(context: tf.distribute.ReplicaContext, logits, features):
@@ -209,7 +248,7 @@ class GradientConflict(tf.keras.callbacks.Callback):
             loss = self.loss_fn(logits, batch[transformed.LABEL], batch[transformed.SAMPLE_GROUP], ids, num_requests,
                                 update=False)["loss"]
         grads = tape.gradient(loss, self.scorer.trainable_variables)
-        return tf.concat([tf.reshape(g, [-1]) for g in grads if g is not None], axis=0)
+        return flatten([g for g in grads if g is not None])
 
     def _replica_gradient(self, keep) -> tf.Tensor:
         # Distributed variables are differentiable only in a replica context; every replica

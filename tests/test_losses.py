@@ -3,10 +3,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hap.data.sample_routing import routing_of
+from hap.data.sample_routing import SampleRouting, routing_of
 from hap.models import losses
 
 EP, EN, RN, PRN, GN = range(5)
+# The paper's heavy model: EP, EN and RN only, BCE where clicks were observed (built here, not
+# looked up, so these checks do not depend on which routing a model trains with by default).
+HARD = SampleRouting(trains_on=("EP", "EN", "RN"), contrasts=("EN", "RN"), bce_on=("EP", "EN"),
+                     auc_floors={"EN": 0.55, "RN": 0.60})
 
 
 def nce(positive, negatives, temperature=1.0):
@@ -199,7 +203,7 @@ def test_weights_are_stop_gradient(update):
 
 
 def test_heavy_ghcl_ignores_prn_and_gn():
-    ghcl = losses.make_loss("ghcl", routing_of("heavy"), temperature=1.0)
+    ghcl = losses.make_loss("ghcl", HARD, temperature=1.0)
     assert ghcl.negative_groups == ("EN", "RN")
     args = batch(ALL_GROUPS)
     logits = tf.Variable(args[0])
@@ -216,9 +220,9 @@ def test_heavy_ghcl_ignores_prn_and_gn():
 
 def test_heavy_baselines_use_ep_en_rn_only():
     args = batch(ALL_GROUPS)
-    out = losses.make_loss("mixed_bce", routing_of("heavy"))(*args)
+    out = losses.make_loss("mixed_bce", HARD)(*args)
     assert float(out["loss"]) == pytest.approx(np_bce([1.5, 0.5, -0.2, 1.0], [1.0, 0.0, 0.0, 0.0]), rel=1e-6)
-    out = losses.make_loss("pooled_infonce", routing_of("heavy"), temperature=1.0)(*args)
+    out = losses.make_loss("pooled_infonce", HARD, temperature=1.0)(*args)
     assert float(out["infonce_pooled"]) == pytest.approx(nce(1.5, [0.5, -0.2, 1.0]), rel=1e-6)
     assert float(out["bce"]) == pytest.approx(np_bce([1.5, 0.5, -0.2], [1.0, 0.0, 0.0]), rel=1e-6)
     light = losses.make_loss("mixed_bce", routing_of("light"))(*args)
@@ -263,5 +267,150 @@ def test_num_requests_is_inferred_when_omitted():
 def test_make_loss_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         losses.make_loss("focal", routing_of("light"))
-    with pytest.raises(ValueError, match="unknown model 'medium'"):
+    with pytest.raises(ValueError, match="'medium'"):
         routing_of("medium")
+
+
+# ---------------------------------------------------------------------------------------------
+# Harmonising rules and conflict-sensitive sampling (module docstring), on hand-built numbers
+
+
+def test_ema_rule_keeps_the_total_loss_scale():
+    h = losses.LossHarmonizer(("EN", "RN", "PRN"))
+    values = tf.constant([0.5, 2.0, 6.0])
+    weights = h(values, tf.ones([3])).numpy()
+    assert float(np.sum(weights * h.ema.numpy())) == pytest.approx(float(np.sum(h.ema.numpy())), rel=1e-6)
+    np.testing.assert_allclose(weights * values.numpy(), np.full(3, 8.5 / 3), rtol=1e-6)
+
+
+def test_gradnorm_weights_equalise_norms_and_keep_their_sum():
+    norms = np.array([1.0, 2.0, 4.0])
+    weights = losses.gradnorm_weights(norms, [True, True, True]).numpy()
+    np.testing.assert_allclose(weights, [7 / 3, 7 / 6, 7 / 12], rtol=1e-6)
+    np.testing.assert_allclose(weights * norms, np.full(3, 7 / 3), rtol=1e-6)  # equal norms
+    assert float(np.sum(weights * norms)) == pytest.approx(7.0)  # their sum kept
+    # An inactive source, and one with a zero gradient, get 0 and leave the mean.
+    weights = losses.gradnorm_weights([1.0, 2.0, 5.0, 0.0], [True, True, False, True]).numpy()
+    np.testing.assert_allclose(weights, [1.5, 0.75, 0.0, 0.0], rtol=1e-6)
+
+
+def test_gradnorm_combines_the_reweighted_gradients():
+    ghcl = losses.GHCLLoss(("EN", "RN"), harmonize="gradnorm")
+    combined, weights = ghcl.combine_gradients([[3.0, 4.0], [0.0, 1.0]], [2.0, 1.0])
+    # norms 5 and 1, mean 3: weights 0.6 and 3, each weighted gradient of norm 3.
+    np.testing.assert_allclose(weights.numpy(), [0.6, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(combined.numpy(), [1.8, 2.4 + 3.0], rtol=1e-6)
+
+
+def test_pcgrad_leaves_non_conflicting_gradients_unchanged():
+    grads = np.array([[1.0, 0.0, 2.0], [1.0, 1.0, 0.0], [0.0, 3.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(losses.pcgrad_project(grads).numpy(), grads)
+
+
+def test_pcgrad_removes_exactly_the_conflicting_component():
+    grads = np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32)  # dot -1: a conflict
+    projected = losses.pcgrad_project(grads).numpy()
+    # g1 - (g1.g2 / |g2|^2) g2 = [1, 0] + 0.5 [-1, 1]; g2 - (g2.g1 / |g1|^2) g1 = [-1, 1] + [1, 0].
+    np.testing.assert_allclose(projected, [[0.5, 0.5], [0.0, 1.0]], atol=1e-7)
+    assert projected[0] @ grads[1] == pytest.approx(0.0, abs=1e-7)
+    assert projected[1] @ grads[0] == pytest.approx(0.0, abs=1e-7)
+    # A third source that conflicts with neither is left alone, and so is its effect on the others.
+    three = np.array([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 2.0]], np.float32)
+    np.testing.assert_allclose(losses.pcgrad_project(three).numpy(),
+                               [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]], atol=1e-7)
+    ghcl = losses.GHCLLoss(("EN", "RN"), harmonize="pcgrad")
+    combined, weights = ghcl.combine_gradients(grads, [1.0, 1.0])
+    np.testing.assert_allclose(combined.numpy(), [0.5, 1.5], atol=1e-7)
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+
+
+def test_pcgrad_projects_in_row_order_against_the_original_gradients():
+    # g1 conflicts with g2 and g3: projected against g2 first, then against the original g3.
+    g = np.array([[1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0]], np.float32)
+    first = g[0] - (g[0] @ g[1]) / (g[1] @ g[1]) * g[1]           # [0.5, 0.5]: g1 . g3 is now -1
+    expected = first - (first @ g[2]) / (g[2] @ g[2]) * g[2]       # [0, 0]
+    np.testing.assert_allclose(losses.pcgrad_project(g).numpy()[0], expected, atol=1e-7)
+
+
+def test_ghm_weights_follow_the_gradient_density_and_average_one():
+    weights = losses.ghm_weights([0.05, 0.06, 0.07, 0.95], bins=10).numpy()
+    # bins 0 (three samples) and 9 (one) of two non-empty: 4 / (3 * 2) and 4 / (1 * 2).
+    np.testing.assert_allclose(weights, [2 / 3, 2 / 3, 2 / 3, 2.0], rtol=1e-6)
+    rng = np.random.default_rng(0)
+    for bins in (1, 5, 30):
+        w = losses.ghm_weights(rng.uniform(size=257), bins=bins).numpy()
+        assert w.mean() == pytest.approx(1.0, rel=1e-5)
+    assert losses.ghm_weights(tf.zeros([0]), bins=10).numpy().size == 0
+    assert losses.ghm_weights([1.0, 0.0], bins=10).numpy().tolist() == [1.0, 1.0]  # g = 1 is the top bin
+
+
+def test_ghcl_ghm_weighs_each_positive_by_its_gradient_density():
+    rows = [(0, EP, 3.0), (0, EN, 0.0), (1, EP, 2.5), (1, EN, 0.0), (2, EP, -2.0), (2, EN, 0.0)]
+    ghcl = losses.GHCLLoss(("EN",), harmonize="ghm", ghm_bins=10)
+    out = ghcl(*batch(rows))
+    per_positive = np.array([nce(3.0, [0.0]), nce(2.5, [0.0]), nce(-2.0, [0.0])])
+    g = 1.0 - np.exp(-per_positive)  # |dl/dz_pos| = 1 - p: 0.047, 0.076 (bin 0) and 0.88 (bin 8)
+    assert np.floor(g * 10).tolist() == [0.0, 0.0, 8.0]
+    weights = np.array([3 / 4, 3 / 4, 3 / 2])
+    assert float(out["infonce_EN"]) == pytest.approx(np.mean(weights * per_positive), rel=1e-5)
+    assert float(out["weight_EN"]) == 1.0
+
+
+def test_rules_without_a_loss_level_weight_sum_the_groups():
+    args = batch(ALL_GROUPS)
+    for name in ("ghcl_none", "ghcl_gradnorm", "ghcl_pcgrad"):
+        out = losses.make_loss(name, routing_of("light"), temperature=1.0)(*args)
+        expected = np_bce([r[2] for r in ALL_GROUPS], [1.0] + [0.0] * 6) + sum(
+            nce(1.5, NEGATIVES[g]) for g in NEGATIVES)
+        assert float(out["loss"]) == pytest.approx(expected, rel=1e-6), name
+    assert losses.make_loss("ghcl_gradnorm", routing_of("light")).gradient_rule == "gradnorm"
+    assert losses.make_loss("ghcl", routing_of("light")).gradient_rule is None
+    assert losses.GHCLLoss(harmonize=True).harmonize == "ema" and losses.GHCLLoss(harmonize=False).harmonize == "none"
+    with pytest.raises(ValueError, match="harmonize"):
+        losses.GHCLLoss(harmonize="adam")
+    with pytest.raises(ValueError, match="sampling"):
+        losses.GHCLLoss(sampling="random")
+
+
+def test_keep_counts_follow_the_kept_share():
+    n = tf.constant([0.0, 1.0, 4.0, 10.0])
+    assert losses.keep_counts(n, 0.25).numpy().tolist() == [0.0, 1.0, 1.0, 3.0]
+    assert losses.keep_counts(n, 0.5).numpy().tolist() == [0.0, 1.0, 2.0, 5.0]
+    assert losses.keep_counts(n, 1.0).numpy().tolist() == [0.0, 1.0, 4.0, 10.0]
+
+
+def test_sampling_fractions_keep_all_of_the_least_saturated_source():
+    fractions = losses.sampling_fractions([0.8, 0.4, 0.1, 0.0], [True, True, True, False], min_keep=0.25)
+    np.testing.assert_allclose(fractions.numpy(), [1.0, 0.5, 0.25, 1.0], rtol=1e-6)
+
+
+def test_hardest_negatives_keeps_the_top_scored_per_request():
+    #            r0 EP  r0 EN  r0 EN  r1 EN  r0 EN  r1 EN  r1 EP
+    logits = tf.constant([3.0, 0.1, 0.9, 2.0, 0.5, -1.0, 0.0])
+    negative = tf.constant([False, True, True, True, True, True, False])
+    ids = tf.constant([0, 0, 0, 1, 0, 1, 1])
+    kept = losses.hardest_negatives(logits, negative, ids, 2, tf.constant([2.0, 1.0])).numpy()
+    assert kept.tolist() == [False, False, True, True, True, False, False]
+    assert not losses.hardest_negatives(tf.zeros([2]), tf.constant([False, False]), tf.constant([0, 0]), 1,
+                                        tf.constant([1.0])).numpy().any()
+
+
+def test_saturation_sampling_keeps_the_hardest_negatives_of_a_saturated_source():
+    # EN: one negative level with the positive (saturation log 2 / log 2 = 1); GN: four easy ones.
+    rows = [(0, EP, 0.0), (0, EN, 0.0), (0, GN, -5.0), (0, GN, -8.0), (0, GN, -6.0), (0, GN, -7.0)]
+    ghcl = losses.GHCLLoss(("EN", "GN"), harmonize="none", sampling="saturation", min_keep=0.25)
+    out = ghcl(*batch(rows))
+    saturation_gn = nce(0.0, [-5.0, -6.0, -7.0, -8.0]) / np.log(5.0)
+    assert float(out["kept_EN"]) == 1.0
+    assert float(out["kept_GN"]) == pytest.approx(0.25)  # saturation_gn is far below 0.25
+    assert saturation_gn < 0.25
+    np.testing.assert_allclose(ghcl.sampler.ema.numpy(), [1.0, saturation_gn], rtol=1e-5)
+    assert float(out["infonce_EN"]) == pytest.approx(nce(0.0, [0.0]), rel=1e-6)
+    assert float(out["infonce_GN"]) == pytest.approx(nce(0.0, [-5.0]), rel=1e-5)  # ceil(0.25 * 4) = 1, the top
+    # A share of 0.5 keeps two of the four, the two highest.
+    ghcl = losses.GHCLLoss(("EN", "GN"), harmonize="none", sampling="saturation", min_keep=0.5)
+    assert float(ghcl(*batch(rows))["infonce_GN"]) == pytest.approx(nce(0.0, [-5.0, -6.0]), rel=1e-5)
+    # Without sampling every negative counts.
+    out = losses.GHCLLoss(("EN", "GN"), harmonize="none")(*batch(rows))
+    assert float(out["infonce_GN"]) == pytest.approx(nce(0.0, [-5.0, -6.0, -7.0, -8.0]), rel=1e-5)
+    assert "kept_GN" not in out

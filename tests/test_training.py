@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hap.models import transformed, training
+from hap.models import losses, transformed, training
 
 
 def test_auc_matches_pair_counting_with_ties():
@@ -93,3 +93,54 @@ def test_the_conflict_probe_keeps_to_its_time_budget(tmp_path, monkeypatch):
         conflict.on_train_batch_end(step)
     assert [h["step"] for h in conflict.history] == [0, 1, 4, 9, 14, 19]
     assert conflict.cost == {"probes": 6, "probe_seconds": 2.5, "trace_seconds": 0.5, "train_seconds": 20.0}
+
+
+class _TableScorer(tf.keras.Model):
+    """logit = table[item] . x: the table's gradient is IndexedSlices, as an embedding's is."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = tf.Variable(tf.ones([3, 2]), name="table")
+
+    def call(self, features, training=False):
+        return tf.reduce_sum(tf.gather(self.table, features["item"]) * features["x"], axis=-1)
+
+
+class _LinearTerms(losses.GHCLLoss):
+    """GHCL's gradient rules over linear per-source terms: infonce_g = sum of g's logits - the
+    positive's, so its gradient with respect to table[item] is the sum of the x of g's samples there."""
+
+    def __call__(self, logits, labels, groups, request_ids, num_requests=None, update=True):
+        out = {"bce": 0.0 * tf.reduce_sum(logits)}
+        positive = tf.reduce_sum(tf.where(groups == transformed.GROUP_INDEX["EP"], logits, 0.0))
+        for g in self.negative_groups:
+            term = tf.reduce_sum(tf.where(groups == transformed.GROUP_INDEX[g], logits, 0.0)) - positive
+            out[f"infonce_{g}"], out[f"count_{g}"] = term, tf.constant(1.0)
+        out["loss"] = out["bce"] + tf.add_n([out[f"infonce_{g}"] for g in self.negative_groups])
+        return out
+
+
+def _fit_one_step(harmonize):
+    g = transformed.GROUP_INDEX
+    model = training.RoutedTrainer(_TableScorer(), _LinearTerms(("EN", "RN"), harmonize=harmonize))
+    model.compile(optimizer=tf.keras.optimizers.SGD(1.0))
+    # EP on row 0 with x = 0 (no gradient); EN and RN both on row 1: gradients [1, 0] and [-1, 1].
+    features = {"item": [0, 1, 1], "x": [[0.0, 0.0], [1.0, 0.0], [-1.0, 1.0]],
+                transformed.LABEL: [1.0, 0.0, 0.0], transformed.SAMPLE_GROUP: [g["EP"], g["EN"], g["RN"]],
+                transformed.REQUEST_KEY: [b"r", b"r", b"r"]}
+    logs = model.fit(tf.data.Dataset.from_tensors(features), epochs=1, verbose=0).history
+    return model.scorer.table.numpy(), logs
+
+
+@pytest.mark.parametrize("harmonize, row", [
+    ("none", [1.0, 0.0]),        # the plain sum [0, 1]
+    ("pcgrad", [0.5, -0.5]),     # [0.5, 0.5] + [0, 1]: each projected off the other
+    # norms 1 and sqrt 2, mean m = (1 + sqrt 2) / 2: m [1, 0] + (m / sqrt 2) [-1, 1]
+    ("gradnorm", [1.0 - (1 + 2 ** 0.5) / 2 * (1 - 2 ** -0.5), 1.0 - (1 + 2 ** 0.5) / 2 * 2 ** -0.5]),
+])
+def test_per_source_step_applies_the_gradient_rule_to_sparse_gradients(harmonize, row):
+    table, logs = _fit_one_step(harmonize)
+    np.testing.assert_allclose(table[1], row, atol=1e-6)
+    np.testing.assert_array_equal(table[[0, 2]], np.ones([2, 2]))  # rows without gradient stay
+    if harmonize != "none":
+        assert {"grad_weight_EN", "grad_weight_RN"} <= set(logs)
