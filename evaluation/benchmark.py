@@ -9,14 +9,14 @@ Variants (`variants()`), each built from the models of `MODELS`; `--variants` pi
         (us) is the pipeline's second stage), on every candidate: with (c) and (e), the
         uniform-scaling curve that routing must beat
     (f) HAP as the pipeline pushes it (CascadeSettings' policy, routed to the pipeline's heavy model)
-    (<policy>-<heavy>-<f>) every routing policy of serving/routing.py (top_k, band, adaptive)
+    (<policy>-<heavy>-<f>) every routing policy of serving/routing.py (top_k, band, adaptive, learned)
         x the heavy model it routes to (hard: full size, trained on EP, EN, RN as the paper
         trains it; all: full size, trained on every group; narrow: the pipeline's) x route
         fraction f (5%, 10%, 20%, 50% by default).
 
     (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled) light, GHCL with each other harmonising rule
         or with conflict-sensitive sampling (models/losses.py); (d-pooled) heavy on all samples,
-        pooled_infonce; (e-pcgrad) heavy on all samples, GHCL pcgrad
+        pooled_infonce; (e-sampled) heavy on all samples, GHCL with sampling
 
 "losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the cascades;
 "all" is both without the rule variants (eight more trainings per seed, which the routing
@@ -33,7 +33,8 @@ Scoring, with the same metric code as `hap evaluate` (evaluation/evaluate.py):
 - funnel/ (when present): one request per call through `serving.cascade.CascadeModule`, the
   class the cascade SavedModel is saved from, so Transform and the per-request user tower run
   as served;
-- a cascade's order is made from its two models' logits request by request by
+- a cascade's order is made from its two models' logits (and the light model's difficulty
+  router's, for the learned policy) request by request by
   serving/routing.py, the module the cascade signature calls (tests/test_cascade_model.py
   proves the SavedModel equals it), so the sweep needs no model per policy and fraction.
   The adaptive policy's margin is calibrated per seed and fraction on the light logits of the
@@ -110,10 +111,12 @@ NARROW_HEAVY = {
 }
 
 # GHCL's other harmonising rules and its conflict-sensitive sampling, in the "losses" set: each on
-# the light model, and on the heavy model the one chosen a priori (README, "Losses"): PCGrad,
-# since the heavy model is where the per-source gradient cosines were negative.
+# the light model, and on the heavy model the one a one-seed pilot of the light models on the
+# default data ranked first (README, "Loss comparison"), which is also among the cheapest per
+# step (benchmarks/loss_rules.py): the heavy step with gradnorm or pcgrad costs several times
+# GHCL's, more than the benchmark's time allows.
 LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled")
-HEAVY_RULES = ("ghcl_pcgrad",)
+HEAVY_RULES = ("ghcl_sampled",)
 
 MODELS = {
     "light_mixed_bce": ModelRecipe(LIGHT, "mixed_bce"),
@@ -170,7 +173,7 @@ class Variant:
         """A cascade's policy and routed heavy model: the fractions of one family form a curve."""
         if not self.is_cascade or self.key == "f":
             return None
-        policy = self.policy if self.policy == routing.TOP_K else f"{self.policy} around {self.cutoff}"
+        policy = self.policy if self.policy in CUTOFF_FREE else f"{self.policy} around {self.cutoff}"
         return f"{policy}, heavy {next(k for k, m in ROUTED_HEAVY.items() if m == self.heavy)}"
 
 
@@ -186,6 +189,13 @@ UNIFORM_KEYS = ("c",) + tuple(f"u{size}" for size in NARROW_HEAVY) + ("e",)  # l
 # The output sizes the band and adaptive policies centre on: the funnel metrics' two cut-offs (a
 # band around 200 cannot change a top 100, and one around 100 is too narrow for a top 200).
 POLICY_CUTOFFS = FUNNEL_KS
+# The policies that do not centre on a cut-off.
+CUTOFF_FREE = (routing.TOP_K, routing.LEARNED)
+
+
+def router_key(light_model: str) -> str:
+    """Where a light model's difficulty-router logits sit beside the models' logits."""
+    return f"{light_model}:router"
 
 
 def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
@@ -209,8 +219,8 @@ def variants(route_fractions=DEFAULT_ROUTE_FRACTIONS, which: str = "all",
     cascades = [Variant("f", f"HAP as pushed: {hap.label}, heavy narrow", light="light_ghcl",
                         heavy=ROUTED_HEAVY["narrow"], policy=hap.kind, route_fraction=hap.fraction, cutoff=hap.cutoff)]
     for policy in policies:
-        for cutoff in ((hap.cutoff,) if policy == routing.TOP_K else POLICY_CUTOFFS):
-            name = policy if policy == routing.TOP_K else f"{policy}@{cutoff}"
+        for cutoff in ((hap.cutoff,) if policy in CUTOFF_FREE else POLICY_CUTOFFS):
+            name = policy if policy in CUTOFF_FREE else f"{policy}@{cutoff}"
             for heavy_kind, heavy_model in ROUTED_HEAVY.items():
                 for fraction in sorted(set(route_fractions)):
                     cascades.append(Variant(f"{name}-{heavy_kind}-{fraction:.0%}",
@@ -298,9 +308,9 @@ class Serving:
                           HEAVY: tf.function(module.heavy_logits, input_signature=signature),
                           CASCADE: tf.function(module.cascade, input_signature=signature)}
 
-    def logits(self, which: str, requests: list[dict]) -> np.ndarray:
+    def logits(self, which: str, requests: list[dict], output: str = "logits") -> np.ndarray:
         fn = self.functions[which]
-        return np.concatenate([fn(self._layout.to_tensors(r))["logits"].numpy() for r in requests])
+        return np.concatenate([fn(self._layout.to_tensors(r))[output].numpy() for r in requests])
 
     def latency_ms(self, which: str, requests: list[dict]) -> list[float]:
         fn = self.functions[which]
@@ -358,7 +368,9 @@ def variant_scores(variant: Variant, logits: dict[str, np.ndarray], request, mar
     model name -> [n]), routed request by request by serving/routing.py."""
     if not variant.is_cascade:
         return logits[variant.models[0]], None
-    return routing.route_requests(policy_for(variant, margins), request, logits[variant.light], logits[variant.heavy])
+    router = logits[router_key(variant.light)] if variant.policy == routing.LEARNED else None
+    return routing.route_requests(policy_for(variant, margins), request, logits[variant.light], logits[variant.heavy],
+                                  router)
 
 
 def model_flops(keras: dict) -> dict:
@@ -405,10 +417,15 @@ def run_seed(seed: int, max_epochs: int | None, inputs: Inputs, tft_layer, chose
         models[name] = {"seconds": seconds, **history}
         keras[name] = scorer
         logged_logits[name] = np.asarray(training.score_records(training.predictor(scorer), inputs.eval))
+        model = MODELS[name].model
+        if model == LIGHT:
+            logged_logits[router_key(name)] = training.score_records(
+                tf.function(scorer.router_logits, reduce_retracing=True), inputs.eval)
         if inputs.funnel is not None:
-            model = MODELS[name].model
             servings.append(Serving(inputs, tft_layer, **{model: scorer}))
             funnel_logits[name] = servings[-1].logits(model, inputs.compute_requests)
+            if model == LIGHT:
+                funnel_logits[router_key(name)] = servings[-1].logits(model, inputs.compute_requests, "router_logits")
         progress.update()
     # FLOPs, and the adaptive policy's calibration, on the requests pre-ranking serves: funnel/
     # when present, else the logged eval requests.

@@ -267,8 +267,10 @@ def _pareto_plot(result: dict, path: str) -> None:
 def _conflict_plot(result: dict, path: str) -> bool:
     """Mean pairwise cosine of per-source gradients over training, per loss; False if no model
     logged any."""
-    panels = (("light model", ["light_mixed_bce", "light_pooled_infonce", "light_ghcl"]),
-              ("heavy model on all samples", ["heavy_all_mixed_bce", "heavy_all_ghcl"]),
+    panels = (("light model", ["light_mixed_bce", "light_pooled_infonce", "light_ghcl", "light_ghcl_gradnorm",
+                               "light_ghcl_ghm", "light_ghcl_pcgrad", "light_ghcl_sampled"]),
+              ("heavy model on all samples", ["heavy_all_mixed_bce", "heavy_all_pooled_infonce", "heavy_all_ghcl",
+                                              "heavy_all_ghcl_sampled"]),
               ("heavy on EP, EN, RN (EN vs RN)", ["heavy_hard_ghcl"]))
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
@@ -329,6 +331,71 @@ def claims_table(result: dict) -> str:
                   "best within 25% of heavy FLOPs", "gap recovered", "recovers >= 80%", "beats uniform scaling"], rows)
 
 
+def losses_table(result: dict) -> str:
+    """The loss comparison (benchmark.loss_claims): per single model, its per-source AUCs, their
+    mean, the funnel's Recall@100 and NDCG@100 and its training time; per GHCL variant, its mean
+    AUC gain over pooled_infonce and mixed_bce and which of the issue's criteria hold. Empty
+    without the comparison's baselines."""
+    claims = {entry["key"]: entry for entry in result.get("loss_claims") or []}
+    if not claims:
+        return ""
+    summary = result["summary"]
+    names = [n for n in (*PER_SOURCE, MEAN_AUC, "oracle_recall@100", "ndcg@100")
+             if n in summary[result["variants"][0]["key"]]]
+    rows = []
+    for v in result["variants"]:
+        if v["policy"] is not None:
+            continue
+        entry, claim = summary[v["key"]], claims.get(v["key"]) or {}
+        gains = [f"{claim['gain_over_pooled']:+.4f}", f"{claim['gain_over_mixed']:+.4f}", _yes(claim["beats_pooled"]),
+                 _yes(claim["beats_mixed"]), "n/a" if claim["keeps_recall"] is None else _yes(claim["keeps_recall"]),
+                 _yes(claim["holds"])] if claim.get("holds") is not None else [""] * 6
+        rows.append([f"({v['key']})", v["label"]] + [_mean_std(entry[n]) for n in names]
+                    + [_mean_std(entry["train_seconds"], 1)] + gains)
+    return table(["", "variant", *[metric_label(n) for n in names], "training s", "AUC mean - pooled",
+                  "AUC mean - mixed_bce", "> 2 std over pooled", ">= 1.5 pt over mixed_bce",
+                  "keeps Recall@100", "all hold"], rows)
+
+
+def loss_gain_plot(results: dict[str, dict], path: str) -> bool:
+    """Per dataset, each loss's gain over its model's pooled_infonce (mean ± std of the per-seed
+    differences) in mean per-source AUC and funnel Recall@100, light and heavy panels; False when
+    no result has the loss comparison."""
+    panels = [(model, metric) for model in ("light", "heavy") for metric in (MEAN_AUC, "oracle_recall@100")]
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    datasets = list(results)
+    drawn = False
+    for ax, (model, metric) in zip(axes.ravel(), panels):
+        labels: dict[str, str] = {}
+        for result in results.values():
+            for entry in result.get("loss_claims") or []:
+                if entry["model"] == model and metric in entry["gains"]:
+                    labels.setdefault(entry["key"], entry["label"])
+        if not labels:
+            ax.set_visible(False)
+            continue
+
+        def gain(name, key, i):
+            found = [e["gains"][metric][i] for e in results[name].get("loss_claims") or []
+                     if e["key"] == key and metric in e["gains"]]
+            return found[0] if found else float("nan")
+
+        _bars(ax, datasets, {f"({k}) {label}": [gain(n, k, 0) for n in datasets] for k, label in labels.items()},
+              {f"({k}) {label}": [gain(n, k, 1) for n in datasets] for k, label in labels.items()})
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(f"{metric_label(metric)} minus pooled_infonce's")
+        ax.set_title(f"{model} model: gain over pooled_infonce, {metric_label(metric)}")
+        ax.legend(fontsize="x-small")
+        drawn = True
+    fig.suptitle("Gain over pooled_infonce per regime (mean ± std of the per-seed differences)")
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def write_benchmark_report(result: dict, out_dir: str) -> None:
     _pareto_plot(result, os.path.join(out_dir, "pareto.png"))
     has_conflict = _conflict_plot(result, os.path.join(out_dir, "gradient_conflict.png"))
@@ -363,6 +430,11 @@ def write_benchmark_report(result: dict, out_dir: str) -> None:
         f"(mean N = {compute['candidates_mean']:.0f}) of what each variant computes on them (a cascade: the "
         "candidates it routed); latency is the in-process p50 of one request per call, measured once per "
         "architecture; training time is the wall time of trainer_module.train (a HAP row: both models).", "",
+        *(["## Losses", "", losses_table(result), "",
+            "Criteria (issue 13, benchmark.loss_claims): mean per-source AUC above pooled_infonce's by more "
+            "than 2 standard deviations of both, above mixed_bce's by at least 1.5 points, and Recall@100 "
+            "not below either baseline's beyond one standard deviation of the per-seed difference.", ""]
+          if result.get("loss_claims") else []),
         "## Every metric", "", full, "",
         "## Plots", "", "![quality against compute](pareto.png)", "",
     ]
@@ -378,6 +450,10 @@ def write_benchmark_summary(results: dict[str, dict], path: str) -> None:
     for name, result in results.items():
         lines += [f"## {name}", "", f"`{result['data']}`, seeds {result['seeds']}: report `{name}/report/benchmark.md`",
                   "", claims_table(result), "", f"![{name}]({name}/report/pareto.png)", ""]
+    if loss_gain_plot(results, os.path.join(os.path.dirname(path), "loss_gain.png")):
+        lines += ["## Losses: gain over pooled_infonce", "", "![gain over pooled_infonce](loss_gain.png)", ""]
+        for name, result in results.items():
+            lines += [f"### {name}", "", losses_table(result), ""]
     held = {name: [c["family"] for c in r.get("claims") or [] if c["no_harm"] and c["recovers_gap"] and c["beats_uniform"]]
             for name, r in results.items()}
     lines += ["## Where every claim held", ""]

@@ -15,7 +15,7 @@ from hap import cli
 from hap.data import contract as c
 from hap.data import reader
 from hap.evaluation import benchmark, report
-from hap.models import distribute, heavy, light, losses, trainer_module, transformed
+from hap.models import distribute, heavy, light, losses, trainer_module, training, transformed
 from hap.serving import request as rq
 from hap.serving import routing
 from hap.serving.cascade import CascadeSettings
@@ -58,15 +58,16 @@ def test_variants_cover_the_issue():
     assert chosen["f"].models == ("light_ghcl", "heavy_narrow_s_ghcl")
     assert [chosen[k].models for k in "abcde"] == [(m,) for m in list(benchmark.MODELS)[:5]]
     cascades = [v for v in chosen.values() if v.is_cascade and v.key != "f"]
-    cutoffs = {routing.TOP_K: (pushed.cutoff,), routing.BAND: (100, 200), routing.ADAPTIVE: (100, 200)}
+    cutoffs = {routing.TOP_K: (pushed.cutoff,), routing.BAND: (100, 200), routing.ADAPTIVE: (100, 200),
+               routing.LEARNED: (pushed.cutoff,)}
     assert sorted((v.policy, v.cutoff, v.heavy, v.route_fraction) for v in cascades) == sorted(
         (p, cutoff, h, f) for p in routing.POLICIES for cutoff in cutoffs[p]
         for h in ("heavy_hard_ghcl", "heavy_all_ghcl", "heavy_narrow_s_ghcl") for f in fractions)
-    assert len({v.family for v in cascades}) == 15 and chosen["f"].family is None
+    assert len({v.family for v in cascades}) == 18 and chosen["f"].family is None
     routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
     assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
     assert [v.key for v in benchmark.variants(fractions, "losses")] == [
-        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "d", "d-pooled", "e", "e-pcgrad"]
+        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "d", "d-pooled", "e", "e-sampled"]
 
 
 def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline_run, e2e_data):
@@ -101,9 +102,43 @@ def test_cascade_variants_equal_the_cascade_signature(cascade_model, e2e_data):
         request += [request_id] * len(rows)
     pushed = next(v for v in benchmark.variants() if v.key == "f")
     # Sigmoid probabilities keep the logits' order, which is all that top-K routing reads.
-    composed, _ = benchmark.variant_scores(pushed, {"light_ghcl": np.concatenate(light_scores),
-                                                    "heavy_hard_ghcl": np.concatenate(heavy_scores)}, request, {})
+    composed, _ = benchmark.variant_scores(pushed, {pushed.light: np.concatenate(light_scores),
+                                                    pushed.heavy: np.concatenate(heavy_scores)}, request, {})
     np.testing.assert_allclose(composed, np.concatenate(cascade_scores), rtol=1e-6, atol=1e-7)
+
+
+def test_the_learned_policy_in_the_cascade_graph_equals_the_routing_module(pipeline_run, e2e_data):
+    """The cascade graph under the learned policy routes what serving/routing.py routes from the
+    light model's logits and its router's, and orders as it does."""
+    from tfx.utils import path_utils
+
+    from hap.pipeline import run_report
+
+    inputs = benchmark.load_inputs(e2e_data, pipeline_run)
+    light, heavy = (tf.keras.models.load_model(path_utils.serving_model_path(
+        run_report.latest_artifact(pipeline_run, f"Trainer_{m}", "Model").uri), compile=False) for m in ("light", "heavy"))
+    policy = routing.RoutingPolicy(routing.LEARNED, fraction=0.3)
+    serving = benchmark.Serving(inputs, inputs.tft_output.transform_features_layer(), light, heavy, policy)
+    layout = rq.RequestLayout(inputs.features)
+    for request in inputs.compute_requests[:3]:
+        tensors = layout.to_tensors(request)
+        out = serving.functions[benchmark.CASCADE](tensors)
+        light_out, heavy_out = serving.functions["light"](tensors), serving.functions["heavy"](tensors)
+        keys, routed = routing.route_request(policy, light_out["logits"], heavy_out["logits"], light_out["router_logits"])
+        np.testing.assert_array_equal(out["routed"].numpy(), routed.numpy())
+        k = routing.routed_count(len(routed), 0.3)
+        assert set(np.flatnonzero(routed)) == set(np.argsort(-light_out["router_logits"].numpy(), kind="stable")[:k])
+        np.testing.assert_allclose(out["scores"].numpy(), keys.numpy(), rtol=0, atol=1e-7)
+    # The router learned something of the funnel: on the eval day its cross-entropy against
+    # `difficulty` is below that of the best constant, the training split's mean difficulty.
+    router = training.score_records(tf.function(light.router_logits), inputs.eval)
+    difficulty = inputs.eval.columns((transformed.DIFFICULTY,))[transformed.DIFFICULTY]
+    mean = float(np.mean(inputs.train.columns((transformed.DIFFICULTY,))[transformed.DIFFICULTY]))
+
+    def bce(logits):
+        return float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=difficulty, logits=logits)))
+
+    assert bce(router) < bce(np.full_like(router, math.log(mean / (1 - mean)))) - 0.01
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +229,7 @@ def test_the_report_has_every_variant_table_and_plot(spied_run, tmp_path):
     assert summary["f"]["train_seconds"]["mean"] == pytest.approx(
         seed["light_ghcl"]["seconds"] + seed["heavy_narrow_s_ghcl"]["seconds"])
     families = {claim["family"] for claim in result["claims"]}
-    assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 15
+    assert families == {v["family"] for v in result["variants"]} - {None} and len(families) == 18
     for claim in result["claims"]:
         assert isinstance(claim["no_harm"], bool) and isinstance(claim["beats_uniform"], bool)
     with open(os.path.join(report_dir, "benchmark.md"), encoding="utf-8") as f:
