@@ -81,6 +81,10 @@ class LightModel(layers.FeatureDictModel):
         self.item_tower = Tower(model_inputs, item_side, tables, config, name="item_tower")
         self.head = layers.MLP(config.head_units, name="head")
         self.logit = tf.keras.layers.Dense(1, name="logit")
+        # The learned difficulty router (serving/routing.py's `learned` policy), built here so
+        # every saved light model carries it; models/difficulty_router.py trains it.
+        self.router = tf.keras.layers.Dense(1, name="router")
+        self.router.build((None, 3 * config.output_dim))
 
     def user_embedding(self, features) -> tf.Tensor:
         """u [B, D], from user and context features only."""
@@ -94,6 +98,16 @@ class LightModel(layers.FeatureDictModel):
         """Logits [B] of pairs (u[i], v[i]); u may be [1, D] to score one user against B items."""
         u = tf.broadcast_to(u, tf.shape(v))
         return tf.squeeze(self.logit(self.head(tf.concat([u, v, u * v], axis=-1))), axis=-1)
+
+    def router_logits_from_embeddings(self, u, v) -> tf.Tensor:
+        """The router's logits [B] that each pair is a hard candidate: a linear head over the
+        same [u, v, u * v] as the scoring head, behind a stop-gradient, so training it never
+        moves the towers and the light scores stay what the light loss made them."""
+        u = tf.broadcast_to(u, tf.shape(v))
+        return tf.squeeze(self.router(tf.stop_gradient(tf.concat([u, v, u * v], axis=-1))), axis=-1)
+
+    def router_logits(self, features) -> tf.Tensor:
+        return self.router_logits_from_embeddings(self.user_embedding(features), self.item_embedding(features))
 
     def call(self, features, training=None):
         return self.score_from_embeddings(self.user_embedding(features), self.item_embedding(features))

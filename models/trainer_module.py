@@ -19,7 +19,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from hap.data.sample_routing import LIGHT, MEAN_AUC, MODELS, SampleRouting, routing_of
-from hap.models import distribute, heavy, light, losses, preprocessing, request_records, training, transformed
+from hap.models import (difficulty_router, distribute, heavy, light, losses, preprocessing, request_records, training,
+                        transformed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,13 @@ class TrainerSettings:
     at the contract's request sizes, enough for per-source AUCs to about +-0.01, while a
     whole eval day at production scale would cost more than the epoch it checks. The
     Evaluators still judge the model on the whole eval split.
+    router_requests: the light model's difficulty router (models/difficulty_router.py) is fit
+    after it on at most this many training requests.
+    steps_per_execution: training steps Keras runs per call of its compiled train function. A
+    pre-ranking step is small (about 11 ms of CPU for the light model on 1,000 samples), so the
+    Python work between calls (the fit loop, the callbacks' batch hooks) would otherwise add
+    about as much again (benchmarks/training_steps.py; README, "Training"). Callbacks' batch
+    hooks then run once per call; epoch-level work (validation, early stopping) is unchanged.
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
     `heavy.HeavyConfig`) that differ from its defaults: the pipeline's heavy model is the
     architecture narrowed (pipeline/configs.HEAVY_TRAINER)."""
@@ -60,6 +68,8 @@ class TrainerSettings:
     shuffle_requests: int = 1_000
     conflict_budget: float = 0.05
     eval_requests: int = 5_000
+    router_requests: int = 5_000
+    steps_per_execution: int = 16
     sample_routing: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
 
@@ -70,7 +80,8 @@ class TrainerSettings:
         routing_of(self.sample_routing or self.model)
         if self.loss not in losses.LOSS_NAMES:
             raise ValueError(f"loss must be one of {losses.LOSS_NAMES}, got {self.loss!r}")
-        for name in ("max_epochs", "patience", "batch_size", "shuffle_requests", "eval_requests"):
+        for name in ("max_epochs", "patience", "batch_size", "shuffle_requests", "eval_requests", "router_requests",
+                     "steps_per_execution"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
@@ -117,9 +128,12 @@ def compiled_trainer(settings: TrainerSettings, model_inputs: transformed.ModelI
     """The scorer of `settings.model` wrapped with its loss and optimizer, under `strategy`."""
     with strategy.scope():
         scorer = build_scorer(settings.model, model_inputs, settings.model_config)
+        if settings.model == LIGHT:
+            scorer.router.trainable = False  # its own fit follows the model's (difficulty_router)
         extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
         model = training.RoutedTrainer(scorer, losses.make_loss(settings.loss, settings.routing, **extra))
-        model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate))
+        model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate),
+                      steps_per_execution=settings.steps_per_execution)
     return model
 
 
@@ -156,9 +170,12 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     best_epoch = stopping.best_epoch + 1
     with tf.summary.create_file_writer(f"{log_dir}/per_source_auc").as_default(step=best_epoch):
         tf.summary.scalar("chosen_epoch", best_epoch)
+    # After early stopping restored the best weights: the router reads the towers as pushed.
+    router = difficulty_router.train_router(scorer, train_records, requests_per_batch, settings.router_requests,
+                                            log_dir, strategy=strategy) if settings.model == LIGHT else {}
     return scorer, {"per_source_auc": auc_cb.history, "chosen_epoch": best_epoch, "epochs_run": len(auc_cb.history),
                     "seconds": seconds, "eval_seconds": auc_cb.seconds, "gradient_conflict": conflict_cb.history,
-                    "conflict_cost": conflict_cb.cost, **warm}
+                    "conflict_cost": conflict_cb.cost, **warm, **router}
 
 
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:

@@ -162,18 +162,20 @@ class CascadeModule(tf.Module):
         features.update({k: tf.gather(v, rows) for k, v in items.items()})
         return self.heavy(features, training=False)
 
-    def _light_logits(self, user: dict, items: dict) -> tf.Tensor:
-        u = self.light.user_embedding(user)
-        return self.light.score_from_embeddings(u, self.light.item_embedding(items))
+    def _light_logits(self, user: dict, items: dict, with_router: bool = False):
+        """The light logits [N], and the difficulty router's [N] (None unless `with_router`)."""
+        u, v = self.light.user_embedding(user), self.light.item_embedding(items)
+        router = self.light.router_logits_from_embeddings(u, v) if with_router else None
+        return self.light.score_from_embeddings(u, v), router
 
     # -- signatures ----------------------------------------------------------------------------
 
     def cascade(self, request: dict) -> dict:
         n, user, items = self._split(request)
-        light_logits = self._light_logits(user, items)
-        # Logits, not probabilities: float32 sigmoids of large logits tie where the logits do not.
         policy = self._settings.routing
-        routed = routing.routed_mask(policy, light_logits)
+        light_logits, router_logits = self._light_logits(user, items, with_router=policy.kind == routing.LEARNED)
+        # Logits, not probabilities: float32 sigmoids of large logits tie where the logits do not.
+        routed = routing.routed_mask(policy, light_logits, router_logits)
         rows = tf.cast(tf.where(routed)[:, 0], tf.int32)
         heavy_logits = tf.scatter_nd(rows[:, tf.newaxis], self._heavy_logits(user, items, rows), [n])
         scores = routing.combine(policy, light_logits, heavy_logits, routed)
@@ -182,8 +184,10 @@ class CascadeModule(tf.Module):
                 "heavy_scores": tf.where(routed, tf.sigmoid(heavy_logits), 0.0), "routed": routed}
 
     def light_logits(self, request: dict) -> dict:
+        """The light model's logits and its difficulty router's (`router_logits`)."""
         _, user, items = self._split(request)
-        return {"logits": self._light_logits(user, items)}
+        logits, router = self._light_logits(user, items, with_router=True)
+        return {"logits": logits, "router_logits": router}
 
     def heavy_logits(self, request: dict) -> dict:
         n, user, items = self._split(request)

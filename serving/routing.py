@@ -4,7 +4,7 @@ the light and heavy scores combine into the final order.
 This is the one implementation: the cascade SavedModel's graph (serving/cascade.py), `hap
 evaluate` and `hap benchmark` all call it, and the FLOPs of a request (serving/flops.py) count
 the candidates it routes. A `RoutingPolicy` is one request's decision, made in the graph from
-the light model's logits:
+the light model's logits (and, for `learned`, its router's):
 
 - `top_k`: the K = ceil(fraction N) candidates with the highest light logits (the paper's
   reading of "hard" for pre-ranking: the candidates competing for the places passed on).
@@ -18,6 +18,10 @@ the light model's logits:
   logit at rank c - 1): many where the light scores crowd around the cut, few where they are
   spread out. `margin` is calibrated (`calibrate_margin`) on light logits of unlabelled
   requests so that the mean routed share meets `fraction`, the mean FLOPs budget.
+- `learned`: the K = ceil(fraction N) candidates the light model's difficulty router rates
+  hardest (models/difficulty_router.py: fit to Transform's `difficulty`, how far a candidate
+  came through the funnel), so the routed set is "hard" as the training data defines it, not
+  merely highly scored.
 
 Ties in light logit go to the earlier candidate everywhere (a stable descending sort).
 
@@ -40,8 +44,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-TOP_K, BAND, ADAPTIVE = "top_k", "band", "adaptive"
-POLICIES = (TOP_K, BAND, ADAPTIVE)
+TOP_K, BAND, ADAPTIVE, LEARNED = "top_k", "band", "adaptive", "learned"
+POLICIES = (TOP_K, BAND, ADAPTIVE, LEARNED)
 IN_PLACE, ROUTED_FIRST = "in_place", "routed_first"
 COMBINATIONS = (IN_PLACE, ROUTED_FIRST)
 
@@ -112,12 +116,18 @@ def cutoff_distance(light_logits: tf.Tensor, cutoff: int) -> tf.Tensor:
     return tf.abs(light_logits - cut)
 
 
-def routed_mask(policy: RoutingPolicy, light_logits: tf.Tensor) -> tf.Tensor:
-    """bool [N]: the candidates of one request that the heavy model re-scores."""
+def routed_mask(policy: RoutingPolicy, light_logits: tf.Tensor, router_logits: tf.Tensor | None = None) -> tf.Tensor:
+    """bool [N]: the candidates of one request that the heavy model re-scores; `router_logits`
+    (the light model's difficulty router) only for the `learned` policy."""
     n = tf.shape(light_logits)[0]
     if policy.kind == ADAPTIVE:
         return cutoff_distance(light_logits, policy.cutoff) <= policy.margin
     k = routed_count_in_graph(n, policy.fraction)
+    if policy.kind == LEARNED:
+        if router_logits is None:
+            raise ValueError("the learned routing policy needs the light model's router logits")
+        _, rank = light_order(router_logits)
+        return rank < k
     _, rank = light_order(light_logits)
     if policy.kind == TOP_K:
         start = tf.constant(0, tf.int32)
@@ -145,26 +155,29 @@ def combine(policy: RoutingPolicy, light_logits: tf.Tensor, heavy_logits: tf.Ten
     return tf.cast(n - final_rank, tf.float32) / tf.cast(n, tf.float32)
 
 
-def route_request(policy: RoutingPolicy, light_logits, heavy_logits) -> tuple[tf.Tensor, tf.Tensor]:
+def route_request(policy: RoutingPolicy, light_logits, heavy_logits, router_logits=None) -> tuple[tf.Tensor, tf.Tensor]:
     """(final key [N], routed [N]) of one request whose heavy logits are known for every
     candidate, as the benchmark and evaluation have them; the cascade graph computes the heavy
     model on the routed rows only and combines them the same way."""
     light_logits = tf.convert_to_tensor(light_logits, tf.float32)
     heavy_logits = tf.convert_to_tensor(heavy_logits, tf.float32)
-    routed = routed_mask(policy, light_logits)
+    routed = routed_mask(policy, light_logits, router_logits)
     return combine(policy, light_logits, heavy_logits, routed), routed
 
 
-def route_requests(policy: RoutingPolicy, request, light_logits, heavy_logits) -> tuple[np.ndarray, np.ndarray]:
+def route_requests(policy: RoutingPolicy, request, light_logits, heavy_logits,
+                   router_logits=None) -> tuple[np.ndarray, np.ndarray]:
     """`route_request` over many requests at once (`request`: each row's request id): the final
     keys and routed flags of every row, in the rows' order."""
     light_logits = np.asarray(light_logits, np.float32)
     heavy_logits = np.asarray(heavy_logits, np.float32)
+    # Any policy but `learned` ignores the router: the light logits stand in for it.
+    router_logits = light_logits if router_logits is None else np.asarray(router_logits, np.float32)
     keys, routed = np.empty(len(light_logits), np.float32), np.zeros(len(light_logits), bool)
-    route = tf.function(lambda l, h: route_request(policy, l, h),
-                        input_signature=[tf.TensorSpec([None], tf.float32)] * 2)
+    route = tf.function(lambda l, h, r: route_request(policy, l, h, r),
+                        input_signature=[tf.TensorSpec([None], tf.float32)] * 3)
     for rows in rows_by_request(request):
-        k, r = route(light_logits[rows], heavy_logits[rows])
+        k, r = route(light_logits[rows], heavy_logits[rows], router_logits[rows])
         keys[rows], routed[rows] = k.numpy(), r.numpy()
     return keys, routed
 

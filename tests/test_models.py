@@ -96,6 +96,30 @@ def test_light_logits_are_the_head_over_the_tower_embeddings(light_model, batch)
     np.testing.assert_allclose(light_model(batch).numpy(), light_model.score_from_embeddings(u, v).numpy(), rtol=1e-6)
 
 
+def test_the_router_learns_without_moving_the_light_scores(light_model, batch):
+    """Its loss's gradient reaches the router's weights only; a step on it leaves every light
+    logit as it was and lowers the loss."""
+    from hap.models import difficulty_router
+
+    batch = {**batch, transformed.DIFFICULTY: tf.constant(np.linspace(0.0, 1.0, BATCH), tf.float32)}
+    with tf.GradientTape() as tape:
+        loss = difficulty_router.router_bce(light_model, batch)
+    variables = light_model.trainable_variables
+    grads = dict(zip([v.name for v in variables], tape.gradient(loss, variables)))
+    router = {v.name for v in light_model.router.trainable_variables}
+    assert router and all(grads[n] is not None for n in router)
+    assert all(g is None for n, g in grads.items() if n not in router)
+    logits = light_model(batch).numpy()
+    saved = [v.numpy() for v in light_model.router.trainable_variables]
+    optimizer = tf.keras.optimizers.SGD(0.5)
+    optimizer.apply_gradients(zip([grads[v.name] for v in light_model.router.trainable_variables],
+                                  light_model.router.trainable_variables))
+    assert float(difficulty_router.router_bce(light_model, batch)) < float(loss)
+    np.testing.assert_array_equal(light_model(batch).numpy(), logits)
+    for v, value in zip(light_model.router.trainable_variables, saved):  # the module fixture stays as it was
+        v.assign(value)
+
+
 def test_one_user_embedding_scores_many_items(light_model, batch):
     u, v = light_model.user_embedding(batch)[:1], light_model.item_embedding(batch)
     tiled = tf.tile(u, [BATCH, 1])
@@ -212,4 +236,6 @@ def test_save_and_reload_give_the_same_logits(kind, light_model, heavy_model, mo
     np.testing.assert_allclose(rebuilt(batch).numpy(), expected, rtol=1e-5, atol=1e-6)
     if kind == "light":
         np.testing.assert_allclose(rebuilt.item_embedding(batch).numpy(), model.item_embedding(batch).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rebuilt.router_logits(batch).numpy(), model.router_logits(batch).numpy(),
                                    rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from hap.serving import routing
-from hap.serving.routing import ADAPTIVE, BAND, ROUTED_FIRST, TOP_K, RoutingPolicy
+from hap.serving.routing import ADAPTIVE, BAND, LEARNED, ROUTED_FIRST, TOP_K, RoutingPolicy
 
 
 def _order(keys) -> list[int]:
@@ -46,6 +46,21 @@ def test_band_routes_the_candidates_around_the_cut_off():
     assert np.flatnonzero(routed.numpy()).tolist() == [7, 8, 9]
     routed = routing.routed_mask(RoutingPolicy(BAND, fraction=0.3, cutoff=1), tf.constant(LIGHT))
     assert np.flatnonzero(routed.numpy()).tolist() == [0, 1, 2]
+
+
+def test_learned_routes_the_router_s_hardest_and_reorders_them_in_their_light_places():
+    router = np.array([0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 3.0])  # rows 1 and 9 tie: 1 first
+    policy = RoutingPolicy(LEARNED, fraction=0.2)  # K = 2
+    routed = routing.routed_mask(policy, tf.constant(LIGHT), tf.constant(router))
+    assert np.flatnonzero(routed.numpy()).tolist() == [1, 9]
+    # The heavy model prefers row 9: it takes row 1's light place (1) and row 1 takes 9's.
+    heavy = np.array([0, 1.0, 0, 0, 0, 0, 0, 0, 0, 5.0])
+    keys, _ = routing.route_request(policy, LIGHT, heavy, router)
+    assert _order(keys) == [0, 9, 2, 3, 4, 5, 6, 7, 8, 1]
+    keys, _ = routing.route_requests(policy, np.zeros(10), LIGHT, heavy, router)
+    assert _order(keys) == [0, 9, 2, 3, 4, 5, 6, 7, 8, 1]
+    with pytest.raises(ValueError, match="router logits"):
+        routing.routed_mask(policy, tf.constant(LIGHT))
 
 
 def test_in_place_reorders_the_routed_among_their_own_positions():
