@@ -244,11 +244,14 @@ def _pareto_plot(result: dict, path: str) -> None:
             xs, ys, es = zip(*(point(v["key"], name) for v in uniform))
             ax.errorbar(xs, ys, yerr=es, color="black", marker="s", lw=2, capsize=3,
                         label="uniform scaling: " + " -> ".join(f"({v['key']})" for v in uniform))
-        for i, (family, members) in enumerate(families.items()):
+        # One colour per policy, one line style per routed model: no two families look alike.
+        policies = list(dict.fromkeys(family.rsplit(", heavy ", 1)[0] for family in families))
+        for family, members in families.items():
+            policy, heavy_kind = family.rsplit(", heavy ", 1)
             members = sorted(members, key=lambda v: v["route_fraction"])
             xs, ys, es = zip(*(point(v["key"], name) for v in members))
-            ax.errorbar(xs, ys, yerr=es, color=f"C{i % 10}", marker="o", lw=1, capsize=2,
-                        ls={"hard": "-", "all": "--"}.get(family.rsplit(" ", 1)[-1], ":"), label=f"HAP {family}")
+            ax.errorbar(xs, ys, yerr=es, color=f"C{policies.index(policy) % 10}", marker="o", lw=1, capsize=2,
+                        ls={"hard": "-", "all": "--"}.get(heavy_kind, ":"), label=f"HAP {family}")
         for j, v in enumerate(others):
             x, y, e = point(v["key"], name)
             ax.errorbar([x], [y], yerr=[e], fmt="*^Dv"[j % 4], color="grey", capsize=3, label=f"({v['key']}) {v['label']}")
