@@ -1,5 +1,6 @@
-"""Latency and compute of the pushed cascade for requests of N candidates (default N = 1000,
-K = 100 routed to the heavy model):
+"""Latency and compute of the pushed cascade for requests of N candidates (default N = 1000; K,
+the candidates routed to the heavy model, as the cascade's own routing policy decides, its mean
+over the requests):
 
 (a) the `cascade` signature in-process, (b) the same through `hap serve` over gRPC (a separate
 process, one client sending requests back to back), (c) the `heavy` signature on all N
@@ -29,7 +30,7 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.data import reader
-from hap.serving import cascade, client, flops, model_versions, routing
+from hap.serving import cascade, client, flops, model_versions
 from hap.serving import request as rq
 
 
@@ -109,15 +110,16 @@ def main() -> None:
     with open(os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)) as f:
         info = json.load(f)
     features = c.parse_features({"version": 1, "features": info["features"]}, cascade.INFO_FILE)
-    k = routing.routed_count(args.n, info["settings"]["route_fraction"])
-    print(f"model {version_dir}: N = {args.n}, K = {k}", flush=True)
+    policy = cascade.CascadeSettings(**info["settings"]).routing
     requests = build_requests(args.data, features, args.n, count=20)
     model = tf.saved_model.load(version_dir)
+    tensors = [{name: tf.constant(v, dtype=tf.string if v.dtype == object else None) for name, v in r.items()}
+               for r in requests]
+    k = float(np.mean([model.signatures["cascade"](**t)["routed"].numpy().sum() for t in tensors]))
+    print(f"model {version_dir}: N = {args.n}, routing {policy.label}: K = {k:g} routed on average", flush=True)
 
     def in_process(signature):
         fn = model.signatures[signature]
-        tensors = [{name: tf.constant(v, dtype=tf.string if v.dtype == object else None) for name, v in r.items()}
-                   for r in requests]
         return lambda i: fn(**tensors[i])
 
     index = list(range(len(requests)))
@@ -130,7 +132,7 @@ def main() -> None:
     with open(os.path.join(out, "serving_latency.json"), "w") as f:
         json.dump(results, f, indent=1)
 
-    print(f"\n| N = {args.n}, K = {k} | p50 ms | p99 ms | requests/s | MFLOPs per request |")
+    print(f"\n| N = {args.n}, K = {k:g} | p50 ms | p99 ms | requests/s | MFLOPs per request |")
     print("|---|---|---|---|---|")
     rows = (("(a) cascade, in-process", "cascade_in_process", "cascade"),
             ("(b) cascade, gRPC via `hap serve`", "cascade_grpc", "cascade"),
