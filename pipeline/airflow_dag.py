@@ -19,6 +19,9 @@ scheduler and the workers:
     HAP_WARM_START   1: each Trainer starts from the last blessed model, as `hap run --warm-start`
     HAP_ACCEPT_DRIFT 1: the newest day's drift is real, as `hap run --accept-drift` (for one
                    DagRun: `airflow dags test` with it set, not the scheduler's environment)
+    HAP_CASCADE_TOLERANCE  how far the cascade's blessing metric may fall below the last blessed
+                   cascade's (default: configs.CASCADE_TOLERANCE); on a few dozen requests a day
+                   that metric is noise, and the tests set it to 1
 
 Day by day (README, "Day by day"): each scheduled DagRun runs the pipeline once over HAP_DATA as
 it is then; whatever appends the day's samples to HAP_DATA before the run makes it the new day.
@@ -75,12 +78,26 @@ def _window_days(env) -> int | None:
     return int(raw)
 
 
+def _tolerance(env, name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise RuntimeError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
 def build_dag(env=os.environ):
     pipeline = local_runner.build(
         _required(env, "HAP_DATA"), _required(env, "HAP_OUT"),
         beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS,
         auc_floors=_auc_floors(env), window_days=_window_days(env), warm_start=_flag(env, "HAP_WARM_START"),
-        accept_drift=_flag(env, "HAP_ACCEPT_DRIFT"))
+        accept_drift=_flag(env, "HAP_ACCEPT_DRIFT"),
+        cascade_tolerance=_tolerance(env, "HAP_CASCADE_TOLERANCE", configs.CASCADE_TOLERANCE))
     config = AirflowPipelineConfig(
         airflow_dag_config={"schedule": env.get("HAP_SCHEDULE", DEFAULT_SCHEDULE), "start_date": START_DATE,
                             "catchup": False},

@@ -20,16 +20,29 @@ use. Run for real, HAP's DAG failed twice there:
    Evaluator_heavy with `AlreadyExistsError: Given event already exists`. Here, as in the portable
    layer (execution_lib._create_artifact_and_event_pairs), an artifact used under several keys
    gets one event whose path lists each (key, index).
+3. **Today's inputs of a Resolver.** The pre-IR resolver driver (resolver._ResolverDriver) gives a
+   Resolver every artifact of each input channel in the whole pipeline's history, also for a
+   channel wired from a component of this run. HAP's strategies (pipeline/resolvers.py) take
+   today's artifacts on such a channel (`examples`, `transform_graph`, `light_model`, ...) to
+   tell today's models from earlier days', as LocalDagRunner gives them: only this run's. Given
+   every day's, the second day's DagRun warm-started nothing (every model had read "today's"
+   examples) and failed at Evaluator_heavy, whose baseline was yesterday's model fed today's
+   vocabulary indices (`indices[0] = 1200 is not in [0, 1200)`). Here a channel wired from a
+   component (an OutputChannel) resolves to what that component output in this run, as every
+   other component's inputs do (BaseDriver.resolve_input_artifacts); a channel that names only a
+   producer and a type (the history of models and blessings) keeps the whole pipeline's.
 
-Both are fixed in the launcher, where these records are made, rather than by renaming components
+All three are fixed in the launcher, where these records are made, rather than by renaming components
 or output keys: the keys are the standard Trainer's and Evaluator's own, and any pipeline with two
-components of one kind, or a baseline equal to its candidate, meets the same failures.
+components of one kind, a baseline equal to its candidate, or a Resolver reading an upstream
+component's output, meets the same failures.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from tfx import types
+from tfx.dsl.components.common import resolver
 from tfx.orchestration import data_types, metadata
 from tfx.orchestration.launcher import in_process_component_launcher
 
@@ -56,6 +69,26 @@ def with_component_scoped_names(driver_class: type) -> type:
     return type(f"ComponentScoped{driver_class.__name__}", (_ComponentScopedNames, driver_class), {})
 
 
+class _TodayFromThisRun:
+    """Mixed in before resolver._ResolverDriver: an input channel wired from a component of the
+    pipeline (an OutputChannel) resolves to that component's output in this run (see above)."""
+
+    def _build_input_dict(self, pipeline_info: data_types.PipelineInfo,
+                          input_channels: dict[str, types.BaseChannel]) -> dict[str, list[types.Artifact]]:
+        today = {key: c for key, c in input_channels.items() if isinstance(c, types.OutputChannel)}
+        result = super()._build_input_dict(
+            pipeline_info, {key: c for key, c in input_channels.items() if key not in today})
+        for key, channel in today.items():
+            result[key] = self._metadata_handle.search_artifacts(
+                artifact_name=channel.output_key, pipeline_info=pipeline_info,
+                producer_component_id=channel.producer_component_id)
+        return result
+
+
+def with_todays_inputs_from_this_run(driver_class: type) -> type:
+    return type(f"ThisRun{driver_class.__name__}", (_TodayFromThisRun, driver_class), {})
+
+
 class OneEventPerArtifact(metadata.Metadata):
     """The pre-IR metadata handle, writing one event per artifact and event type (see above)."""
 
@@ -73,10 +106,13 @@ class OneEventPerArtifact(metadata.Metadata):
 
 
 class AirflowComponentLauncher(in_process_component_launcher.InProcessComponentLauncher):
-    """InProcessComponentLauncher with per-component artifact names and one event per artifact."""
+    """InProcessComponentLauncher with per-component artifact names, one event per artifact, and
+    a Resolver's inputs from upstream components taken from this run."""
 
     def __init__(self, component, *args: Any, **kwargs: Any):
         super().__init__(component, *args, **kwargs)
         self._driver_class = with_component_scoped_names(self._driver_class)
+        if isinstance(component, resolver.Resolver):
+            self._driver_class = with_todays_inputs_from_this_run(self._driver_class)
         # The handle comes from AirflowDagRunner's operator; only its connection config is kept.
         self._metadata_connection = OneEventPerArtifact(self._metadata_connection._connection_config)

@@ -2,7 +2,9 @@
 Metadata in SQLite, without Airflow: two components of one run with the same output key and type
 (HAP's two Trainers' `model`), and one artifact given to a component under two keys (a cached
 model that is also the last blessed baseline). TFX's in-process launcher fails on each; ours
-records them as LocalDagRunner does, and downstream components read what they were wired to."""
+records them as LocalDagRunner does, and downstream components read what they were wired to.
+A Resolver's input wired from a component of the run gets that run's output only, as under
+LocalDagRunner; TFX's launcher gives it every run's."""
 import os
 
 import pytest
@@ -92,3 +94,41 @@ def test_two_days_run_and_each_artifact_is_recorded_once(tmp_path):
     assert names == {f"hap:{day}:{component}:{key}:0" for day in ("day1", "day2")
                      for component, key in (("Trainer_light", "model"), ("Trainer_heavy", "model"),
                                             ("Evaluator_heavy", "blessing"))}
+
+
+class EveryInput(tfx.dsl.experimental.ResolverStrategy):
+    """Resolves to its inputs as the driver found them."""
+
+    def resolve_artifacts(self, store, input_dict):
+        return input_dict
+
+
+def _resolver_inputs(launcher_class, tmp_path, history=True):
+    """Each day's Trainer_light, then a Resolver given its model as today's input (wired from the
+    component, as HAP's `examples`, `transform_graph`, `light_model`) and as history (a producer
+    and a type, as HAP's `model`): the tags of what the second day's Resolver got. (TFX's launcher
+    cannot take the history too: one artifact under two keys, see above.)"""
+    for day in ("day1", "day2"):
+        light, _, _ = _day(day)
+        _launch(AirflowComponentLauncher, light, tmp_path, day)
+        inputs = {"today": light.outputs["model"]}
+        if history:
+            inputs["history"] = tfx.dsl.Channel(type=Model, producer_component_id="Trainer_light")
+        node = tfx.dsl.Resolver(strategy_class=EveryInput, **inputs).with_id("Resolver")
+        info = _launch(launcher_class, node, tmp_path, day)
+    tags = {}
+    for key, artifacts in info.output_dict.items():
+        tags[key] = []
+        for artifact in artifacts:
+            with open(os.path.join(artifact.uri, "tag")) as f:
+                tags[key].append(f.read())
+    return {key: sorted(value) for key, value in tags.items()}
+
+
+def test_a_resolver_gets_todays_input_from_this_run_only(tmp_path):
+    assert _resolver_inputs(AirflowComponentLauncher, tmp_path) == {
+        "today": ["light day2"], "history": ["light day1", "light day2"]}
+
+
+def test_tfx_own_launcher_gives_a_resolver_every_days_input(tmp_path):
+    assert _resolver_inputs(TFX_LAUNCHER, tmp_path, history=False) == {"today": ["light day1", "light day2"]}
