@@ -237,7 +237,7 @@ class GradientConflict(tf.keras.callbacks.Callback):
         self.cost = {"probes": 0, "probe_seconds": 0.0, "trace_seconds": 0.0, "train_seconds": 0.0}
         # It reads no logs: without this, Keras copies every step's logs to numpy for its batch hooks.
         self._supports_tf_logs = True
-        self._step = 0
+        self._epoch_start_step = 0
         self._step_start = 0.0
 
     def _gradient(self, keep) -> tf.Tensor:
@@ -264,6 +264,11 @@ class GradientConflict(tf.keras.callbacks.Callback):
             result["cos_mean"] = float(np.mean(list(result.values())))
         return result
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras calls the batch hooks once per call of its train function (`steps_per_execution`
+        # steps), with the epoch's index of the call's last step: the global step follows.
+        self._epoch_start_step = epoch * (self.params.get("steps") or 0)
+
     def on_train_batch_begin(self, batch, logs=None):
         self._step_start = time.perf_counter()
 
@@ -275,8 +280,8 @@ class GradientConflict(tf.keras.callbacks.Callback):
             spent = time.perf_counter() - start
             self.cost["trace_seconds" if self.cost["probes"] == 0 else "probe_seconds"] += spent
             self.cost["probes"] += 1
-            self.history.append({"step": self._step, **result})
-            with self.writer.as_default(step=self._step):
+            step = self._epoch_start_step + batch
+            self.history.append({"step": step, **result})
+            with self.writer.as_default(step=step):
                 for name, value in result.items():
                     tf.summary.scalar(name, value)
-        self._step += 1

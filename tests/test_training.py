@@ -93,6 +93,14 @@ def test_the_conflict_probe_keeps_to_its_time_budget(tmp_path, monkeypatch):
         conflict.on_train_batch_end(step)
     assert [h["step"] for h in conflict.history] == [0, 1, 4, 9, 14, 19]
     assert conflict.cost == {"probes": 6, "probe_seconds": 2.5, "trace_seconds": 0.5, "train_seconds": 20.0}
+    # With 16 steps per call, Keras calls the hooks at each call's last step: in the second epoch
+    # of 64 steps, the call of its steps 16-31 is logged at global step 64 + 31.
+    conflict.set_params({"steps": 64})
+    conflict.on_epoch_begin(1)
+    conflict.cost["probe_seconds"] = 0.0
+    conflict.on_train_batch_begin(16)
+    conflict.on_train_batch_end(31)
+    assert conflict.history[-1]["step"] == 95
 
 
 class _TableScorer(tf.keras.Model):
