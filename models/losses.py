@@ -65,6 +65,18 @@ source's InfoNCE term steer the shared scorer", at a different level:
   only when a gradient conflicts with two others at once. It removes exactly the component of
   one source's update that undoes another's. `pcgrad_project` is the formula.
 
+Default "ema", kept by the evidence (issue 13; README, "Loss comparison"): `hap benchmark
+--variants losses` over the simulator's three regimes, 3 seeds, found no rule and no sampling
+setting better than "ema" beyond the seeds' spread on the light model's mean per-source AUC,
+and none that meets the issue's bar (above pooled_infonce by two standard deviations on two
+regimes, above mixed_bce by 1.5 points); "gradnorm" and "pcgrad" cost about twice its step
+time (light) and four to eight times (heavy). The rules have little to act on there: the light model's per-source gradient
+norms are close (gradnorm's weights 0.77 to 1.38), its per-source cosines are mostly positive
+(EN against PRN or GN negative in 3 to 14% of the probes, early), and on two regimes of three
+validation keeps the first epoch, before the easy sources saturate enough for the sampling to
+drop many of their negatives. GHCL did beat pooled_infonce (by 0.0036 mean AUC, over two
+standard deviations) on the one regime where training ran two epochs.
+
 "gradnorm" and "pcgrad" need one parameter gradient per source: with them the loss reports the
 unit-weighted terms and `RoutedTrainer.train_step` (models/training.py) computes the gradient
 of bce_weight * BCE (+ regularisers) and of each InfoNCE_g with one persistent tape, flattens
