@@ -53,6 +53,7 @@ class TrainerSettings:
     Python work between calls (the fit loop, the callbacks' batch hooks) would otherwise add
     about as much again (benchmarks/training_steps.py; README, "Training"). Callbacks' batch
     hooks then run once per call; epoch-level work (validation, early stopping) is unchanged.
+    Under several replicas it is 1 (see `compiled_trainer`).
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
     `heavy.HeavyConfig`) that differ from its defaults: the pipeline's heavy model is the
     architecture narrowed (pipeline/configs.HEAVY_TRAINER)."""
@@ -132,8 +133,11 @@ def compiled_trainer(settings: TrainerSettings, model_inputs: transformed.ModelI
             scorer.router.trainable = False  # its own fit follows the model's (difficulty_router)
         extra = {} if settings.loss == "mixed_bce" else {"temperature": settings.temperature}
         model = training.RoutedTrainer(scorer, losses.make_loss(settings.loss, settings.routing, **extra))
-        model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate),
-                      steps_per_execution=settings.steps_per_execution)
+        # Under several replicas the loss gathers the replicas' batches of unequal sizes
+        # (training.gather_replicas), which TensorFlow's collectives refuse inside Keras'
+        # multi-step loop ("Shape mismatch in the collective instance"): one step per call there.
+        steps = settings.steps_per_execution if strategy.num_replicas_in_sync == 1 else 1
+        model.compile(optimizer=tf.keras.optimizers.Adam(settings.learning_rate), steps_per_execution=steps)
     return model
 
 

@@ -23,6 +23,7 @@ def model_inputs() -> transformed.ModelInputs:
 def feature_spec() -> dict:
     spec = {transformed.LABEL: tf.io.FixedLenFeature([], tf.float32),
             transformed.SAMPLE_GROUP: tf.io.FixedLenFeature([], tf.int64),
+            transformed.DIFFICULTY: tf.io.FixedLenFeature([], tf.float32),
             transformed.REQUEST_KEY: tf.io.FixedLenFeature([], tf.string)}
     for name, s in transformed.tensor_specs(FEATURES.features).items():
         spec[name] = tf.io.FixedLenFeature(s.shape[1:], s.dtype)
@@ -50,6 +51,8 @@ def synthetic_arrays(num_requests: int, seed: int) -> dict[str, np.ndarray]:
     groups = np.concatenate([np.r_[0, rng.integers(0, 5, s - 1)] for s in sizes]).astype(np.int64)
     arrays[transformed.SAMPLE_GROUP] = groups
     arrays[transformed.LABEL] = (groups == 0).astype(np.float32)
+    # Within each group's range of preprocessing.difficulty (EP, EN, RN, PRN, GN).
+    arrays[transformed.DIFFICULTY] = np.array([1.0, 1.0, 0.75, 0.375, 0.0], np.float32)[groups]
     arrays[transformed.REQUEST_KEY] = np.array([f"r{i}".encode() for i in request_of_row], dtype=object)
     order = rng.permutation(n)
     return {k: v[order] for k, v in arrays.items()}
