@@ -421,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the TFX pipeline on a contract dataset (LocalDagRunner)")
     run.add_argument("--data", required=True, help="contract dataset directory")
     run.add_argument("--out", required=True, help="output directory (artifacts, ML Metadata, pushed models)")
-    run.add_argument("--light-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
-    run.add_argument("--heavy-loss", choices=["ghcl", "mixed_bce", "pooled_infonce"])
+    # The names live in models/losses.py (LOSS_NAMES), which imports TensorFlow: the Trainer
+    # settings refuse an unknown one, naming the valid ones, before any component runs.
+    loss_help = "ghcl (default), mixed_bce, pooled_infonce or a GHCL rule such as ghcl_pcgrad (README, \"Loss comparison\")"
+    run.add_argument("--light-loss", metavar="LOSS", help=loss_help)
+    run.add_argument("--heavy-loss", metavar="LOSS", help=loss_help)
     run.add_argument("--max-epochs", type=int,
                      help="most training epochs of both models (the epoch is chosen by validation)")
     run.add_argument("--beam-arg", action="append",

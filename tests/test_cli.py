@@ -70,3 +70,19 @@ def test_the_demo_runs_the_pipeline_with_hap_runs_defaults(tmp_path):
     assert settings["window_days"] is None and settings["warm_start"] is False and settings["accept_drift"] is False
     assert settings["auc_floors"] == configs.auc_floors_with({}) and settings["enable_cache"] is True
     assert settings["light_trainer"] == {} and settings["heavy_trainer"] == {}
+
+
+def test_run_takes_every_loss_of_the_loss_module_and_names_a_wrong_one(tiny_csv, tmp_path, capsys):
+    from hap.models import losses
+    from hap.pipeline import local_runner
+
+    assert "ghcl_pcgrad" in losses.LOSS_NAMES
+    args = cli.build_parser().parse_args(["run", "--data", tiny_csv, "--out", str(tmp_path / "run"),
+                                          "--light-loss", "ghcl_pcgrad"])
+    pipeline = local_runner.build(tiny_csv, str(tmp_path / "run"), **{
+        k: v for k, v in cli._run_settings(args).items() if k in ("light_trainer", "heavy_trainer")})
+    assert pipeline.components
+    assert cli.main(["run", "--data", tiny_csv, "--out", str(tmp_path / "bad"), "--light-loss", "ghcl_fast"]) == 2
+    err = capsys.readouterr().err
+    assert "ghcl_fast" in err and "ghcl_pcgrad" in err
+    assert not os.path.exists(tmp_path / "bad" / "pipeline_root")
