@@ -81,10 +81,9 @@ class LightModel(layers.FeatureDictModel):
         self.item_tower = Tower(model_inputs, item_side, tables, config, name="item_tower")
         self.head = layers.MLP(config.head_units, name="head")
         self.logit = tf.keras.layers.Dense(1, name="logit")
-        # The learned difficulty router (serving/routing.py's `learned` policy), built here so
-        # every saved light model carries it; models/difficulty_router.py trains it.
+        # The learned difficulty router (serving/routing.py's `learned` policy), trained by
+        # models/difficulty_router.py; `call` builds it, so every saved light model carries it.
         self.router = tf.keras.layers.Dense(1, name="router")
-        self.router.build((None, 3 * config.output_dim))
 
     def user_embedding(self, features) -> tf.Tensor:
         """u [B, D], from user and context features only."""
@@ -110,4 +109,9 @@ class LightModel(layers.FeatureDictModel):
         return self.router_logits_from_embeddings(self.user_embedding(features), self.item_embedding(features))
 
     def call(self, features, training=None):
-        return self.score_from_embeddings(self.user_embedding(features), self.item_embedding(features))
+        u, v = self.user_embedding(features), self.item_embedding(features)
+        if not self.router.built:
+            # Built with the model's other layers, under its name (light_model/router/...): built
+            # in __init__, outside any call, its weights would be named "kernel" and "bias" alone.
+            self.router_logits_from_embeddings(u, v)
+        return self.score_from_embeddings(u, v)
