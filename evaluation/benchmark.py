@@ -304,9 +304,9 @@ class Serving:
         self._layout = rq.RequestLayout(inputs.features)
         signature = [self._layout.signature()]
         self._module = module  # the tf.functions below hold its methods, and so the module
-        self.functions = {LIGHT: tf.function(module.light_logits, input_signature=signature),
-                          HEAVY: tf.function(module.heavy_logits, input_signature=signature),
-                          CASCADE: tf.function(module.cascade, input_signature=signature)}
+        self.functions = {LIGHT: tf.function(module.light_logits, input_signature=signature, autograph=False),
+                          HEAVY: tf.function(module.heavy_logits, input_signature=signature, autograph=False),
+                          CASCADE: tf.function(module.cascade, input_signature=signature, autograph=False)}
 
     def logits(self, which: str, requests: list[dict], output: str = "logits") -> np.ndarray:
         fn = self.functions[which]
@@ -420,7 +420,7 @@ def run_seed(seed: int, max_epochs: int | None, inputs: Inputs, tft_layer, chose
         model = MODELS[name].model
         if model == LIGHT:
             logged_logits[router_key(name)] = training.score_records(
-                tf.function(scorer.router_logits, reduce_retracing=True), inputs.eval)
+                tf.function(scorer.router_logits, reduce_retracing=True, autograph=False), inputs.eval)
         if inputs.funnel is not None:
             servings.append(Serving(inputs, tft_layer, **{model: scorer}))
             funnel_logits[name] = servings[-1].logits(model, inputs.compute_requests)

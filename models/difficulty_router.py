@@ -57,7 +57,7 @@ def train_router(scorer, records, requests_per_batch: int, max_requests: int, lo
         return loss
 
     step = tf.function(lambda batch: strategy.experimental_local_results(strategy.run(replica_step, args=(batch,)))[0],
-                       reduce_retracing=True)
+                       reduce_retracing=True, autograph=False)
     writer = tf.summary.create_file_writer(f"{log_dir}/router")
     start, mean = time.perf_counter(), float("nan")
     for p in range(passes):

@@ -185,14 +185,17 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:
     transformed_spec = tft_output.transformed_feature_spec()
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_transformed(serialized):
         logit = scorer(tf.io.parse_example(serialized, transformed_spec), training=False)
         return {"score": tf.sigmoid(logit)}
 
     # Keras' own save (not tf.saved_model.save) also writes the model's config, so the cascade
-    # assembler can rebuild the model class with its methods (the light model's towers).
-    scorer.save(export_dir, save_format="tf", signatures={"transformed": serve_transformed.get_concrete_function()})
+    # assembler can rebuild the model class with its methods (the light model's towers). Both
+    # models are registered Keras classes rebuilt from that config, so the per-layer call traces
+    # Keras would add (save_traces) are not needed: they were most of an export's time.
+    scorer.save(export_dir, save_format="tf", save_traces=False,
+                signatures={"transformed": serve_transformed.get_concrete_function()})
 
 
 def run_fn(fn_args) -> None:

@@ -220,7 +220,7 @@ class CascadeModule(tf.Module):
         examples = [tf.TensorSpec([None], tf.string, name="examples")]
 
         def concrete(method, spec):
-            return tf.function(method, input_signature=spec).get_concrete_function()
+            return tf.function(method, input_signature=spec, autograph=False).get_concrete_function()
 
         cascade = concrete(self.cascade, [request])
         return {

@@ -20,7 +20,7 @@ from hap.models import transformed
 
 
 def graph_flops(fn, input_signature: list) -> int:
-    graph = tf.function(fn).get_concrete_function(*input_signature).graph
+    graph = tf.function(fn, autograph=False).get_concrete_function(*input_signature).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)

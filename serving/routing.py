@@ -174,7 +174,7 @@ def route_requests(policy: RoutingPolicy, request, light_logits, heavy_logits,
     # Any policy but `learned` ignores the router: the light logits stand in for it.
     router_logits = light_logits if router_logits is None else np.asarray(router_logits, np.float32)
     keys, routed = np.empty(len(light_logits), np.float32), np.zeros(len(light_logits), bool)
-    route = tf.function(lambda l, h, r: route_request(policy, l, h, r),
+    route = tf.function(lambda l, h, r: route_request(policy, l, h, r), autograph=False,
                         input_signature=[tf.TensorSpec([None], tf.float32)] * 3)
     for rows in rows_by_request(request):
         k, r = route(light_logits[rows], heavy_logits[rows], router_logits[rows])
