@@ -11,7 +11,10 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
 - trained: `trainer_module.train` as the Trainer runs it for `--epochs` epochs (patience set so
   that every epoch runs), with its per-epoch streamed evaluation, the gradient-conflict probe and
   TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
-  steps as Keras ran them (the first one traces the step), the evaluation, the probe.
+  steps as Keras ran them (the first one traces the step), the evaluation, the probe;
+- step tracing: the pure run's first epoch less its second (Keras' train function traced);
+- router fit: the light model's difficulty router, fit after it (in the CPU column, not in "trained");
+- export: `trainer_module.export` of the trained model, as the Trainer writes it.
 
 Wall time depends on what else the machine runs; CPU time (this process, all threads) is
 reported beside it as the cost that does not: "CPU: trained / pure" is the whole training's CPU
@@ -56,12 +59,13 @@ class _EpochTimer(tf.keras.callbacks.Callback):
         self.seconds.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
 
 
-def _ms_per_step(model, dataset, steps: int) -> tuple[float, float]:
-    """(wall, CPU) ms per step of the second of two epochs (the first traces)."""
+def _ms_per_step(model, dataset, steps: int) -> tuple[float, float, float]:
+    """(wall, CPU) ms per step of the second of two epochs, and the first epoch's extra wall
+    seconds: the one-off tracing of Keras' train function."""
     timer = _EpochTimer()
     model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
-    wall, cpu = timer.seconds[-1]
-    return 1000.0 * wall / steps, 1000.0 * cpu / steps
+    (first, _), (wall, cpu) = timer.seconds
+    return 1000.0 * wall / steps, 1000.0 * cpu / steps, first - wall
 
 
 def regroup(run_dir: str, out_dir: str) -> str:
@@ -107,19 +111,23 @@ def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = Non
 
     fill = _fill_seconds(routed, requests_per_batch, settings.shuffle_requests)
     one_batch = next(iter(routed.dataset(requests_per_batch)))
-    pure, pure_cpu = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+    pure, pure_cpu, step_trace = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                         tf.data.Dataset.from_tensors(one_batch).repeat(), steps)
-    streamed, streamed_cpu = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
+    streamed, streamed_cpu, _ = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                             distribute.request_dataset(strategy, routed, requests_per_batch,
                                                        shuffle_requests=settings.shuffle_requests, seed=0), steps)
     with tempfile.TemporaryDirectory() as logs:
         cpu_start = time.process_time()
-        _, history = trainer_module.train(settings, model_inputs, train_records, eval_records, logs)
+        scorer, history = trainer_module.train(settings, model_inputs, train_records, eval_records, logs)
         trained_cpu = time.process_time() - cpu_start
+        start = time.perf_counter()
+        trainer_module.export(scorer, tft_output, os.path.join(logs, "export"))
+        export_s = time.perf_counter() - start
     cost = history["conflict_cost"]
     return {"model": model, "steps_per_epoch": steps, "samples_per_step": round(routed.mean_request_size * requests_per_batch),
             "pure_ms": pure, "streamed_ms": streamed, "epochs": history["epochs_run"], "trained_s": history["seconds"],
             "pure_s": history["epochs_run"] * steps * pure / 1000.0, "steps_s": cost["train_seconds"],
+            "step_trace_s": step_trace, "export_s": export_s, "router_s": history.get("router_seconds", 0.0),
             "eval_s": history["eval_seconds"], "probe_s": cost["probe_seconds"],
             "probe_trace_s": cost["trace_seconds"], "probes": cost["probes"], "fill_s": fill,
             "shuffle_requests": settings.shuffle_requests, "files": len(train_records.files),
@@ -140,16 +148,17 @@ def main() -> None:
     rows = [measure(args.run, m, args.epochs, records_uri) for m in (LIGHT, HEAVY)]
     print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
           "streamed ms/step (ratio) | epochs | trained s | pure compute s | trained / pure | of which steps s | eval s | "
-          "probe s (probes) | probe tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "probe s (probes) | probe tracing s | step tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure | "
+          "router fit s | export s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['files']} | {r['shuffle_requests']:,} | {r['fill_s']:.2f} | "
               f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
               f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} | {r['trained_s']:.1f} | "
               f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
               f"{r['probe_s']:.2f} ({r['probes']}) | "
-              f"{r['probe_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
-              f"{r['trained_cpu_s'] / r['pure_cpu_s']:.2f}x |")
+              f"{r['probe_trace_s']:.1f} | {r['step_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
+              f"{r['trained_cpu_s'] / r['pure_cpu_s']:.2f}x | {r['router_s']:.1f} | {r['export_s']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
