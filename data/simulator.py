@@ -85,6 +85,9 @@ byte for byte under the same seed.
 - `default`: the generative model above; the heavy model has cross and history effects to win on.
 - `sparse_noisy`: like real logs, clicks about three times rarer (`click_sparsity` 1.5) and one
   exposed label in ten a coin flip (`click_noise` 0.1): the negatives' share of the signal grows.
+- `very_sparse_noisy`: clicks as rare as in a real feed, about a thirteenth of the default's
+  (1.1% of exposed items against 14.4%: `click_sparsity` 3), and three exposed labels in ten a
+  coin flip (`click_noise` 0.3): the clicks alone say little, the logged negatives much more.
 - `light_enough`: cross and history terms at a tenth (0.1 each), so a two-tower model is nearly
   enough and routing to the heavy model should gain little. `base_logit` goes from -5 to -3.5 to
   make up for what the two terms add on average to the exposed items' logits, keeping the click
@@ -203,6 +206,7 @@ class SimulationConfig:
 REGIMES: dict[str, dict] = {
     "default": {},
     "sparse_noisy": {"click_sparsity": 1.5, "click_noise": 0.1},
+    "very_sparse_noisy": {"click_sparsity": 3.0, "click_noise": 0.3},
     "light_enough": {"cross_strength": 0.1, "history_strength": 0.1, "base_logit": -3.5},
 }
 
