@@ -220,6 +220,7 @@ class CascadeModule(tf.Module):
         examples = [tf.TensorSpec([None], tf.string, name="examples")]
 
         def concrete(method, spec):
+            # Without AutoGraph, as every graph function of the models (models/training.py).
             return tf.function(method, input_signature=spec, autograph=False).get_concrete_function()
 
         cascade = concrete(self.cascade, [request])
