@@ -17,7 +17,8 @@ term. Two callbacks write what a recommender engineer wants to see in TensorBoar
 Every graph function here is traced without AutoGraph (`tf.function(autograph=False)`, and
 `do_not_convert` on the Keras steps): the models and losses branch only on Python values, and
 AutoGraph's source-to-source conversion of them, the Keras layers and the optimizer made the
-light train step's first trace in a fresh process 7.2 s instead of 1.7 s (README, "Training").
+light train step's first trace in a fresh process 9.0 s instead of 1.8 s at 10x the default data
+(benchmarks/trace_cost.py; README, "Training").
 """
 from __future__ import annotations
 
