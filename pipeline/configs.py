@@ -1,5 +1,8 @@
 """Default settings of the HAP pipeline; every one can be overridden through create_pipeline()'s
 arguments or the `hap run` command line."""
+import os
+
+import hap
 from hap.data.sample_routing import SAMPLE_ROUTING
 
 PIPELINE_NAME = "hap"
@@ -58,6 +61,14 @@ BEAM_PIPELINE_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1
 MULTI_PROCESS_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator_light", "Evaluator_heavy")
 MULTI_PROCESS_MIN_BYTES = 128 * 2**20
 MULTI_PROCESS_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def source_setup_file() -> str | None:
+    """HAP's setup.py where this process imports HAP from a source tree (`make setup`'s editable
+    install, the pipeline image), the Beam workers' dependency (pipeline.with_worker_dependency);
+    None for an install without one, whose remote runs must name their own."""
+    setup_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(hap.__file__))), "setup.py")
+    return setup_file if os.path.isfile(setup_file) else None
 
 
 def component_beam_args(sample_bytes: int) -> dict[str, list[str]]:

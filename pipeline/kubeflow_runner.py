@@ -25,6 +25,7 @@ from hap.schema import derive
 # Where the Dockerfile installs the repository, and so the curated schema, in the image.
 IMAGE_ROOT = "/hap"
 IMAGE_SCHEMA = f"{IMAGE_ROOT}/schema/schema.pbtxt"
+IMAGE_SETUP_FILE = f"{IMAGE_ROOT}/setup.py"
 FORMATS = (".json", ".yaml", ".yml")
 DEFAULT_GPU = "NVIDIA_TESLA_T4"
 _RESOURCES = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
@@ -65,6 +66,7 @@ def build(data_root: str, pipeline_root: str, serving_model_dir: str | None = No
         eval_days=configs.EVAL_DAYS,
         vocab_top_k=configs.VOCAB_TOP_K,
         beam_pipeline_args=beam_pipeline_args or configs.CLUSTER_BEAM_PIPELINE_ARGS,
+        beam_setup_file=IMAGE_SETUP_FILE,
     )
     if trainer_resources is not None:
         for trainer in trainers(pipeline):

@@ -122,6 +122,7 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
             os.path.join(out_dir, "metadata.sqlite")),
         beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
         component_beam_args=_component_beam_args(data_root, beam_pipeline_args, component_beam_args),
+        beam_setup_file=configs.source_setup_file(),
         enable_cache=enable_cache,
     )
 

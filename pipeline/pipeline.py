@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 import tensorflow_model_analysis as tfma
+from apache_beam.options.pipeline_options import PipelineOptions
 from tfx import v1 as tfx
 from tfx.components.distribution_validator.component import DistributionValidator
 from tfx.dsl.components.base import base_beam_component
@@ -43,6 +44,25 @@ def code_fingerprint() -> str:
             with open(os.path.join(models_dir, name), "rb") as f:
                 digest.update(name.encode() + f.read())
     return digest.hexdigest()[:16]
+
+
+# Beam options that tell TFX's Beam executors how remote workers get their Python code. When the
+# arguments name none, every executor builds a source package of TFX itself in a new temporary
+# directory (tfx/utils/dependency_utils.py: about 1 s and 52 MB per component run) and never
+# deletes it, which fills a daily host's disk.
+BEAM_DEPENDENCY_OPTIONS = ("extra_packages", "setup_file", "requirements_file", "worker_harness_container_image",
+                           "sdk_container_image")
+
+
+def with_worker_dependency(beam_pipeline_args: list[str], setup_file: Optional[str]) -> list[str]:
+    """`beam_pipeline_args` with `--setup_file=setup_file` (HAP's setup.py, whose install_requires
+    bring TFX) unless they already name a dependency or there is no setup file. Remote workers
+    need HAP anyway, for Transform's preprocessing_fn and HAP's executors; the DirectRunner ignores
+    the option, so local runs build nothing."""
+    options = PipelineOptions(flags=beam_pipeline_args).get_all_options()
+    if setup_file is None or any(options.get(name) for name in BEAM_DEPENDENCY_OPTIONS):
+        return list(beam_pipeline_args)
+    return [*beam_pipeline_args, f"--setup_file={setup_file}"]
 
 
 def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
@@ -115,6 +135,7 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: Optional[list[str]] = None,
     component_beam_args: Optional[dict[str, list[str]]] = None,
+    beam_setup_file: Optional[str] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     """`window_days`: the Trainers learn from that many days before the `eval_days` newest ones
@@ -133,7 +154,9 @@ def create_pipeline(
     cascade's (components/cascade_assembler).
     `component_beam_args`: Beam arguments added to some components' (by id, e.g.
     {"Transform": ["--direct_running_mode=multi_processing"]}) after `beam_pipeline_args`, so
-    they win; an id that is not a Beam component of the pipeline is an error naming it."""
+    they win; an id that is not a Beam component of the pipeline is an error naming it.
+    `beam_setup_file`: HAP's setup.py as the Beam workers' machines see it, named as their
+    dependency unless the Beam arguments name one (with_worker_dependency)."""
     model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
                     preprocessing.CODE_FINGERPRINT: code_fingerprint()}
     example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days, window_days=window_days)
@@ -250,5 +273,5 @@ def create_pipeline(
         components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=beam_pipeline_args or [],
+        beam_pipeline_args=with_worker_dependency(beam_pipeline_args or [], beam_setup_file),
     )

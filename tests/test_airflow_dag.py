@@ -71,7 +71,8 @@ def test_airflow_loads_the_dag_with_every_component(tiny_csv, tmp_path):
                 for node in local_runner.build(tiny_csv, out).components}
     assert len(expected) >= 12
     assert result["dags"] == {"hap": expected}
-    assert set(map(tuple, result["beam_args"]["hap"].values())) == {tuple(BEAM)}
+    # The Beam workers' dependency is the DAG's source tree (pipeline.with_worker_dependency).
+    assert set(map(tuple, result["beam_args"]["hap"].values())) == {(*BEAM, f"--setup_file={REPO}/setup.py")}
 
 
 def test_missing_settings_are_a_clear_import_error(tmp_path):

@@ -77,12 +77,14 @@ def test_the_data_parallel_components_get_the_beam_arguments(compiled):
                   if isinstance(getattr(n, "executor_spec", None), executor_spec.BeamExecutorSpec)}
     assert {"ContractExampleGen", "StatisticsGen", "Transform", "RequestGrouper", "Evaluator_light",
             "Evaluator_heavy"} <= beam_nodes
+    # The Dataflow workers install HAP from the image's setup.py (BEAM names no dependency).
+    expected = BEAM + [f"--setup_file={kubeflow_runner.IMAGE_SETUP_FILE}"]
     for node_id in beam_nodes:
         args = list(_container(compiled, node_id).args)
-        assert args[-len(BEAM):] == BEAM, (node_id, args)
+        assert args[-len(expected):] == expected, (node_id, args)
     # ExampleGen's driver fingerprints the input files before the executor runs, with the same runner.
     driver = _container(compiled, "ContractExampleGen").lifecycle.pre_cache_check
-    assert list(driver.args)[-len(BEAM):] == BEAM
+    assert list(driver.args)[-len(expected):] == expected
 
 
 def test_the_curated_schema_is_read_from_the_image(compiled):
@@ -95,6 +97,8 @@ def test_the_curated_schema_is_read_from_the_image(compiled):
     assert f"WORKDIR {kubeflow_runner.IMAGE_ROOT}" in dockerfile and "COPY . ." in dockerfile
     assert kubeflow_runner.IMAGE_SCHEMA == f"{kubeflow_runner.IMAGE_ROOT}/schema/schema.pbtxt"
     assert os.path.isfile(os.path.join(repo, "schema", "schema.pbtxt"))
+    assert kubeflow_runner.IMAGE_SETUP_FILE == f"{kubeflow_runner.IMAGE_ROOT}/setup.py"
+    assert os.path.isfile(os.path.join(repo, "setup.py"))
 
 
 def test_the_output_is_written_atomically(compiled):

@@ -1,14 +1,17 @@
 import logging
 import os
 import shutil
+import tempfile
 
 import pytest
+from tfx.components.statistics_gen import executor as statistics_gen
+from tfx.dsl.components.base import base_beam_executor
 
 from hap import schema as default_schema
 from hap.data import contract as c
 from hap.data.sample_routing import SAMPLE_ROUTING
 from hap.data import simulator
-from hap.pipeline import configs, local_runner
+from hap.pipeline import configs, local_runner, pipeline
 from hap.schema import derive
 
 
@@ -79,10 +82,14 @@ def _beam_args(pipeline) -> dict[str, list[str]]:
             if hasattr(node.executor_spec, "beam_pipeline_args")}
 
 
+def _with_setup_file(args: list[str]) -> list[str]:
+    return args + [f"--setup_file={configs.source_setup_file()}"]
+
+
 def test_small_data_keeps_every_beam_component_in_memory(tiny_csv, tmp_path):
     args = _beam_args(local_runner.build(tiny_csv, str(tmp_path)))
     assert {"ContractExampleGen", "StatisticsGen", "Transform", "RequestGrouper", "Evaluator_light"} <= set(args)
-    assert all(a == configs.BEAM_PIPELINE_ARGS for a in args.values()), args
+    assert all(a == _with_setup_file(configs.BEAM_PIPELINE_ARGS) for a in args.values()), args
 
 
 def test_large_data_runs_the_measured_components_multi_process(tiny_csv, tmp_path):
@@ -94,8 +101,40 @@ def test_large_data_runs_the_measured_components_multi_process(tiny_csv, tmp_pat
     args = _beam_args(local_runner.build(str(data), str(tmp_path / "out")))
     for node, given in args.items():
         added = configs.MULTI_PROCESS_ARGS if node in configs.MULTI_PROCESS_COMPONENTS else []
-        assert given == configs.BEAM_PIPELINE_ARGS + added, node
+        assert given == _with_setup_file(configs.BEAM_PIPELINE_ARGS) + added, node
     # Beam arguments given by the user are their choice for every component.
     chosen = ["--direct_running_mode=in_memory"]
     args = _beam_args(local_runner.build(str(data), str(tmp_path / "out2"), beam_pipeline_args=chosen))
-    assert all(a == chosen for a in args.values()), args
+    assert all(a == _with_setup_file(chosen) for a in args.values()), args
+
+
+def test_the_source_tree_setup_file_is_the_beam_dependency():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert configs.source_setup_file() == os.path.join(repo, "setup.py")
+
+
+@pytest.mark.parametrize("given, expected", [
+    ([], ["--setup_file=/src/setup.py"]),
+    (["--runner=FlinkRunner"], ["--runner=FlinkRunner", "--setup_file=/src/setup.py"]),
+    (["--sdk_container_image=registry/hap:cpu"], ["--sdk_container_image=registry/hap:cpu"]),
+    (["--extra_package=/dist/hap.tar.gz"], ["--extra_package=/dist/hap.tar.gz"]),
+    (["--setup_file=/other/setup.py"], ["--setup_file=/other/setup.py"]),
+    (["--requirements_file=req.txt"], ["--requirements_file=req.txt"]),
+])
+def test_the_setup_file_is_named_only_where_no_dependency_is(given, expected):
+    assert pipeline.with_worker_dependency(given, "/src/setup.py") == expected
+
+
+def test_without_a_setup_file_the_arguments_are_kept():
+    assert pipeline.with_worker_dependency(["--runner=FlinkRunner"], None) == ["--runner=FlinkRunner"]
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_beam_executors_build_no_package_when_a_dependency_is_named(named, tmp_path, monkeypatch):
+    """TFX's Beam executors build a source package of TFX in a temporary directory they never
+    delete when the Beam arguments name no dependency (the unnamed case shows that they do)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = pipeline.with_worker_dependency(configs.BEAM_PIPELINE_ARGS, configs.source_setup_file() if named else None)
+    statistics_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=args))
+    built = [root for root, _, files in os.walk(tmp_path) if any(f.endswith(".tar.gz") for f in files)]
+    assert (built == []) == named, built
