@@ -73,6 +73,45 @@ class RoutedTrainer(tf.keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
+    def make_train_function(self, force=False):
+        """Keras' train function, with the step traced once where Keras would trace it twice.
+
+        Keras writes its multi-step loop (`steps_per_execution` > 1) as `for _ in tf.range(n):
+        outputs = step(...)`, and AutoGraph traces that body once more to learn the structure of
+        `outputs`, undefined before the loop. The light model's step takes 1.8 s to trace at 10x
+        the default data (benchmarks/trace_cost.py). Here the first step runs before a
+        `tf.while_loop` of the others, both calls to one `tf.function` of the step, so it is
+        traced once. Keras' `steps_per_execution` variable still bounds the loop, as its data
+        handler shortens an epoch's last call through it. Under several replicas, XLA or eager
+        running, Keras' own function is used."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        if (self.run_eagerly or self.jit_compile or self._cluster_coordinator is not None
+                or self.distribute_strategy.num_replicas_in_sync > 1 or self._steps_per_execution is None):
+            return super().make_train_function(force)
+        steps = self._steps_per_execution
+
+        @tf.function(autograph=False)
+        def one_step(data):
+            outputs = self.train_step(data)
+            # The step counter moves once the step's outputs exist, as in Keras' own loop.
+            with tf.control_dependencies(tf.nest.flatten(outputs)[:1]):
+                self._train_counter.assign_add(1)
+            return outputs
+
+        def run_step(data):
+            return self.distribute_strategy.run(one_step, args=(data,))
+
+        @tf.function(autograph=False, reduce_retracing=True)
+        def train_function(iterator):
+            first = run_step(next(iterator))
+            _, outputs = tf.while_loop(lambda i, _: i < steps, lambda i, _: (i + 1, run_step(next(iterator))),
+                                       (tf.ones_like(steps), first))
+            return outputs
+
+        self.train_function = self.train_tf_function = train_function
+        return train_function
+
     @tf.autograph.experimental.do_not_convert
     def train_step(self, features):
         if getattr(self.loss_fn, "gradient_rule", None):

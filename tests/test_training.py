@@ -48,6 +48,49 @@ def test_training_steps_add_the_scorers_regularisation_losses():
     assert model.scorer.dense.kernel.numpy().item() == pytest.approx(0.9)
 
 
+class _CountingScorer(tf.keras.Model):
+    """A linear scorer that counts how often TensorFlow traces it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(1, kernel_initializer="ones")
+        self.traces = 0
+
+    def call(self, features, training=False):
+        self.traces += 1
+        return tf.squeeze(self.dense(features["x"]), -1)
+
+
+def _bce(logits, labels, groups, ids, num_requests, update=False):
+    return {"loss": tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))}
+
+
+def _fit_counted(steps_per_execution, keras_loop=False):
+    """Two epochs of 10 steps; with 4 steps per call each epoch ends on a call of 2, which Keras'
+    data handler shortens through its steps_per_execution variable."""
+    rng = np.random.default_rng(0)
+    features = {"x": rng.normal(size=(70, 3)).astype("float32"), transformed.LABEL: (rng.random(70) > 0.5).astype("float32"),
+                transformed.SAMPLE_GROUP: np.zeros(70, "int64"), transformed.REQUEST_KEY: np.array([b"r"] * 70)}
+    model = training.RoutedTrainer(_CountingScorer(), _bce)
+    if keras_loop:
+        model.make_train_function = lambda force=False: tf.keras.Model.make_train_function(model, force)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), steps_per_execution=steps_per_execution)
+    history = model.fit(tf.data.Dataset.from_tensor_slices(features).batch(7), epochs=2, steps_per_epoch=10,
+                        verbose=0).history
+    return model, history
+
+
+def test_the_multi_step_train_function_traces_the_step_once_and_matches_single_steps():
+    single, single_history = _fit_counted(1)
+    multi, multi_history = _fit_counted(4)
+    keras_multi, _ = _fit_counted(4, keras_loop=True)
+    np.testing.assert_allclose(multi.scorer.dense.kernel.numpy(), single.scorer.dense.kernel.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(multi_history["loss"], single_history["loss"], rtol=1e-6)
+    assert int(multi._train_counter.numpy()) == 20
+    # Keras' own multi-step loop traces the step twice as often as one step per call does.
+    assert multi.scorer.traces == single.scorer.traces < keras_multi.scorer.traces
+
+
 def _probe_loss(logits, labels, groups, ids, num_requests, update=False):
     """-mean(positive logits) + mean(negative logits): its gradient w.r.t. the one weight w of
     `_RegularisedScorer` is mean(x of negatives) - mean(x of positives)."""
