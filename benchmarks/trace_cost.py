@@ -1,4 +1,4 @@
-"""What tracing and export cost a Trainer's fresh process, with and without AutoGraph.
+"""What tracing and export cost a Trainer's fresh process, now and as they were before.
 
     .venv/bin/python benchmarks/trace_cost.py --run RUN [--records DIR]
 
@@ -7,13 +7,15 @@ DIR), for each model, each measurement in a fresh process of its own (AutoGraph 
 converted, so a second measurement in one process would be cheaper than a Trainer's):
 
 - step trace: tracing the Keras train step (`RoutedTrainer.train_step`) on the batch;
-- first fit call: `fit` over one call of Keras' train function (`steps_per_execution` steps,
-  which Keras' multi-step loop traces twice), building the model included;
+- first fit call: `fit` over one call of the train function (`steps_per_execution` steps),
+  building the model included;
 - export: `trainer_module.export` of the built model.
 
-"AutoGraph" rows trace the step as before 1d572be: undecorated, converted by AutoGraph, and
-export with Keras' per-layer call traces (`save_traces=True`); the others as the Trainer does
-now. Prints a markdown table of seconds.
+Variants (VARIANTS): "AutoGraph" as before 1d572be: the step undecorated and converted by
+AutoGraph, Keras' own multi-step train function, export with Keras' per-layer call traces
+(`save_traces=True`); "Keras' loop" as from 1d572be: no AutoGraph, but Keras' own train
+function, which traces the step twice (first fit call only; the other two do not use it); "now"
+as the Trainer does now (`RoutedTrainer.make_train_function`). Prints a markdown table of seconds.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ import time
 import types
 
 MEASUREMENTS = ("step trace", "first fit call", "export")
+VARIANTS = ("AutoGraph", "Keras' loop", "now")
 
 
-def _child(run_dir: str, records_uri: str | None, model: str, measurement: str, autograph: bool) -> float:
+def _child(run_dir: str, records_uri: str | None, model: str, measurement: str, variant: str) -> float:
     import hap  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -48,8 +51,11 @@ def _child(run_dir: str, records_uri: str | None, model: str, measurement: str, 
     batch = next(iter(records.dataset(records.requests_per_batch(settings.batch_size))))
     trainer = trainer_module.compiled_trainer(settings, transformed.ModelInputs.from_transform_output(features, tft_output),
                                               tf.distribute.get_strategy())
+    autograph = variant == "AutoGraph"
     if autograph:
         trainer.train_step = types.MethodType(training.RoutedTrainer.train_step.__wrapped__, trainer)
+    if variant != "now":
+        trainer.make_train_function = types.MethodType(tf.keras.Model.make_train_function, trainer)
     start = time.perf_counter()
     if measurement == "step trace":
         trainer.scorer(batch)  # builds the model's weights outside the timed trace
@@ -74,23 +80,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished `hap run` output directory")
     parser.add_argument("--records", help="request records to read instead of the run's (benchmarks/training_steps.py --regroup)")
-    parser.add_argument("--child", nargs=3, metavar=("MODEL", "MEASUREMENT", "AUTOGRAPH"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "MEASUREMENT", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        model, measurement, autograph = args.child
-        print(json.dumps(_child(args.run, args.records, model, measurement, autograph == "1")))
+        model, measurement, variant = args.child
+        print(json.dumps(_child(args.run, args.records, model, measurement, variant)))
         return
-    print("| model | measurement | AutoGraph (before) s | without (now) s |")
-    print("|---|---|---|---|")
+    print("| model | measurement | " + " | ".join(f"{variant} s" for variant in VARIANTS) + " |")
+    print("|---|---|" + "---|" * len(VARIANTS))
     for model in ("light", "heavy"):
         for measurement in MEASUREMENTS:
-            seconds = []
-            for autograph in ("1", "0"):
+            cells = []
+            for variant in VARIANTS:
+                if variant == "Keras' loop" and measurement != "first fit call":
+                    cells.append("")
+                    continue
                 command = [sys.executable, os.path.abspath(__file__), "--run", args.run, "--child", model, measurement,
-                           autograph] + (["--records", args.records] if args.records else [])
+                           variant] + (["--records", args.records] if args.records else [])
                 result = subprocess.run(command, check=True, capture_output=True, text=True)
-                seconds.append(float(result.stdout.strip().splitlines()[-1]))
-            print(f"| {model} | {measurement} | {seconds[0]:.2f} | {seconds[1]:.2f} |", flush=True)
+                cells.append(f"{float(result.stdout.strip().splitlines()[-1]):.2f}")
+            print(f"| {model} | {measurement} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

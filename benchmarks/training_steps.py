@@ -12,7 +12,7 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
   that every epoch runs), with its per-epoch streamed evaluation, the gradient-conflict probe and
   TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
   steps as Keras ran them (the first one traces the step), the evaluation, the probe;
-- step tracing: the pure run's first epoch less its second (Keras' train function traced);
+- step tracing: the pure run's first epoch less its second (the train function traced);
 - router fit: the light model's difficulty router, fit after it (in the CPU column, not in "trained");
 - export: `trainer_module.export` of the trained model, as the Trainer writes it.
 
