@@ -17,6 +17,7 @@ steps on every worker, as collective ops require.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -80,10 +81,15 @@ def strategy_for(tf_config: dict) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def output_dir(path: str, tf_config: dict) -> str:
-    """`path` for the chief; a scratch directory for the other workers, which must still write
-    (saving and summaries are collective) but must not overwrite the chief's files."""
-    return path if is_chief(tf_config) else tempfile.mkdtemp(prefix="hap_worker_")
+@contextlib.contextmanager
+def output_dir(path: str, tf_config: dict):
+    """`path` for the chief; for the other workers, which must still write (saving and summaries
+    are collective) but must not overwrite the chief's files, a scratch directory removed on exit."""
+    if is_chief(tf_config):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="hap_worker_") as scratch:
+        yield scratch
 
 
 def per_replica_batch_size(batch_size: int, num_replicas: int) -> int:

@@ -202,7 +202,12 @@ def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
     tf_config = distribute.tf_config_from_environment()
     strategy = distribute.strategy_for(tf_config)  # first: before any other TensorFlow op
-    model_run_dir = distribute.output_dir(fn_args.model_run_dir, tf_config)
+    with distribute.output_dir(fn_args.model_run_dir, tf_config) as model_run_dir, \
+            distribute.output_dir(fn_args.serving_model_dir, tf_config) as serving_dir:
+        _train_and_export(fn_args, strategy, model_run_dir, serving_dir)
+
+
+def _train_and_export(fn_args, strategy, model_run_dir: str, serving_dir: str) -> None:
     settings = TrainerSettings.from_config(fn_args.custom_config)
     features = preprocessing.feature_set_from_config(fn_args.custom_config)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -214,7 +219,6 @@ def run_fn(fn_args) -> None:
     base_model = getattr(fn_args, "base_model", None)
     warm = (lambda scorer: warm_start_from(scorer, base_model, vocabularies, train_records, strategy)) if base_model else None
     scorer, history = train(settings, model_inputs, train_records, eval_records, model_run_dir, strategy, warm_start=warm)
-    serving_dir = distribute.output_dir(fn_args.serving_model_dir, tf_config)
     export(scorer, tft_output, serving_dir)
     save_vocabularies(tft_output, vocabularies, serving_dir)
     with tf.io.gfile.GFile(os.path.join(model_run_dir, "training_history.json"), "w") as f:

@@ -48,9 +48,13 @@ def test_the_chief_writes_and_the_other_workers_get_scratch_directories(tmp_path
     assert distribute.is_chief(_tf_config(two, 0)) and not distribute.is_chief(_tf_config(two, 1))
     assert distribute.is_chief(_tf_config(two, 0, chief=True))
     assert not distribute.is_chief(_tf_config(two, 1, chief=True)), "worker 0 is not the chief when a chief exists"
-    assert distribute.output_dir(str(tmp_path), {}) == str(tmp_path)
-    scratch = distribute.output_dir(str(tmp_path), _tf_config(two, 1))
-    assert os.path.isdir(scratch) and not scratch.startswith(str(tmp_path))
+    with distribute.output_dir(str(tmp_path), {}) as chief_dir:
+        assert chief_dir == str(tmp_path)
+    assert os.path.isdir(tmp_path)
+    with distribute.output_dir(str(tmp_path), _tf_config(two, 1)) as scratch:
+        assert os.path.isdir(scratch) and not scratch.startswith(str(tmp_path))
+        open(os.path.join(scratch, "summary"), "w").close()
+    assert not os.path.exists(scratch), "a worker's scratch directory outlives its Trainer"
 
 
 @pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '{"cluster": ["a"]}'])
