@@ -79,11 +79,13 @@ class RoutedTrainer(tf.keras.Model):
         Keras writes its multi-step loop (`steps_per_execution` > 1) as `for _ in tf.range(n):
         outputs = step(...)`, and AutoGraph traces that body once more to learn the structure of
         `outputs`, undefined before the loop. The light model's step takes 1.8 s to trace at 10x
-        the default data (benchmarks/trace_cost.py). Here the first step runs before a
-        `tf.while_loop` of the others, both calls to one `tf.function` of the step, so it is
-        traced once. Keras' `steps_per_execution` variable still bounds the loop, as its data
-        handler shortens an epoch's last call through it. Under several replicas, XLA or eager
-        running, Keras' own function is used."""
+        the default data (benchmarks/trace_cost.py). Here the step is one `tf.function`, traced
+        once, whose output structure gives the `tf.while_loop` its initial values (zeros): the
+        graph holds one call of the step, which Grappler then optimises once (a first step
+        before the loop, the other way to define the outputs, made the light model's first fit
+        call 0.7 s slower). Keras' `steps_per_execution` variable still bounds the loop, as its
+        data handler shortens an epoch's last call through it. Under several replicas, XLA or
+        eager running, Keras' own function is used."""
         if self.train_function is not None and not force:
             return self.train_function
         if (self.run_eagerly or self.jit_compile or self._cluster_coordinator is not None
@@ -104,9 +106,12 @@ class RoutedTrainer(tf.keras.Model):
 
         @tf.function(autograph=False, reduce_retracing=True)
         def train_function(iterator):
-            first = run_step(next(iterator))
+            # The loop's initial outputs: zeros of the traced step's output structure, so the
+            # graph holds one call of the step (the loop body's), not a second one before it.
+            traced = one_step.get_concrete_function(iterator.element_spec).structured_outputs
+            zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), traced)
             _, outputs = tf.while_loop(lambda i, _: i < steps, lambda i, _: (i + 1, run_step(next(iterator))),
-                                       (tf.ones_like(steps), first))
+                                       (tf.zeros_like(steps), zeros))
             return outputs
 
         self.train_function = self.train_tf_function = train_function
