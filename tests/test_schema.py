@@ -19,7 +19,8 @@ def _stats(dataset_dir, tmp_path, mutate=None):
             if mutate:
                 mutate(i, row)
             w.write(canonical.to_example(row, types).SerializeToString())
-    return tfdv.generate_statistics_from_tfrecord(path)
+    # An explicit output path: TFDV's default is a temporary directory it never removes.
+    return tfdv.generate_statistics_from_tfrecord(path, output_path=str(tmp_path / "stats.tfrecord"))
 
 
 def _anomalous_features(stats, schema):
