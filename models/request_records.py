@@ -172,12 +172,17 @@ class RequestRecords:
             out = {name: tf.boolean_mask(value, keep) for name, value in out.items()}
         return out
 
-    def columns(self, names: tuple[str, ...], requests_per_batch: int = 256) -> dict:
-        """Some features of every sample, streamed, in the records' (deterministic) order."""
-        parts = {name: [] for name in names}
+    def columns(self, names: tuple[str, ...], requests_per_batch: int = 256, derived: dict | None = None) -> dict:
+        """Some features of every sample, streamed, in the records' (deterministic) order; and
+        `derived` {name: function of a batch to one value per sample}, such as a model's logits,
+        from the same pass."""
+        derived = derived or {}
+        parts = {name: [] for name in (*names, *derived)}
         for batch in self.dataset(requests_per_batch):
             for name in names:
                 parts[name].append(batch[name].numpy())
+            for name, fn in derived.items():
+                parts[name].append(np.asarray(fn(batch)))
         return {name: np.concatenate(values) if values else np.zeros(0) for name, values in parts.items()}
 
     def dataset(self, requests_per_batch: int, *, shuffle_requests: int = 0, seed: int = 0, repeat: bool = False,

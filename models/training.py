@@ -216,6 +216,9 @@ def per_source_auc(scores: np.ndarray, groups: np.ndarray, negative_groups=c.NEG
     return result
 
 
+LOGITS = "logits"
+
+
 def predictor(scorer: tf.keras.Model):
     """The scorer's logits as one tf.function, traced once for batches of any size."""
     return tf.function(lambda features: scorer(features, training=False), reduce_retracing=True, autograph=False)
@@ -224,8 +227,7 @@ def predictor(scorer: tf.keras.Model):
 def score_records(predict, records, requests_per_batch: int = 256) -> np.ndarray:
     """`predict`'s (see `predictor`) logits over a split of request records, streamed, in the
     records' order (the order of `records.columns`)."""
-    logits = [predict(batch).numpy() for batch in records.dataset(requests_per_batch)]
-    return np.concatenate(logits) if logits else np.zeros(0, np.float32)
+    return records.columns((), requests_per_batch, derived={LOGITS: predict})[LOGITS]
 
 
 class PerSourceAUC(tf.keras.callbacks.Callback):
@@ -237,7 +239,6 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
         super().__init__()
         self.predict = predictor(scorer)
         self.eval_records = eval_records
-        self.groups = eval_records.columns((transformed.SAMPLE_GROUP,))[transformed.SAMPLE_GROUP]
         self.contrasts = tuple(contrasts)
         self.writer = tf.summary.create_file_writer(f"{log_dir}/per_source_auc")
         self.history: list[dict[str, float]] = []
@@ -245,7 +246,9 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         start = time.perf_counter()
-        result = per_source_auc(score_records(self.predict, self.eval_records), self.groups)
+        # The sample groups come with the scores, not from a pass of their own over the records.
+        columns = self.eval_records.columns((transformed.SAMPLE_GROUP,), derived={LOGITS: self.predict})
+        result = per_source_auc(columns[LOGITS], columns[transformed.SAMPLE_GROUP])
         self.seconds += time.perf_counter() - start
         result[MEAN_AUC] = float(np.nanmean([result[contrast_metric(g)] for g in self.contrasts]))
         self.history.append(result)

@@ -49,6 +49,15 @@ def test_context_features_are_every_candidates_again(records, arrays):
         assert hour == want[key][1]
 
 
+def test_derived_columns_come_from_the_same_pass_in_the_same_order(records):
+    """A function of each batch (here twice a feature, as a model's logits would be) lines up
+    with the features read in that pass."""
+    got = records.columns(("c_hour",), 3, derived={"twice": lambda batch: 2 * batch["c_hour"]})
+    assert len(got["twice"]) == records.samples
+    np.testing.assert_array_equal(got["twice"], 2 * got["c_hour"])
+    np.testing.assert_array_equal(got["c_hour"], records.columns(("c_hour",), 5)["c_hour"])
+
+
 def test_batches_hold_batch_size_samples_on_average(records, arrays):
     mean_size = len(arrays[transformed.LABEL]) / len(_sizes(arrays))
     assert records.mean_request_size == pytest.approx(mean_size)
