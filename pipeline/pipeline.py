@@ -3,6 +3,7 @@ TFX template does; runners for each orchestrator only fill them in."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Optional
 
@@ -60,7 +61,13 @@ def with_worker_dependency(beam_pipeline_args: list[str], setup_file: Optional[s
     need HAP anyway, for Transform's preprocessing_fn and HAP's executors; the DirectRunner ignores
     the option, so local runs build nothing."""
     options = PipelineOptions(flags=beam_pipeline_args).get_all_options()
-    if setup_file is None or any(options.get(name) for name in BEAM_DEPENDENCY_OPTIONS):
+    if any(options.get(name) for name in BEAM_DEPENDENCY_OPTIONS):
+        return list(beam_pipeline_args)
+    if setup_file is None:
+        logging.warning("The Beam arguments name no worker dependency and HAP is not installed from a source tree, "
+                        "so TFX builds a 52 MB package of itself in the temp directory on every Beam component run, "
+                        "and leaves it there: pass --sdk_container_image or --extra_package (README, 'Deploying "
+                        "and scaling out').")
         return list(beam_pipeline_args)
     return [*beam_pipeline_args, f"--setup_file={setup_file}"]
 

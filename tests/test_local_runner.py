@@ -125,8 +125,10 @@ def test_the_setup_file_is_named_only_where_no_dependency_is(given, expected):
     assert pipeline.with_worker_dependency(given, "/src/setup.py") == expected
 
 
-def test_without_a_setup_file_the_arguments_are_kept():
-    assert pipeline.with_worker_dependency(["--runner=FlinkRunner"], None) == ["--runner=FlinkRunner"]
+def test_without_a_setup_file_the_arguments_are_kept_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert pipeline.with_worker_dependency(["--runner=FlinkRunner"], None) == ["--runner=FlinkRunner"]
+    assert "--sdk_container_image" in caplog.text
 
 
 @pytest.mark.parametrize("named", [True, False])
