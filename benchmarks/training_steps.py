@@ -6,6 +6,9 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
 
 - pure compute: the compiled training step on one batch held in memory, repeated (no input
   pipeline, no callbacks), after a warm-up epoch that traces it; ms per step;
+- input alone: a pass of that input read and parsed with no step; wall and CPU ms per batch;
+- streamed floor: (pure CPU + input CPU) / cores, the fastest a streamed step can be on this
+  machine when the input and the step share its cores;
 - streamed step: the same step fed by the real input (`distribute.request_dataset`: files,
   shuffle buffer, parsing), no callbacks; ms per step;
 - trained: `trainer_module.train` as the Trainer runs it for `--epochs` epochs (patience set so
@@ -68,6 +71,17 @@ def _ms_per_step(model, dataset, steps: int) -> tuple[float, float, float]:
     return 1000.0 * wall / steps, 1000.0 * cpu / steps, first - wall
 
 
+def _input_ms_per_step(dataset, steps: int) -> tuple[float, float]:
+    """(wall, CPU) ms per batch of the input alone, read and parsed with no step: a pass of
+    `steps` batches after the first (whose shuffle buffer fill is the fill column)."""
+    batches = iter(dataset)
+    next(batches)
+    start = (time.perf_counter(), time.process_time())
+    for _ in range(steps):
+        next(batches)
+    return 1000.0 * (time.perf_counter() - start[0]) / steps, 1000.0 * (time.process_time() - start[1]) / steps
+
+
 def regroup(run_dir: str, out_dir: str) -> str:
     """The run's Transform output grouped by this checkout's RequestGrouper into out_dir."""
     from tfx.types import artifact_utils, standard_artifacts
@@ -113,6 +127,9 @@ def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = Non
     one_batch = next(iter(routed.dataset(requests_per_batch)))
     pure, pure_cpu, step_trace = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                         tf.data.Dataset.from_tensors(one_batch).repeat(), steps)
+    input_ms, input_cpu = _input_ms_per_step(
+        distribute.request_dataset(strategy, routed, requests_per_batch, shuffle_requests=settings.shuffle_requests,
+                                   seed=0), steps)
     streamed, streamed_cpu, _ = _ms_per_step(trainer_module.compiled_trainer(settings, model_inputs, strategy),
                             distribute.request_dataset(strategy, routed, requests_per_batch,
                                                        shuffle_requests=settings.shuffle_requests, seed=0), steps)
@@ -132,6 +149,7 @@ def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = Non
             "probe_trace_s": cost["trace_seconds"], "probes": cost["probes"], "fill_s": fill,
             "shuffle_requests": settings.shuffle_requests, "files": len(train_records.files),
             "pure_cpu_ms": pure_cpu, "streamed_cpu_ms": streamed_cpu, "trained_cpu_s": trained_cpu,
+            "input_ms": input_ms, "input_cpu_ms": input_cpu, "cores": os.cpu_count(),
             "pure_cpu_s": history["epochs_run"] * steps * pure_cpu / 1000.0}
 
 
@@ -147,13 +165,14 @@ def main() -> None:
     records_uri = args.regroup or None
     rows = [measure(args.run, m, args.epochs, records_uri) for m in (LIGHT, HEAVY)]
     print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
-          "streamed ms/step (ratio) | epochs | trained s | pure compute s | trained / pure | of which steps s | eval s | "
+          "input alone ms/step (CPU) | streamed floor ms/step | streamed ms/step (ratio) | epochs | trained s | pure compute s | trained / pure | of which steps s | eval s | "
           "probe s (probes) | probe tracing s | step tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure | "
           "router fit s | export s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * 24 + "|")
     for r in rows:
         print(f"| {r['model']} | {r['files']} | {r['shuffle_requests']:,} | {r['fill_s']:.2f} | "
               f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
+              f"{r['input_ms']:.1f} ({r['input_cpu_ms']:.1f}) | {(r['pure_cpu_ms'] + r['input_cpu_ms']) / r['cores']:.1f} | "
               f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} | {r['trained_s']:.1f} | "
               f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
               f"{r['probe_s']:.2f} ({r['probes']}) | "
