@@ -171,6 +171,19 @@ def _compile_kubeflow(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    from hap.pipeline import retention
+
+    pruned = retention.prune(args.out, args.keep_runs, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{args.out}: {pruned.runs} pipeline runs; kept the artifacts of the last {len(pruned.kept_runs)} "
+          f"(from {pruned.kept_runs[0] if pruned.kept_runs else '-'}); {verb} {len(pruned.artifacts)} artifacts, "
+          f"{pruned.bytes / 2**20:.1f} MiB")
+    for uri in pruned.artifacts if args.dry_run else ():
+        print(f"  {uri}")
+    return 0
+
+
 def _tensorboard(args) -> int:
     from hap.pipeline import console  # not local_runner: printing a command needs no TensorFlow
 
@@ -460,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a Beam pipeline argument, e.g. --beam-arg=--runner=DataflowRunner "
                           "(default: multi-process DirectRunner in each component's pod)")
     kfp.set_defaults(func=_compile_kubeflow)
+
+    prune = sub.add_parser("prune", help="delete the artifacts of a day-by-day output directory that only older runs "
+                                         "used (README, \"Day by day\")")
+    prune.add_argument("--out", required=True, help="the --out directory of `hap run`")
+    prune.add_argument("--keep-runs", type=int, required=True, metavar="N",
+                       help="keep what the last N successful runs, and every run after them, read or wrote")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    prune.set_defaults(func=_prune)
 
     tb = sub.add_parser("tensorboard", help="print how to open the training logs of a run in TensorBoard")
     tb.add_argument("out", help="the --out directory of `hap run`")

@@ -15,7 +15,7 @@ from hap.pipeline import configs, console
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
-def _store(out_dir: str) -> metadata_store.MetadataStore:
+def open_store(out_dir: str) -> metadata_store.MetadataStore:
     path = os.path.join(out_dir, "metadata.sqlite")
     # Checked first: opening a missing SQLite store would create an empty one.
     if not os.path.isfile(path):
@@ -25,7 +25,7 @@ def _store(out_dir: str) -> metadata_store.MetadataStore:
 
 def executions(out_dir: str) -> list[dict]:
     """Every execution of the run directory's pipeline, oldest first: node id, state, seconds."""
-    store = _store(out_dir)
+    store = open_store(out_dir)
     contexts = {ctx.id: ctx.name for ctx in store.get_contexts_by_type("node")}
     result = []
     for execution in sorted(store.get_executions(), key=lambda e: e.id):
@@ -47,7 +47,7 @@ def latest_by_node(out_dir: str) -> dict[str, dict]:
 
 def latest_execution_property(out_dir: str, node: str, name: str) -> str:
     """An execution property (e.g. "custom_config") of the newest execution of the component `node`."""
-    store = _store(out_dir)
+    store = open_store(out_dir)
     context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
     executions = store.get_executions_by_context(context.id) if context else []
     if not executions:
@@ -60,7 +60,7 @@ def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_p
     that the component `node` (its id in the pipeline, e.g. "Transform", "Trainer_light") output
     in the run directory `out_dir`; its `uri` is where it lies. A cached execution records the
     artifact it reuses as its output too, so a run served from cache finds it as well."""
-    store = _store(out_dir)
+    store = open_store(out_dir)
     context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
     execution_ids = [e.id for e in store.get_executions_by_context(context.id)] if context else []
     # Not the node context's artifacts: TFX attributes a component's inputs to it as well.
@@ -95,7 +95,7 @@ def training_summary(out_dir: str) -> dict[str, dict]:
 
 def latest_inputs(out_dir: str, node: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
     """The input artifacts of the newest execution of the component `node`, by input key."""
-    store = _store(out_dir)
+    store = open_store(out_dir)
     context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
     executions = store.get_executions_by_context(context.id) if context else []
     if not executions:

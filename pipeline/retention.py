@@ -1,0 +1,90 @@
+"""Retention of a day-by-day output directory: delete the artifacts only older runs used.
+
+TFX 1.16's local and Airflow orchestrators write every run's artifacts under the pipeline root
+and delete none: a `garbage_collection_policy` compiles into its IR, but only its experimental
+orchestrator enforces one. A daily pipeline's disk therefore grows by a run's outputs (examples,
+Transform output, request records, models, evaluations) every day.
+
+`prune(out_dir, keep_runs)` keeps every artifact that an execution of the newest `keep_runs`
+successful runs read or wrote, and of every run after the oldest of them, failed ones included.
+That holds what the next run's resolvers and cache can pick:
+
+- the last blessed model of each kind and the last blessed cascade: a successful run either
+  blessed its own or read the previous one as its Evaluators' and CascadeAssembler's baseline;
+- the warm-start base models and the last accepted statistics (the drift check's baseline),
+  which that run read too;
+- the outputs a cached execution reuses: the newer run read them.
+
+A run is successful when none of its executions failed. Every other LIVE artifact under the
+pipeline root is first marked MARKED_FOR_DELETION in ML Metadata (TFX's cache and input
+resolution take LIVE artifacts only), then its files are deleted, then it is marked DELETED: an
+interrupted prune leaves no LIVE artifact whose files are gone. The pushed models under the
+serving directory are TF Serving's to manage and are not touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+from ml_metadata.proto import metadata_store_pb2
+
+from hap.pipeline import run_report
+
+PIPELINE_ROOT = "pipeline_root"
+_FAILED = metadata_store_pb2.Execution.FAILED
+_LIVE, _MARKED, _DELETED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
+                            metadata_store_pb2.Artifact.DELETED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruned:
+    runs: int                     # pipeline runs in the store
+    kept_runs: tuple[str, ...]    # their names (run ids), oldest first
+    artifacts: tuple[str, ...]    # the URIs deleted (or, in a dry run, to delete)
+    bytes: int
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def kept_runs(store, keep_runs: int) -> list:
+    """The pipeline_run contexts to keep, oldest first: from the `keep_runs`-th newest successful
+    run on (every run, when there are fewer successful ones)."""
+    if keep_runs < 1:
+        raise ValueError(f"keep_runs must be at least 1 (the last successful run's artifacts are the next run's "
+                         f"baselines), got {keep_runs}")
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
+    successful = [i for i, run in enumerate(runs)
+                  if all(e.last_known_state != _FAILED for e in store.get_executions_by_context(run.id))]
+    first = successful[-keep_runs] if len(successful) >= keep_runs else 0
+    return runs[first:]
+
+
+def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
+    """Deletes the artifacts under `out_dir`'s pipeline root that no execution of the kept runs
+    (`kept_runs`) read or wrote; `dry_run`: only says which."""
+    store = run_report.open_store(out_dir)
+    kept = kept_runs(store, keep_runs)
+    executions = [e.id for run in kept for e in store.get_executions_by_context(run.id)]
+    used = {event.artifact_id for event in store.get_events_by_execution_ids(executions)} if executions else set()
+    root = os.path.join(os.path.abspath(out_dir), PIPELINE_ROOT) + os.sep
+    doomed = [a for a in store.get_artifacts() if a.state == _LIVE and a.id not in used
+              and os.path.abspath(a.uri).startswith(root)]
+    size = sum(_size(a.uri) for a in doomed if os.path.exists(a.uri))
+    if not dry_run and doomed:
+        for artifact in doomed:
+            artifact.state = _MARKED
+        store.put_artifacts(doomed)
+        for artifact in doomed:
+            if os.path.isdir(artifact.uri):
+                shutil.rmtree(artifact.uri)
+            elif os.path.exists(artifact.uri):
+                os.remove(artifact.uri)
+            artifact.state = _DELETED
+        store.put_artifacts(doomed)
+    return Pruned(runs=len(store.get_contexts_by_type("pipeline_run")), kept_runs=tuple(run.name for run in kept),
+                  artifacts=tuple(a.uri for a in doomed), bytes=size)

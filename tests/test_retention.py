@@ -1,0 +1,89 @@
+"""pipeline/retention.py on a hand-built ML Metadata store: which runs are kept, which artifacts
+go, and that nothing outside the pipeline root or already deleted is touched."""
+import os
+
+import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as pb
+from tfx.orchestration import metadata
+
+from hap import cli
+from hap.pipeline import retention
+
+
+def _store(out):
+    return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(str(out / "metadata.sqlite")))
+
+
+def _artifact(store, type_id, path, size, state=pb.Artifact.LIVE):
+    os.makedirs(path)
+    with open(os.path.join(path, "data"), "wb") as f:
+        f.write(b"x" * size)
+    artifact = pb.Artifact(type_id=type_id, uri=str(path), state=state)
+    [artifact.id] = store.put_artifacts([artifact])
+    return artifact
+
+
+@pytest.fixture
+def out(tmp_path):
+    """Three runs: `old` (successful) wrote `first` and `shared`; `newer` (successful) read
+    `shared` and wrote `second`; `failed` read `second` and wrote `partial`. `elsewhere` (outside
+    the pipeline root) and `gone` (already DELETED) were written by `old` too."""
+    store = _store(tmp_path)
+    root = tmp_path / retention.PIPELINE_ROOT
+    type_id = store.put_artifact_type(pb.ArtifactType(name="Examples"))
+    execution_type = store.put_execution_type(pb.ExecutionType(name="Component"))
+    run_type = store.put_context_type(pb.ContextType(name="pipeline_run"))
+    artifacts = {name: _artifact(store, type_id, root / name, size) for name, size in
+                 (("first", 1000), ("shared", 10), ("second", 20), ("partial", 30))}
+    artifacts["elsewhere"] = _artifact(store, type_id, tmp_path / "elsewhere", 40)
+    artifacts["gone"] = _artifact(store, type_id, root / "gone", 50, state=pb.Artifact.DELETED)
+    for run, state, inputs, outputs in (
+            ("old", pb.Execution.COMPLETE, [], ["first", "shared", "elsewhere", "gone"]),
+            ("newer", pb.Execution.COMPLETE, ["shared"], ["second"]),
+            ("failed", pb.Execution.FAILED, ["second"], ["partial"])):
+        [context_id] = store.put_contexts([pb.Context(type_id=run_type, name=run)])
+        # put_execution writes the artifacts given too: they go in whole.
+        events = [(artifacts[a], pb.Event(type=pb.Event.INPUT)) for a in inputs] + \
+                 [(artifacts[a], pb.Event(type=pb.Event.OUTPUT)) for a in outputs]
+        store.put_execution(pb.Execution(type_id=execution_type, last_known_state=state), events,
+                            [pb.Context(id=context_id, type_id=run_type, name=run)])
+    return tmp_path, {name: artifact.id for name, artifact in artifacts.items()}
+
+
+def _states(out_dir, ids):
+    by_id = {a.id: a.state for a in _store(out_dir).get_artifacts_by_id(list(ids.values()))}
+    return {name: by_id[i] for name, i in ids.items()}
+
+
+def test_only_what_the_kept_runs_did_not_use_is_deleted(out):
+    out_dir, ids = out
+    pruned = retention.prune(str(out_dir), keep_runs=1)
+    # The last successful run is `newer`: it and the failed run after it are kept.
+    assert pruned.runs == 3 and pruned.kept_runs == ("newer", "failed")
+    assert pruned.artifacts == (str(out_dir / retention.PIPELINE_ROOT / "first"),) and pruned.bytes == 1000
+    assert not os.path.exists(pruned.artifacts[0])
+    states = _states(out_dir, ids)
+    assert states.pop("first") == pb.Artifact.DELETED and states.pop("gone") == pb.Artifact.DELETED
+    assert set(states.values()) == {pb.Artifact.LIVE}
+    for name in ("shared", "second", "partial", "gone"):
+        assert os.path.exists(out_dir / retention.PIPELINE_ROOT / name), name
+    assert os.path.exists(out_dir / "elsewhere")
+    assert retention.prune(str(out_dir), keep_runs=1).artifacts == (), "a second prune finds nothing more"
+
+
+def test_a_dry_run_deletes_nothing_and_enough_kept_runs_keep_everything(out, capsys):
+    out_dir, ids = out
+    assert cli.main(["prune", "--out", str(out_dir), "--keep-runs", "1", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 pipeline runs; kept the artifacts of the last 2" in printed and "would delete 1 artifacts" in printed
+    assert os.path.exists(out_dir / retention.PIPELINE_ROOT / "first")
+    assert _states(out_dir, ids)["first"] == pb.Artifact.LIVE
+    assert retention.prune(str(out_dir), keep_runs=2).kept_runs == ("old", "newer", "failed")
+    assert retention.prune(str(out_dir), keep_runs=5).artifacts == ()
+
+
+def test_keeping_no_run_is_refused(out):
+    with pytest.raises(ValueError, match="keep_runs must be at least 1"):
+        retention.prune(str(out[0]), keep_runs=0)
+    assert cli.main(["prune", "--out", str(out[0] / "nowhere"), "--keep-runs", "1"]) == 2
