@@ -15,7 +15,8 @@ That holds what the next run's resolvers and cache can pick:
   which that run read too;
 - the outputs a cached execution reuses: the newer run read them.
 
-A run is successful when none of its executions failed. Every other LIVE artifact under the
+A run is successful when each of its executions completed or came from cache, so a run still in
+progress is not (its resolvers may not have read their baselines yet). Every other LIVE artifact under the
 pipeline root is first marked MARKED_FOR_DELETION in ML Metadata (TFX's cache and input
 resolution take LIVE artifacts only), then its files are deleted, then it is marked DELETED: an
 interrupted prune leaves no LIVE artifact whose files are gone. The pushed models under the
@@ -32,7 +33,7 @@ from ml_metadata.proto import metadata_store_pb2
 from hap.pipeline import run_report
 
 PIPELINE_ROOT = "pipeline_root"
-_FAILED = metadata_store_pb2.Execution.FAILED
+_SUCCEEDED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 _LIVE, _MARKED, _DELETED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
                             metadata_store_pb2.Artifact.DELETED)
 
@@ -58,8 +59,9 @@ def kept_runs(store, keep_runs: int) -> list:
         raise ValueError(f"keep_runs must be at least 1 (the last successful run's artifacts are the next run's "
                          f"baselines), got {keep_runs}")
     runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
-    successful = [i for i, run in enumerate(runs)
-                  if all(e.last_known_state != _FAILED for e in store.get_executions_by_context(run.id))]
+    states = [[e.last_known_state for e in store.get_executions_by_context(run.id)] for run in runs]
+    successful = [i for i, run_states in enumerate(states)
+                  if run_states and all(state in _SUCCEEDED for state in run_states)]
     first = successful[-keep_runs] if len(successful) >= keep_runs else 0
     return runs[first:]
 

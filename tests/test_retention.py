@@ -26,9 +26,10 @@ def _artifact(store, type_id, path, size, state=pb.Artifact.LIVE):
 
 @pytest.fixture
 def out(tmp_path):
-    """Three runs: `old` (successful) wrote `first` and `shared`; `newer` (successful) read
-    `shared` and wrote `second`; `failed` read `second` and wrote `partial`. `elsewhere` (outside
-    the pipeline root) and `gone` (already DELETED) were written by `old` too."""
+    """Four runs: `old` (successful) wrote `first` and `shared`; `newer` (successful) read
+    `shared` and wrote `second`; `failed` read `second` and wrote `partial`; `running` is still in
+    progress. `elsewhere` (outside the pipeline root) and `gone` (already DELETED) were written by
+    `old` too."""
     store = _store(tmp_path)
     root = tmp_path / retention.PIPELINE_ROOT
     type_id = store.put_artifact_type(pb.ArtifactType(name="Examples"))
@@ -41,7 +42,8 @@ def out(tmp_path):
     for run, state, inputs, outputs in (
             ("old", pb.Execution.COMPLETE, [], ["first", "shared", "elsewhere", "gone"]),
             ("newer", pb.Execution.COMPLETE, ["shared"], ["second"]),
-            ("failed", pb.Execution.FAILED, ["second"], ["partial"])):
+            ("failed", pb.Execution.FAILED, ["second"], ["partial"]),
+            ("running", pb.Execution.RUNNING, [], [])):
         [context_id] = store.put_contexts([pb.Context(type_id=run_type, name=run)])
         # put_execution writes the artifacts given too: they go in whole.
         events = [(artifacts[a], pb.Event(type=pb.Event.INPUT)) for a in inputs] + \
@@ -59,8 +61,8 @@ def _states(out_dir, ids):
 def test_only_what_the_kept_runs_did_not_use_is_deleted(out):
     out_dir, ids = out
     pruned = retention.prune(str(out_dir), keep_runs=1)
-    # The last successful run is `newer`: it and the failed run after it are kept.
-    assert pruned.runs == 3 and pruned.kept_runs == ("newer", "failed")
+    # The last successful run is `newer`: it and the runs after it are kept.
+    assert pruned.runs == 4 and pruned.kept_runs == ("newer", "failed", "running")
     assert pruned.artifacts == (str(out_dir / retention.PIPELINE_ROOT / "first"),) and pruned.bytes == 1000
     assert not os.path.exists(pruned.artifacts[0])
     states = _states(out_dir, ids)
@@ -76,10 +78,10 @@ def test_a_dry_run_deletes_nothing_and_enough_kept_runs_keep_everything(out, cap
     out_dir, ids = out
     assert cli.main(["prune", "--out", str(out_dir), "--keep-runs", "1", "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "3 pipeline runs; kept the artifacts of the last 2" in printed and "would delete 1 artifacts" in printed
+    assert "4 pipeline runs; kept the artifacts of the last 3" in printed and "would delete 1 artifacts" in printed
     assert os.path.exists(out_dir / retention.PIPELINE_ROOT / "first")
     assert _states(out_dir, ids)["first"] == pb.Artifact.LIVE
-    assert retention.prune(str(out_dir), keep_runs=2).kept_runs == ("old", "newer", "failed")
+    assert retention.prune(str(out_dir), keep_runs=2).kept_runs == ("old", "newer", "failed", "running")
     assert retention.prune(str(out_dir), keep_runs=5).artifacts == ()
 
 
