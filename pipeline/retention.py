@@ -9,18 +9,21 @@ Transform output, request records, models, evaluations) every day.
 successful runs read or wrote, and of every run after the oldest of them, failed ones included.
 That holds what the next run's resolvers and cache can pick:
 
-- the last blessed model of each kind and the last blessed cascade: a successful run either
-  blessed its own or read the previous one as its Evaluators' and CascadeAssembler's baseline;
-- the warm-start base models and the last accepted statistics (the drift check's baseline),
-  which that run read too;
+- the last blessed cascade: a successful run blessed its own or read the previous one as the
+  CascadeAssembler's baseline;
+- the last blessed model of each kind, where the run blessed it or warm-started from it
+  (`--warm-start`), and the last accepted statistics (the drift check's baseline);
 - the outputs a cached execution reuses: the newer run read them.
 
-A run is successful when each of its executions completed or came from cache, so a run still in
-progress is not (its resolvers may not have read their baselines yet). Every other LIVE artifact under the
-pipeline root is first marked MARKED_FOR_DELETION in ML Metadata (TFX's cache and input
-resolution take LIVE artifacts only), then its files are deleted, then it is marked DELETED: an
-interrupted prune leaves no LIVE artifact whose files are gone. The pushed models under the
-serving directory are TF Serving's to manage and are not touched.
+A run without `--warm-start` reads no older model (the Evaluators' baselines are models of the
+same Transform output, a re-run of the day), so a later `--warm-start` run starts from the newest
+blessed model still kept, or from scratch. A run is successful when each of its executions
+completed or came from cache, so a run still in progress is not (its resolvers may not have read
+their baselines yet). Every other LIVE artifact under the pipeline root is first marked
+MARKED_FOR_DELETION in ML Metadata (TFX's cache and input resolution take LIVE artifacts only),
+then its files are deleted, then it is marked DELETED: an interrupted prune leaves no LIVE
+artifact whose files are gone. The pushed models under the serving directory are TF Serving's to
+manage and are not touched.
 """
 from __future__ import annotations
 
