@@ -36,6 +36,9 @@ from ml_metadata.proto import metadata_store_pb2
 from hap.pipeline import run_report
 
 PIPELINE_ROOT = "pipeline_root"
+# A pipeline run's context type: LocalDagRunner's IR-based launcher writes "pipeline_run", the
+# component launcher that AirflowDagRunner uses writes "run".
+RUN_CONTEXT_TYPES = ("pipeline_run", "run")
 _SUCCEEDED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 _LIVE, _MARKED, _DELETED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2.Artifact.MARKED_FOR_DELETION,
                             metadata_store_pb2.Artifact.DELETED)
@@ -61,7 +64,8 @@ def kept_runs(store, keep_runs: int) -> list:
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1 (the last successful run's artifacts are the next run's "
                          f"baselines), got {keep_runs}")
-    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
+    runs = sorted((ctx for kind in RUN_CONTEXT_TYPES for ctx in store.get_contexts_by_type(kind)),
+                  key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
     states = [[e.last_known_state for e in store.get_executions_by_context(run.id)] for run in runs]
     successful = [i for i, run_states in enumerate(states)
                   if run_states and all(state in _SUCCEEDED for state in run_states)]
@@ -74,6 +78,10 @@ def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
     (`kept_runs`) read or wrote; `dry_run`: only says which."""
     store = run_report.open_store(out_dir)
     kept = kept_runs(store, keep_runs)
+    if not kept:
+        # Without a run nothing counts as used: refuse rather than delete every artifact.
+        raise ValueError(f"{out_dir}: its ML Metadata records no pipeline run (no context of type "
+                         f"{' or '.join(RUN_CONTEXT_TYPES)}), so nothing is pruned")
     executions = [e.id for run in kept for e in store.get_executions_by_context(run.id)]
     used = {event.artifact_id for event in store.get_events_by_execution_ids(executions)} if executions else set()
     root = os.path.join(os.path.abspath(out_dir), PIPELINE_ROOT) + os.sep
@@ -91,5 +99,6 @@ def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
                 os.remove(artifact.uri)
             artifact.state = _DELETED
         store.put_artifacts(doomed)
-    return Pruned(runs=len(store.get_contexts_by_type("pipeline_run")), kept_runs=tuple(run.name for run in kept),
+    return Pruned(runs=sum(len(store.get_contexts_by_type(kind)) for kind in RUN_CONTEXT_TYPES),
+                  kept_runs=tuple(run.name for run in kept),
                   artifacts=tuple(a.uri for a in doomed), bytes=size)

@@ -24,17 +24,17 @@ def _artifact(store, type_id, path, size, state=pb.Artifact.LIVE):
     return artifact
 
 
-@pytest.fixture
-def out(tmp_path):
+@pytest.fixture(params=retention.RUN_CONTEXT_TYPES)
+def out(tmp_path, request):
     """Four runs: `old` (successful) wrote `first` and `shared`; `newer` (successful) read
     `shared` and wrote `second`; `failed` read `second` and wrote `partial`; `running` is still in
     progress. `elsewhere` (outside the pipeline root) and `gone` (already DELETED) were written by
-    `old` too."""
+    `old` too. Runs are contexts of LocalDagRunner's type or of Airflow's."""
     store = _store(tmp_path)
     root = tmp_path / retention.PIPELINE_ROOT
     type_id = store.put_artifact_type(pb.ArtifactType(name="Examples"))
     execution_type = store.put_execution_type(pb.ExecutionType(name="Component"))
-    run_type = store.put_context_type(pb.ContextType(name="pipeline_run"))
+    run_type = store.put_context_type(pb.ContextType(name=request.param))
     artifacts = {name: _artifact(store, type_id, root / name, size) for name, size in
                  (("first", 1000), ("shared", 10), ("second", 20), ("partial", 30))}
     artifacts["elsewhere"] = _artifact(store, type_id, tmp_path / "elsewhere", 40)
@@ -89,3 +89,12 @@ def test_keeping_no_run_is_refused(out):
     with pytest.raises(ValueError, match="keep_runs must be at least 1"):
         retention.prune(str(out[0]), keep_runs=0)
     assert cli.main(["prune", "--out", str(out[0] / "nowhere"), "--keep-runs", "1"]) == 2
+
+
+def test_a_store_without_runs_is_refused_not_emptied(tmp_path):
+    store = _store(tmp_path)
+    type_id = store.put_artifact_type(pb.ArtifactType(name="Examples"))
+    _artifact(store, type_id, tmp_path / retention.PIPELINE_ROOT / "orphan", 10)
+    with pytest.raises(ValueError, match="records no pipeline run"):
+        retention.prune(str(tmp_path), keep_runs=1)
+    assert os.path.exists(tmp_path / retention.PIPELINE_ROOT / "orphan")
