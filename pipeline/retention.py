@@ -47,7 +47,7 @@ _LIVE, _MARKED, _DELETED = (metadata_store_pb2.Artifact.LIVE, metadata_store_pb2
 @dataclasses.dataclass(frozen=True)
 class Pruned:
     runs: int                     # pipeline runs in the store
-    kept_runs: tuple[str, ...]    # their names (run ids), oldest first
+    kept_runs: tuple[str, ...]    # the kept runs' names (run ids), oldest first
     artifacts: tuple[str, ...]    # the URIs deleted (or, in a dry run, to delete)
     bytes: int
 
@@ -58,32 +58,36 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def kept_runs(store, keep_runs: int) -> list:
-    """The pipeline_run contexts to keep, oldest first: from the `keep_runs`-th newest successful
-    run on (every run, when there are fewer successful ones)."""
+def _runs(store) -> list[tuple]:
+    """(run context, its executions) of every pipeline run, oldest first."""
+    runs = sorted((ctx for kind in RUN_CONTEXT_TYPES for ctx in store.get_contexts_by_type(kind)),
+                  key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
+    return [(run, store.get_executions_by_context(run.id)) for run in runs]
+
+
+def kept_runs(runs: list[tuple], keep_runs: int) -> list[tuple]:
+    """Of `_runs`' list, those to keep: from the `keep_runs`-th newest successful run on (every
+    run, when there are fewer successful ones)."""
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1 (the last successful run's artifacts are the next run's "
                          f"baselines), got {keep_runs}")
-    runs = sorted((ctx for kind in RUN_CONTEXT_TYPES for ctx in store.get_contexts_by_type(kind)),
-                  key=lambda ctx: (ctx.create_time_since_epoch, ctx.id))
-    states = [[e.last_known_state for e in store.get_executions_by_context(run.id)] for run in runs]
-    successful = [i for i, run_states in enumerate(states)
-                  if run_states and all(state in _SUCCEEDED for state in run_states)]
-    first = successful[-keep_runs] if len(successful) >= keep_runs else 0
-    return runs[first:]
+    successful = [i for i, (_, executions) in enumerate(runs)
+                  if executions and all(e.last_known_state in _SUCCEEDED for e in executions)]
+    return runs[successful[-keep_runs] if len(successful) >= keep_runs else 0:]
 
 
 def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
     """Deletes the artifacts under `out_dir`'s pipeline root that no execution of the kept runs
     (`kept_runs`) read or wrote; `dry_run`: only says which."""
     store = run_report.open_store(out_dir)
-    kept = kept_runs(store, keep_runs)
+    runs = _runs(store)
+    kept = kept_runs(runs, keep_runs)
     if not kept:
         # Without a run nothing counts as used: refuse rather than delete every artifact.
         raise ValueError(f"{out_dir}: its ML Metadata records no pipeline run (no context of type "
                          f"{' or '.join(RUN_CONTEXT_TYPES)}), so nothing is pruned")
-    executions = [e.id for run in kept for e in store.get_executions_by_context(run.id)]
-    used = {event.artifact_id for event in store.get_events_by_execution_ids(executions)} if executions else set()
+    executions = [e.id for _, run_executions in kept for e in run_executions]
+    used = {event.artifact_id for event in store.get_events_by_execution_ids(executions)}
     root = os.path.join(os.path.abspath(out_dir), PIPELINE_ROOT) + os.sep
     doomed = [a for a in store.get_artifacts() if a.state == _LIVE and a.id not in used
               and os.path.abspath(a.uri).startswith(root)]
@@ -99,6 +103,5 @@ def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
                 os.remove(artifact.uri)
             artifact.state = _DELETED
         store.put_artifacts(doomed)
-    return Pruned(runs=sum(len(store.get_contexts_by_type(kind)) for kind in RUN_CONTEXT_TYPES),
-                  kept_runs=tuple(run.name for run in kept),
+    return Pruned(runs=len(runs), kept_runs=tuple(run.name for run, _ in kept),
                   artifacts=tuple(a.uri for a in doomed), bytes=size)
