@@ -1,4 +1,4 @@
-"""Whole requests as records: one `ExampleListWithContext` per request, streamed with tf.data.
+"""Whole requests as records: one tf.Example per request, its candidates in columns, streamed with tf.data.
 
 The contrastive losses compare each exposed positive with the negatives of its own request, so a
 batch must hold every sample of each request it touches. Transform writes one tf.Example per
@@ -7,16 +7,26 @@ them by `request_key` with a Beam GroupByKey, which scales with the runner (Data
 Spark), and writes one record per request. The Trainers stream those records: nothing holds a
 split in memory, and no Python runs in the input path.
 
-Record format: TF Serving's `ExampleListWithContext` (tensorflow_serving/apis/input.proto), the
-ecosystem's form of "one request: context features plus a list of candidates", which TF Ranking
-reads too. Its `context` Example holds what the contract says is known once per request (the
-user and context features, `transformed.ModelInputs.user_side`) and the request key; each of its
-`examples` holds one candidate's item and cross features and its training columns (label, sample
-group, difficulty). A user's click history is thus stored once per request instead of once per
-candidate. Evaluation-only `contrast` is not carried: the Evaluators read Transform's output.
-Parsing is vectorised in the graph: `tf.io.decode_proto` splits a batch of records into their
-serialized context and candidate Examples (as TF Ranking does), `tf.io.parse_example` parses
-both, and the context features are repeated once per candidate.
+Record format: a request Example. The features the contract says are known once per request
+(the user and context features, `transformed.ModelInputs.user_side`) and the request key hold
+their values once; every other feature (item, cross, and the training columns label, sample
+group, difficulty) holds the values of all the request's candidates one after another, in the
+same candidate order for every feature. A feature of shape [d] thus holds n x d values for n
+candidates, and the sample group (one value per candidate) gives n. A user's click history is
+stored once per request, not once per candidate. Evaluation-only `contrast` is not carried: the
+Evaluators read Transform's output. Parsing is one `tf.io.parse_example` of a batch of records
+(ragged for the candidates' columns), in the graph; the context features are repeated once per
+candidate.
+
+Why not TF Serving's `ExampleListWithContext` (tensorflow_serving/apis/input.proto, which TF
+Ranking reads too, and which this module wrote until it was measured): it holds a whole Example
+per candidate, each with every feature's name, so a request of the simulator's weighs 18.3 kB
+against 3.0 kB here (1.8 against 1.3 kB gzipped), and parsing a Trainer's batch of 31 requests
+cost 3.0 against 0.8 ms of CPU (at 10x the default data; SequenceExample, TF Ranking's other
+format, 2.0 ms; benchmarks/record_formats.py, README "Training"). The shuffle buffer holds
+serialized records, so its memory shrinks by the same factor. TF Serving clients may still send
+`ExampleListWithContext` to the served model (serving/ accepts it); the request Example is only
+the Trainers' input.
 
 A batch holds `requests_per_batch` whole requests: `batch_size` samples on average (the split's
 mean request size comes from the statistics the grouper writes beside the records).
@@ -31,28 +41,13 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import descriptor_pb2
 from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow_serving.apis import input_pb2
 
 from hap.data import contract as c
 from hap.models import transformed
 
 STATS_FILE = "request_stats.json"
 REQUESTS, SAMPLES = "requests", "samples"
-_RECORD_TYPE = input_pb2.ExampleListWithContext.DESCRIPTOR.full_name
-
-
-def _descriptor_source() -> bytes:
-    """input.proto and the protos it imports, for decode_proto, which cannot see the Python
-    protobuf registry."""
-    files = descriptor_pb2.FileDescriptorSet()
-    for module in (feature_pb2, example_pb2, input_pb2):
-        module.DESCRIPTOR.CopyToProto(files.file.add())
-    return b"bytes://" + files.SerializeToString()
-
-
-_DESCRIPTOR_SOURCE = _descriptor_source()
 
 
 def context_names(features: c.FeatureSet) -> tuple[str, ...]:
@@ -62,36 +57,46 @@ def context_names(features: c.FeatureSet) -> tuple[str, ...]:
 
 
 def request_record(request_key: bytes, serialized_examples: Iterable[bytes],
-                   context: tuple[str, ...]) -> input_pb2.ExampleListWithContext:
-    """One request's transformed tf.Examples as an ExampleListWithContext.
+                   context: tuple[str, ...]) -> example_pb2.Example:
+    """One request's transformed tf.Examples as one request Example (the module's docstring).
 
-    A context feature whose value differs between the request's samples breaks the contract
-    ("known once per request"): that is an error naming the request and the feature."""
-    record = input_pb2.ExampleListWithContext()
-    first = True
+    The contract's "known once per request" is checked: a context feature whose value differs
+    between the request's samples is an error naming the request and the feature. So is a
+    candidate feature missing from a sample, or with another number of values than the first
+    sample's, which would misalign the columns."""
+    record = example_pb2.Example()
+    columns = record.features.feature
+    sizes: dict[str, int] = {}
     for serialized in serialized_examples:
-        candidate = record.examples.add()
-        candidate.ParseFromString(serialized)
-        values = candidate.features.feature
-        if first:
+        values = example_pb2.Example.FromString(serialized).features.feature
+        if not sizes:
             for name in context:
-                record.context.features.feature[name].CopyFrom(values[name])
-            first = False
+                columns[name].CopyFrom(values[name])
+            sizes = {name: _size(feature) for name, feature in values.items()
+                     if name not in context and name != transformed.CONTRAST}
         for name in context:
-            if values[name] != record.context.features.feature[name]:
+            if values[name] != columns[name]:
                 raise ValueError(f"request {request_key!r}: feature {name!r} differs between its samples; "
                                  "the contract says user and context features are known once per request")
-            del values[name]
-        if transformed.CONTRAST in values:
-            del values[transformed.CONTRAST]
+        for name, size in sizes.items():
+            if name not in values or _size(values[name]) != size:
+                raise ValueError(f"request {request_key!r}: feature {name!r} has {_size(values[name]) if name in values else 0} "
+                                 f"values in one sample and {size} in another; a candidate feature has one shape")
+            kind = values[name].WhichOneof("kind")
+            getattr(columns[name], kind).value.extend(getattr(values[name], kind).value)
     return record
 
 
-def group_counts(record: input_pb2.ExampleListWithContext) -> dict[str, int]:
+def _size(feature: feature_pb2.Feature) -> int:
+    kind = feature.WhichOneof("kind")
+    return len(getattr(feature, kind).value) if kind else 0
+
+
+def group_counts(record: example_pb2.Example) -> dict[str, int]:
     """Samples of each sample group in a request record."""
     counts = dict.fromkeys(c.SAMPLE_GROUPS, 0)
-    for candidate in record.examples:
-        counts[c.SAMPLE_GROUPS[candidate.features.feature[transformed.SAMPLE_GROUP].int64_list.value[0]]] += 1
+    for group in record.features.feature[transformed.SAMPLE_GROUP].int64_list.value:
+        counts[c.SAMPLE_GROUPS[group]] += 1
     return counts
 
 
@@ -157,15 +162,13 @@ class RequestRecords:
     def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         """A batch of serialized records [k] -> the features of all their candidates, [n, ...],
         each request's candidates contiguous."""
-        sizes, (context, candidates) = tf.io.decode_proto(
-            serialized, _RECORD_TYPE, ["context", "examples"], [tf.string, tf.string],
-            descriptor_source=_DESCRIPTOR_SOURCE)
-        counts = sizes[:, 1]
-        flat = tf.boolean_mask(candidates, tf.sequence_mask(counts, tf.shape(candidates)[1]))
-        out = tf.io.parse_example(flat, {k: v for k, v in self.feature_spec.items() if k not in self.context})
-        per_request = tf.io.parse_example(context[:, 0], {k: v for k, v in self.feature_spec.items() if k in self.context})
-        for name, value in per_request.items():
-            out[name] = tf.repeat(value, counts, axis=0)
+        spec = {name: feature if name in self.context else tf.io.RaggedFeature(feature.dtype)
+                for name, feature in self.feature_spec.items()}
+        parsed = tf.io.parse_example(serialized, spec)
+        counts = parsed[transformed.SAMPLE_GROUP].row_lengths()
+        out = {name: tf.repeat(value, counts, axis=0) if name in self.context
+               else tf.reshape(value.flat_values, [-1, *self.feature_spec[name].shape])
+               for name, value in parsed.items()}
         if set(self.groups) != set(c.SAMPLE_GROUPS):
             wanted = tf.constant([transformed.GROUP_INDEX[g] for g in self.groups], tf.int64)
             keep = tf.reduce_any(tf.equal(out[transformed.SAMPLE_GROUP][:, None], wanted[None, :]), axis=1)

@@ -3,10 +3,11 @@ import collections
 import itertools
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from hap.data import contract as c
-from hap.models import transformed
+from hap.models import request_records, transformed
 from synthetic_requests import synthetic_arrays, write_records
 
 
@@ -97,3 +98,43 @@ def test_shuffled_passes_differ_and_never_repeat_a_request_within_a_batch(record
         assert all(n == sizes[k] for k, n in keys.items())
     again = _batches(records.dataset(6, shuffle_requests=100, seed=1, repeat=True), steps)
     assert [b[transformed.REQUEST_KEY].tolist() for b in again] == [b[transformed.REQUEST_KEY].tolist() for b in batches[:steps]]
+
+
+def _example(**features) -> bytes:
+    def feature(values):
+        if isinstance(values[0], bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        if isinstance(values[0], float):
+            return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Example(features=tf.train.Features(
+        feature={name: feature(values) for name, values in features.items()})).SerializeToString()
+
+
+def test_a_record_holds_context_once_and_candidate_columns_in_order(tmp_path):
+    """Two candidates with a 3-valued item feature: one record, context once, columns in
+    candidate order; parsed back to one row per candidate, context repeated."""
+    samples = [_example(request_key=[b"r"], u=[7], tags=[1, 2, 3], score=[0.5], sample_group=[0]),
+               _example(request_key=[b"r"], u=[7], tags=[4, 5, 6], score=[0.25], sample_group=[3])]
+    record = request_records.request_record(b"r", samples, ("request_key", "u"))
+    columns = record.features.feature
+    assert list(columns["u"].int64_list.value) == [7]
+    assert list(columns["tags"].int64_list.value) == [1, 2, 3, 4, 5, 6]
+    assert list(columns["score"].float_list.value) == [0.5, 0.25]
+    assert request_records.group_counts(record) == {**dict.fromkeys(c.SAMPLE_GROUPS, 0), c.EP: 1, c.PRN: 1}
+    spec = {"request_key": tf.io.FixedLenFeature([], tf.string), "u": tf.io.FixedLenFeature([], tf.int64),
+            "tags": tf.io.FixedLenFeature([3], tf.int64), "score": tf.io.FixedLenFeature([], tf.float32),
+            transformed.SAMPLE_GROUP: tf.io.FixedLenFeature([], tf.int64)}
+    records = request_records.RequestRecords((), 1, {}, spec, ("request_key", "u"))
+    parsed = records.parse(tf.constant([record.SerializeToString()] * 2))
+    np.testing.assert_array_equal(parsed["tags"], [[1, 2, 3], [4, 5, 6]] * 2)
+    np.testing.assert_array_equal(parsed["u"], [7, 7, 7, 7])
+    np.testing.assert_array_equal(parsed["score"], [0.5, 0.25] * 2)
+
+
+@pytest.mark.parametrize("second", [dict(tags=[4, 5]), dict()])
+def test_a_candidate_feature_of_another_shape_names_request_and_feature(second):
+    samples = [_example(request_key=[b"r9"], tags=[1, 2, 3], sample_group=[0]),
+               _example(request_key=[b"r9"], sample_group=[1], **second)]
+    with pytest.raises(ValueError, match=r"request b'r9': feature 'tags' has \d values in one sample and 3 in another"):
+        request_records.request_record(b"r9", samples, ("request_key",))

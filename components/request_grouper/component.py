@@ -1,4 +1,4 @@
-"""RequestGrouper: one ExampleListWithContext per request, from Transform's transformed examples,
+"""RequestGrouper: one request Example per request, from Transform's transformed examples,
 for the Trainers to stream (record format: models/request_records.py)."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Executor of RequestGrouper.
 
 Per split: read the transformed tf.Examples, key each by its `request_key`, GroupByKey, and write
-one serialized ExampleListWithContext per request (models/request_records.request_record). The
+one serialized request Example per request (models/request_records.request_record). The
 split's request and sample counts go to `request_stats.json`, which the Trainers read to size
 batches and epochs without a pass over the data. Outputs are written straight into the artifact:
 TFX publishes it only when the executor succeeds, and a retry gets a fresh folder.
@@ -33,8 +33,8 @@ from tfx.types import artifact_utils
 from hap.models import preprocessing, request_records, transformed
 
 _FILE_PREFIX = "requests"
-# Records per output file; a worker holds one shard in memory to order it (about 180 MB at the
-# simulator's 18 kB per request record).
+# Records per output file; a worker holds one shard in memory to order it (about 30 MB at the
+# simulator's 3 kB per request record).
 RECORDS_PER_SHARD = 10_000
 
 
