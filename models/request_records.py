@@ -48,6 +48,10 @@ from hap.models import transformed
 
 STATS_FILE = "request_stats.json"
 REQUESTS, SAMPLES = "requests", "samples"
+# Written into STATS_FILE beside the splits' counts, and a RequestGrouper execution property, so
+# that a change of format also changes TFX's cache key: records of an older format are neither
+# reused from cache nor read by a newer Trainer.
+FORMAT, RECORD_FORMAT = "record_format", "request_example/1"
 
 
 def context_names(features: c.FeatureSet) -> tuple[str, ...]:
@@ -130,6 +134,9 @@ class RequestRecords:
             stats_path = os.path.join(os.path.dirname(split_dir), STATS_FILE)
             with tf.io.gfile.GFile(stats_path) as f:
                 stats = json.load(f)
+            if stats.get(FORMAT) != RECORD_FORMAT:
+                raise ValueError(f"{stats_path}: the records are of format {stats.get(FORMAT, 'ExampleListWithContext')!r}; "
+                                 f"this version reads {RECORD_FORMAT!r}: group the examples again with its RequestGrouper")
             if split not in stats:
                 raise ValueError(f"{stats_path} has no statistics for split {split!r}")
             requests += stats[split][REQUESTS]

@@ -94,6 +94,7 @@ def write_records(directory: str, arrays: dict[str, np.ndarray], num_files: int 
     stats_path = os.path.join(directory, request_records.STATS_FILE)
     stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
     stats[split] = {request_records.REQUESTS: len(order), request_records.SAMPLES: totals}
+    stats[request_records.FORMAT] = request_records.RECORD_FORMAT
     with open(stats_path, "w") as f:
         json.dump(stats, f)
     return request_records.RequestRecords.from_split(os.path.join(split_dir, "*"), feature_spec(), FEATURES)

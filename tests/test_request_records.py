@@ -1,5 +1,6 @@
 """Request records (models/request_records.py): whole requests, sized batches, shards and shuffles."""
 import collections
+import json
 import itertools
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from hap.data import contract as c
 from hap.models import request_records, transformed
-from synthetic_requests import synthetic_arrays, write_records
+from synthetic_requests import FEATURES, synthetic_arrays, write_records
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,13 @@ def test_a_candidate_feature_of_another_shape_names_request_and_feature(second):
                _example(request_key=[b"r9"], sample_group=[1], **second)]
     with pytest.raises(ValueError, match=r"request b'r9': feature 'tags' has \d values in one sample and 3 in another"):
         request_records.request_record(b"r9", samples, ("request_key",))
+
+
+def test_records_of_another_format_are_refused_naming_the_file(tmp_path, arrays):
+    records = write_records(str(tmp_path), arrays)
+    stats_path = tmp_path / request_records.STATS_FILE
+    stats = json.loads(stats_path.read_text())
+    del stats[request_records.FORMAT]  # as a RequestGrouper before the format was recorded wrote it
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=f"{stats_path}: the records are of format 'ExampleListWithContext'"):
+        request_records.RequestRecords.from_split(str(tmp_path / "Split-train" / "*"), records.feature_spec, FEATURES)

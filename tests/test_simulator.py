@@ -183,9 +183,10 @@ def test_sparse_noisy_clicks_are_much_rarer(requests):
     sparse = _requests(simulator.config_for_regime("sparse_noisy", requests=TINY.requests, funnel_requests=0,
                                                    seed=TINY.seed))
     assert _click_rate(sparse) < 0.5 * _click_rate(requests)
-    very_sparse = _requests(simulator.config_for_regime("very_sparse_noisy", requests=TINY.requests, funnel_requests=0,
-                                                        seed=TINY.seed))
-    assert _click_rate(very_sparse) < 0.5 * _click_rate(sparse)
+    for name in ("very_sparse_noisy", "rare_clicks"):
+        very_sparse = _requests(simulator.config_for_regime(name, requests=TINY.requests, funnel_requests=0,
+                                                            seed=TINY.seed))
+        assert _click_rate(very_sparse) < 0.5 * _click_rate(sparse), name
 
 
 @pytest.mark.parametrize("knob", [{"click_sparsity": 1.5}, {"click_noise": 0.5}])
@@ -237,7 +238,7 @@ def test_light_enough_scales_down_exactly_the_terms_a_two_tower_model_cannot_see
 
 
 def test_unknown_regime_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="'realistic'.*default, sparse_noisy, very_sparse_noisy, light_enough"):
+    with pytest.raises(ValueError, match="'realistic'.*default, sparse_noisy, very_sparse_noisy, rare_clicks, light_enough"):
         simulator.config_for_regime("realistic")
 
 

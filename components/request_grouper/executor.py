@@ -136,7 +136,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "AllSplits" >> beam.Flatten()
                  | "ToJson" >> beam.Map(json.dumps)
                  | "WriteTotals" >> beam.io.WriteToText(totals_path, shard_name_template=""))
-        stats = {}
+        stats = {request_records.FORMAT: request_records.RECORD_FORMAT}
         with tf.io.gfile.GFile(totals_path) as f:
             for line in f:
                 stats.update(json.loads(line))

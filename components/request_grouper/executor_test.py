@@ -49,6 +49,7 @@ def test_every_request_becomes_one_whole_record(tmp_path):
     assert artifact_utils.decode_split_names(output.split_names) == ["train", "eval"]
     with open(os.path.join(output.uri, request_records.STATS_FILE)) as f:
         stats = json.load(f)
+    assert stats.pop(request_records.FORMAT) == request_records.RECORD_FORMAT
     for split, arrays in splits.items():
         groups = arrays[transformed.SAMPLE_GROUP]
         assert stats[split] == {request_records.REQUESTS: len(set(arrays[transformed.REQUEST_KEY].tolist())),
@@ -67,6 +68,12 @@ def test_every_request_becomes_one_whole_record(tmp_path):
         for batch in records.dataset(1):
             keys = batch[transformed.REQUEST_KEY].numpy()
             assert len(set(keys)) == 1 and len(keys) == sizes[keys[0]]
+
+
+def test_the_record_format_is_part_of_the_cache_key():
+    """TFX's cache key holds the execution properties: records of another format are not reused."""
+    grouper = component.RequestGrouper(examples=types.Channel(type=standard_artifacts.Examples), custom_config={})
+    assert grouper.exec_properties[request_records.FORMAT] == request_records.RECORD_FORMAT
 
 
 def test_a_user_feature_that_varies_within_a_request_names_request_and_feature(tmp_path):
