@@ -66,34 +66,36 @@ def request_record(request_key: bytes, serialized_examples: Iterable[bytes],
 
     The contract's "known once per request" is checked: a context feature whose value differs
     between the request's samples is an error naming the request and the feature. So is a
-    candidate feature missing from a sample, or with another number of values than the first
-    sample's, which would misalign the columns."""
+    candidate feature missing from a sample, or with another number or type of values than the
+    first sample's, which would misalign the columns."""
     record = example_pb2.Example()
     columns = record.features.feature
-    sizes: dict[str, int] = {}
+    shapes: dict[str, tuple] | None = None
     for serialized in serialized_examples:
         values = example_pb2.Example.FromString(serialized).features.feature
-        if not sizes:
+        if shapes is None:
             for name in context:
                 columns[name].CopyFrom(values[name])
-            sizes = {name: _size(feature) for name, feature in values.items()
-                     if name not in context and name != transformed.CONTRAST}
+            shapes = {name: _shape(feature) for name, feature in values.items()
+                      if name not in context and name != transformed.CONTRAST}
         for name in context:
             if values[name] != columns[name]:
                 raise ValueError(f"request {request_key!r}: feature {name!r} differs between its samples; "
                                  "the contract says user and context features are known once per request")
-        for name, size in sizes.items():
-            if name not in values or _size(values[name]) != size:
-                raise ValueError(f"request {request_key!r}: feature {name!r} has {_size(values[name]) if name in values else 0} "
-                                 f"values in one sample and {size} in another; a candidate feature has one shape")
-            kind = values[name].WhichOneof("kind")
-            getattr(columns[name], kind).value.extend(getattr(values[name], kind).value)
+        for name, (kind, size) in shapes.items():
+            shape = _shape(values[name]) if name in values else (None, 0)
+            if shape != (kind, size):
+                raise ValueError(f"request {request_key!r}: feature {name!r} has {shape[1]} values of type {shape[0]} in "
+                                 f"one sample and {size} of type {kind} in another; a candidate feature has one shape")
+            if kind:
+                getattr(columns[name], kind).value.extend(getattr(values[name], kind).value)
     return record
 
 
-def _size(feature: feature_pb2.Feature) -> int:
+def _shape(feature: feature_pb2.Feature) -> tuple[str | None, int]:
+    """(which value list, how many values) of a Feature."""
     kind = feature.WhichOneof("kind")
-    return len(getattr(feature, kind).value) if kind else 0
+    return kind, len(getattr(feature, kind).value) if kind else 0
 
 
 def group_counts(record: example_pb2.Example) -> dict[str, int]:

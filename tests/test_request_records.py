@@ -133,11 +133,11 @@ def test_a_record_holds_context_once_and_candidate_columns_in_order(tmp_path):
     np.testing.assert_array_equal(parsed["score"], [0.5, 0.25] * 2)
 
 
-@pytest.mark.parametrize("second", [dict(tags=[4, 5]), dict()])
+@pytest.mark.parametrize("second", [dict(tags=[4, 5]), dict(), dict(tags=[4.0, 5.0, 6.0])])
 def test_a_candidate_feature_of_another_shape_names_request_and_feature(second):
     samples = [_example(request_key=[b"r9"], tags=[1, 2, 3], sample_group=[0]),
                _example(request_key=[b"r9"], sample_group=[1], **second)]
-    with pytest.raises(ValueError, match=r"request b'r9': feature 'tags' has \d values in one sample and 3 in another"):
+    with pytest.raises(ValueError, match=r"request b'r9': feature 'tags' has \d values of type \w+ in one sample and 3 of type int64_list in another"):
         request_records.request_record(b"r9", samples, ("request_key",))
 
 
