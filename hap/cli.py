@@ -143,6 +143,10 @@ def _run(args) -> int:
     from hap.pipeline import console
 
     settings = _run_settings(args)
+    if args.keep_runs is not None:
+        from hap.pipeline import retention
+
+        retention.check_keep_runs(args.keep_runs)  # before anything runs
     log = console.log_path(args.out)
     with console.quiet_console(log) as out:
         out.line(f"hap run: {args.data} into {args.out}; every library's messages go to {log}")
@@ -152,6 +156,8 @@ def _run(args) -> int:
 
         for line in run_report.summary_lines(args.out) + run_report.next_commands(args.out, args.data, _hap_command()):
             out.line(line)
+        if args.keep_runs:
+            out.line(_pruned_line(args.out, retention.prune(args.out, args.keep_runs), dry_run=False))
     return 0
 
 
@@ -171,14 +177,18 @@ def _compile_kubeflow(args) -> int:
     return 0
 
 
+def _pruned_line(out_dir: str, pruned, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    return (f"{out_dir}: {pruned.runs} pipeline runs; kept the artifacts of the last {len(pruned.kept_runs)} "
+            f"(from {pruned.kept_runs[0] if pruned.kept_runs else '-'}); {verb} {len(pruned.artifacts)} artifacts, "
+            f"{pruned.bytes / 2**20:.1f} MiB")
+
+
 def _prune(args) -> int:
     from hap.pipeline import retention
 
     pruned = retention.prune(args.out, args.keep_runs, dry_run=args.dry_run)
-    verb = "would delete" if args.dry_run else "deleted"
-    print(f"{args.out}: {pruned.runs} pipeline runs; kept the artifacts of the last {len(pruned.kept_runs)} "
-          f"(from {pruned.kept_runs[0] if pruned.kept_runs else '-'}); {verb} {len(pruned.artifacts)} artifacts, "
-          f"{pruned.bytes / 2**20:.1f} MiB")
+    print(_pruned_line(args.out, pruned, args.dry_run))
     for uri in pruned.artifacts if args.dry_run else ():
         print(f"  {uri}")
     return 0
@@ -453,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(README, \"Day by day\")")
     run.add_argument("--accept-drift", action="store_true",
                      help="the newest day's drift from the last accepted day is real: go on and make it the baseline")
+    run.add_argument("--keep-runs", type=int, metavar="N",
+                     help="after a successful run, delete the artifacts that neither the last N successful runs nor "
+                          "any run after them used, as `hap prune` (default: keep everything)")
     run.set_defaults(func=_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline for an orchestrator").add_subparsers(

@@ -65,12 +65,16 @@ def _runs(store) -> list[tuple]:
     return [(run, store.get_executions_by_context(run.id)) for run in runs]
 
 
-def kept_runs(runs: list[tuple], keep_runs: int) -> list[tuple]:
-    """Of `_runs`' list, those to keep: from the `keep_runs`-th newest successful run on (every
-    run, when there are fewer successful ones)."""
+def check_keep_runs(keep_runs: int) -> None:
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1 (the last successful run's artifacts are the next run's "
                          f"baselines), got {keep_runs}")
+
+
+def kept_runs(runs: list[tuple], keep_runs: int) -> list[tuple]:
+    """Of `_runs`' list, those to keep: from the `keep_runs`-th newest successful run on (every
+    run, when there are fewer successful ones)."""
+    check_keep_runs(keep_runs)
     successful = [i for i, (_, executions) in enumerate(runs)
                   if executions and all(e.last_known_state in _SUCCEEDED for e in executions)]
     return runs[successful[-keep_runs] if len(successful) >= keep_runs else 0:]

@@ -98,3 +98,27 @@ def test_a_store_without_runs_is_refused_not_emptied(tmp_path):
     with pytest.raises(ValueError, match="records no pipeline run"):
         retention.prune(str(tmp_path), keep_runs=1)
     assert os.path.exists(tmp_path / retention.PIPELINE_ROOT / "orphan")
+
+
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_hap_run_keep_runs_prunes_after_a_successful_run_only(out, monkeypatch, capfd, succeeded):
+    """`hap run --keep-runs N` is `hap prune` after the run, when the run succeeded; the pipeline
+    is replaced by its outcome (the store above stands for what the runs left)."""
+    from hap.pipeline import run_report
+
+    out_dir, ids = out
+    monkeypatch.setattr(cli, "_pipeline", lambda *args: succeeded)
+    monkeypatch.setattr(run_report, "summary_lines", lambda run_dir: [])
+    monkeypatch.setattr(run_report, "next_commands", lambda *args: [])
+    code = cli.main(["run", "--data", str(out_dir / "data"), "--out", str(out_dir), "--keep-runs", "1"])
+    assert code == (0 if succeeded else 1)
+    assert os.path.exists(out_dir / retention.PIPELINE_ROOT / "first") != succeeded
+    assert _states(out_dir, ids)["first"] == (pb.Artifact.DELETED if succeeded else pb.Artifact.LIVE)
+    assert ("deleted 1 artifacts" in capfd.readouterr().out) == succeeded  # the console writes to the terminal
+
+
+def test_hap_run_keep_runs_0_is_refused_before_the_pipeline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_pipeline", lambda *args: pytest.fail("the pipeline ran"))
+    assert cli.main(["run", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--keep-runs", "0"]) == 2
+    assert "keep_runs must be at least 1" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
