@@ -140,12 +140,10 @@ def _pipeline(out, data: str, run_dir: str, settings: dict, log: str) -> bool:
 
 
 def _run(args) -> int:
-    from hap.pipeline import console
+    from hap.pipeline import console, retention
 
     settings = _run_settings(args)
     if args.keep_runs is not None:
-        from hap.pipeline import retention
-
         retention.check_keep_runs(args.keep_runs)  # before anything runs
     log = console.log_path(args.out)
     with console.quiet_console(log) as out:
