@@ -33,8 +33,6 @@ import shutil
 
 from ml_metadata.proto import metadata_store_pb2
 
-from hap.pipeline import run_report
-
 PIPELINE_ROOT = "pipeline_root"
 # A pipeline run's context type: LocalDagRunner's IR-based launcher writes "pipeline_run", the
 # component launcher that AirflowDagRunner uses writes "run".
@@ -83,6 +81,10 @@ def kept_runs(runs: list[tuple], keep_runs: int) -> list[tuple]:
 def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
     """Deletes the artifacts under `out_dir`'s pipeline root that no execution of the kept runs
     (`kept_runs`) read or wrote; `dry_run`: only says which."""
+    # Imported here: it loads TFX and TensorFlow, whose start-up lines would reach the terminal
+    # when `hap run` checks --keep-runs before its console takes descriptors 1 and 2.
+    from hap.pipeline import run_report
+
     store = run_report.open_store(out_dir)
     runs = _runs(store)
     kept = kept_runs(runs, keep_runs)

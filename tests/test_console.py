@@ -26,13 +26,15 @@ def _hap(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([hap, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--help"],
-    ["run", "--help"],
-    ["tensorboard", "{run}"],
-    ["data", "validate", "{data}"],
+@pytest.mark.parametrize("argv, rc, stderr", [
+    (["--help"], 0, ""),
+    (["run", "--help"], 0, ""),
+    (["tensorboard", "{run}"], 0, ""),
+    (["data", "validate", "{data}"], 0, ""),
+    # Refused before the console takes the terminal, so anything imported by then writes to it.
+    (["run", "--data", "{data}", "--out", "{run}/new", "--keep-runs", "0"], 2, "hap: error: keep_runs must be"),
 ])
-def test_commands_that_need_no_tensorflow_do_not_import_it(argv, tiny_csv, tmp_path):
+def test_commands_that_need_no_tensorflow_do_not_import_it(argv, rc, stderr, tiny_csv, tmp_path):
     run = tmp_path / "run"
     for model in ("light", "heavy"):
         (run / "pipeline_root" / f"Trainer_{model}" / "model_run").mkdir(parents=True)
@@ -48,9 +50,10 @@ def test_commands_that_need_no_tensorflow_do_not_import_it(argv, tiny_csv, tmp_p
         """))
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["rc"] == 0, result.stdout
+    assert outcome["rc"] == rc, result.stdout
     assert outcome["heavy"] == [], f"`hap {' '.join(argv)}` imported {outcome['heavy'][:5]}"
-    assert result.stderr == "", "nothing on stderr: no warning, no TensorFlow start-up line"
+    assert result.stderr.startswith(stderr) and result.stderr.count("\n") == (stderr != ""), \
+        "nothing else on stderr: no warning, no TensorFlow start-up line"
 
 
 def test_quiet_console_sends_third_party_output_to_the_log_and_keeps_errors(tmp_path):
