@@ -17,6 +17,8 @@ scheduler and the workers:
     HAP_WINDOW_DAYS  days of training before the newest day, as `hap run --window-days`
                    (default: every earlier day)
     HAP_WARM_START   1: each Trainer starts from the last blessed model, as `hap run --warm-start`
+    HAP_MAX_EPOCHS   most training epochs of both models, as `hap run --max-epochs` (default:
+                   models/trainer_module.TrainerSettings; the epoch is chosen by validation)
     HAP_ACCEPT_DRIFT 1: the newest day's drift is real, as `hap run --accept-drift` (for one
                    DagRun: `airflow dags test` with it set, not the scheduler's environment)
     HAP_CASCADE_TOLERANCE  how far the cascade's blessing metric may fall below the last blessed
@@ -78,6 +80,15 @@ def _window_days(env) -> int | None:
     return int(raw)
 
 
+def _trainer(env) -> dict:
+    raw = env.get("HAP_MAX_EPOCHS", "").strip()
+    if not raw:
+        return {}
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeError(f"HAP_MAX_EPOCHS must be a whole number of epochs >= 1, got {raw!r}")
+    return {"max_epochs": int(raw)}
+
+
 def _tolerance(env, name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -93,7 +104,7 @@ def _tolerance(env, name: str, default: float) -> float:
 
 def build_dag(env=os.environ):
     pipeline = local_runner.build(
-        _required(env, "HAP_DATA"), _required(env, "HAP_OUT"),
+        _required(env, "HAP_DATA"), _required(env, "HAP_OUT"), light_trainer=_trainer(env), heavy_trainer=_trainer(env),
         beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS,
         auc_floors=_auc_floors(env), window_days=_window_days(env), warm_start=_flag(env, "HAP_WARM_START"),
         accept_drift=_flag(env, "HAP_ACCEPT_DRIFT"),

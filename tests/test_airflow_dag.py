@@ -107,7 +107,7 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
     shutil.copy(DAG_FILE, dags)
     # Any cascade is good enough on the third day: on 50 requests a day its GAUC is a coin's toss.
     env = _airflow_env(tmp_path, HAP_DATA=str(data), HAP_OUT=str(out), HAP_AUC_FLOORS=json.dumps(floors_at(0.0)),
-                       HAP_WINDOW_DAYS="2", HAP_WARM_START="1", HAP_CASCADE_TOLERANCE="1",
+                       HAP_WINDOW_DAYS="2", HAP_WARM_START="1", HAP_CASCADE_TOLERANCE="1", HAP_MAX_EPOCHS="2",
                        AIRFLOW__CORE__DAGS_FOLDER=str(dags))
     airflow = os.path.join(os.path.dirname(AIRFLOW_PYTHON), "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=600)
@@ -139,13 +139,17 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
         with open(_newest(out, f"Trainer_{model}", "model_run") / "training_history.json") as f:
             history = json.load(f)
         assert history["warm_started_from"] == os.path.join(models[1][model], "Format-Serving"), model
+        assert history["settings"]["max_epochs"] == 2 and history["epochs_run"] <= 2, model
     # The drift check compared day 3 with day 2, the day accepted before.
     anomalies = _newest(out, "DistributionValidator", "anomalies")
     assert any(name.startswith("SplitPair-eval_eval") for name in os.listdir(anomalies)), os.listdir(anomalies)
 
 
-def test_bad_auc_floors_are_a_clear_import_error(tiny_csv, tmp_path):
-    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=str(tmp_path / "run"),
-                     HAP_AUC_FLOORS='{"light": {"XN": 0.5}}')
+@pytest.mark.parametrize("setting, value, message", [
+    ("HAP_AUC_FLOORS", '{"light": {"XN": 0.5}}', "'XN'"),
+    ("HAP_MAX_EPOCHS", "0", "whole number of epochs >= 1, got '0'"),
+])
+def test_bad_settings_are_a_clear_import_error(setting, value, message, tiny_csv, tmp_path):
+    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=str(tmp_path / "run"), **{setting: value})
     (error,) = result["errors"].values()
-    assert "HAP_AUC_FLOORS" in error and "'XN'" in error
+    assert setting in error and message in error

@@ -175,7 +175,8 @@ def spied_run(pipeline_run, e2e_funnel_data, tmp_path_factory, monkeypatch_modul
     monkeypatch_module.setattr(distribute, "request_dataset", request_dataset)
     out = str(tmp_path_factory.mktemp("benchmark") / "out")
     assert cli.main(["benchmark", "--data", e2e_funnel_data, "--run", pipeline_run, "--out", out, "--seeds", "0",
-                     "--route-fractions", "0.1", "0.5", "--latency-requests", "2", "--quiet"]) == 0
+                     "--route-fractions", "0.1", "0.5", "--latency-requests", "2", "--max-epochs", "1",
+                     "--quiet"]) == 0
     seen.pop("warm-up")
     return out, dict(seen)
 
