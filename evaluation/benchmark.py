@@ -416,7 +416,7 @@ def run_seed(seed: int, max_epochs: int | None, inputs: Inputs, tft_layer, chose
         scorer, seconds, history = train_model(name, seed, max_epochs, inputs, log_dir)
         models[name] = {"seconds": seconds, **history}
         keras[name] = scorer
-        logged_logits[name] = np.asarray(training.score_records(training.predictor(scorer), inputs.eval))
+        logged_logits[name] = np.asarray(training.score_records(training.predictor(scorer, inputs.eval), inputs.eval))
         model = MODELS[name].model
         if model == LIGHT:
             logged_logits[router_key(name)] = training.score_records(

@@ -219,9 +219,12 @@ def per_source_auc(scores: np.ndarray, groups: np.ndarray, negative_groups=c.NEG
 LOGITS = "logits"
 
 
-def predictor(scorer: tf.keras.Model):
-    """The scorer's logits as one tf.function, traced once for batches of any size."""
-    return tf.function(lambda features: scorer(features, training=False), reduce_retracing=True, autograph=False)
+def predictor(scorer: tf.keras.Model, records):
+    """The scorer's logits over batches of `records` as one tf.function, traced once for batches
+    of any size: its input signature is the records' element spec (a relaxed-shape retrace would
+    trace it twice, the first batch's shape and then any)."""
+    return tf.function(lambda features: scorer(features, training=False), autograph=False,
+                       input_signature=[records.dataset(1).element_spec])
 
 
 def score_records(predict, records, requests_per_batch: int = 256) -> np.ndarray:
@@ -237,7 +240,7 @@ class PerSourceAUC(tf.keras.callbacks.Callback):
 
     def __init__(self, scorer, eval_records, log_dir: str, contrasts=c.NEGATIVE_GROUPS):
         super().__init__()
-        self.predict = predictor(scorer)
+        self.predict = predictor(scorer, eval_records)
         self.eval_records = eval_records
         self.contrasts = tuple(contrasts)
         self.writer = tf.summary.create_file_writer(f"{log_dir}/per_source_auc")

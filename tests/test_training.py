@@ -195,3 +195,17 @@ def test_per_source_step_applies_the_gradient_rule_to_sparse_gradients(harmonize
     np.testing.assert_array_equal(table[[0, 2]], np.ones([2, 2]))  # rows without gradient stay
     if harmonize != "none":
         assert {"grad_weight_EN", "grad_weight_RN"} <= set(logs)
+
+
+def test_the_predictor_is_traced_once_for_batches_of_every_size(tmp_path):
+    """The validation callback scores the eval records after every epoch; a retrace per batch
+    size (each batch holds whole requests, so sizes differ) would trace the scorer again."""
+    from synthetic_requests import synthetic_arrays, write_records
+
+    records = write_records(str(tmp_path), synthetic_arrays(10, seed=2), num_files=2)
+    predict = training.predictor(lambda features, training: 2.0 * tf.cast(features["c_hour"], tf.float32), records)
+    batch_size = lambda batch: tf.fill(tf.shape(batch["c_hour"]), tf.size(batch["c_hour"]))  # noqa: E731
+    got = records.columns(("c_hour",), 3, derived={training.LOGITS: predict, "batch_size": batch_size})
+    np.testing.assert_array_equal(got[training.LOGITS], 2.0 * got["c_hour"])
+    assert len(set(got["batch_size"])) > 1
+    assert predict.experimental_get_tracing_count() == 1
