@@ -34,6 +34,7 @@ mean request size comes from the statistics the grouper writes beside the record
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -168,9 +169,15 @@ class RequestRecords:
         """Steps of one pass, each one batch per replica."""
         return max(1, math.ceil(self.requests / (requests_per_batch * num_replicas)))
 
-    def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    @functools.cached_property
+    def parse(self):
         """A batch of serialized records [k] -> the features of all their candidates, [n, ...],
-        each request's candidates contiguous."""
+        each request's candidates contiguous. Traced once per records object: a Trainer maps it
+        in several passes (each epoch's validation, the probe, the router), and tracing it took
+        0.2 to 0.5 s each time (benchmarks/training_steps.py's data)."""
+        return tf.function(self._parse, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def _parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         spec = {name: feature if name in self.context else tf.io.RaggedFeature(feature.dtype)
                 for name, feature in self.feature_spec.items()}
         parsed = tf.io.parse_example(serialized, spec)

@@ -149,3 +149,9 @@ def test_records_of_another_format_are_refused_naming_the_file(tmp_path, arrays)
     stats_path.write_text(json.dumps(stats))
     with pytest.raises(ValueError, match=f"{stats_path}: the records are of format 'ExampleListWithContext'"):
         request_records.RequestRecords.from_split(str(tmp_path / "Split-train" / "*"), records.feature_spec, FEATURES)
+
+
+def test_the_parser_is_traced_once_however_many_passes_map_it(records):
+    for _ in range(3):
+        _batches(records.dataset(3), count=1)
+    assert records.parse.experimental_get_tracing_count() == 1
