@@ -155,7 +155,7 @@ def _run(args) -> int:
         for line in run_report.summary_lines(args.out) + run_report.next_commands(args.out, args.data, _hap_command()):
             out.line(line)
         if args.keep_runs:
-            out.line(_pruned_line(args.out, retention.prune(args.out, args.keep_runs), dry_run=False))
+            out.line(retention.prune(args.out, args.keep_runs).summary(args.out))
     return 0
 
 
@@ -175,18 +175,11 @@ def _compile_kubeflow(args) -> int:
     return 0
 
 
-def _pruned_line(out_dir: str, pruned, dry_run: bool) -> str:
-    verb = "would delete" if dry_run else "deleted"
-    return (f"{out_dir}: {pruned.runs} pipeline runs; kept the artifacts of the last {len(pruned.kept_runs)} "
-            f"(from {pruned.kept_runs[0] if pruned.kept_runs else '-'}); {verb} {len(pruned.artifacts)} artifacts, "
-            f"{pruned.bytes / 2**20:.1f} MiB")
-
-
 def _prune(args) -> int:
     from hap.pipeline import retention
 
     pruned = retention.prune(args.out, args.keep_runs, dry_run=args.dry_run)
-    print(_pruned_line(args.out, pruned, args.dry_run))
+    print(pruned.summary(args.out, args.dry_run))
     for uri in pruned.artifacts if args.dry_run else ():
         print(f"  {uri}")
     return 0

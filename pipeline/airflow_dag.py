@@ -21,6 +21,9 @@ scheduler and the workers:
                    models/trainer_module.TrainerSettings; the epoch is chosen by validation)
     HAP_ACCEPT_DRIFT 1: the newest day's drift is real, as `hap run --accept-drift` (for one
                    DagRun: `airflow dags test` with it set, not the scheduler's environment)
+    HAP_KEEP_RUNS    N: a last task, Prune, deletes the artifacts that only older runs used once
+                   every other task succeeded, as `hap run --keep-runs N` (default: no pruning;
+                   README, "Retention")
     HAP_CASCADE_TOLERANCE  how far the cascade's blessing metric may fall below the last blessed
                    cascade's (default: configs.CASCADE_TOLERANCE); on a few dozen requests a day
                    that metric is noise, and the tests set it to 1
@@ -36,12 +39,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shlex
 
-from hap.pipeline import configs, local_runner  # hap first: it selects Keras 2 before TFX loads TensorFlow
+from hap.pipeline import configs, local_runner, retention  # hap first: it selects Keras 2 before TFX loads TensorFlow
 from hap.pipeline.airflow_launcher import AirflowComponentLauncher
 
+from airflow.operators.python import PythonOperator
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
 DEFAULT_SCHEDULE = "@daily"
@@ -89,6 +94,23 @@ def _trainer(env) -> dict:
     return {"max_epochs": int(raw)}
 
 
+def _keep_runs(env) -> int | None:
+    raw = env.get("HAP_KEEP_RUNS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeError(f"HAP_KEEP_RUNS must be a whole number of runs >= 1, got {raw!r}")
+    return int(raw)
+
+
+def prune(out_dir: str, keep_runs: int) -> str:
+    """The Prune task: `hap prune` of this DagRun's output directory; what it deleted goes to the
+    task's log and is its return value (Airflow's XCom)."""
+    summary = retention.prune(out_dir, keep_runs).summary(out_dir)
+    logging.getLogger(__name__).info(summary)
+    return summary
+
+
 def _tolerance(env, name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -114,7 +136,14 @@ def build_dag(env=os.environ):
                             "catchup": False},
         # TFX's own launcher fails on two Trainers and on a cached model that is its own baseline.
         supported_launcher_classes=[AirflowComponentLauncher])
-    return AirflowDagRunner(config).run(pipeline)
+    dag = AirflowDagRunner(config).run(pipeline)
+    keep_runs = _keep_runs(env)
+    if keep_runs:
+        last = list(dag.leaves)
+        # Default trigger rule (all upstream succeeded): a failed run prunes nothing.
+        PythonOperator(task_id="Prune", python_callable=prune, op_args=[_required(env, "HAP_OUT"), keep_runs],
+                       dag=dag) << last
+    return dag
 
 
 DAG = build_dag()

@@ -49,6 +49,13 @@ class Pruned:
     artifacts: tuple[str, ...]    # the URIs deleted (or, in a dry run, to delete)
     bytes: int
 
+    def summary(self, out_dir: str, dry_run: bool = False) -> str:
+        """What `hap prune`, `hap run --keep-runs` and the Airflow DAG's Prune task report."""
+        verb = "would delete" if dry_run else "deleted"
+        return (f"{out_dir}: {self.runs} pipeline runs; kept the artifacts of the last {len(self.kept_runs)} "
+                f"(from {self.kept_runs[0] if self.kept_runs else '-'}); {verb} {len(self.artifacts)} artifacts, "
+                f"{self.bytes / 2**20:.1f} MiB")
+
 
 def _size(path: str) -> int:
     if os.path.isfile(path):

@@ -32,7 +32,8 @@ bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
 print(json.dumps({
     "errors": {path: str(error) for path, error in bag.import_errors.items()},
     "dags": {dag_id: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} for dag_id, dag in bag.dags.items()},
-    "beam_args": {dag_id: {t.task_id: t.python_callable.keywords["beam_pipeline_args"] for t in dag.tasks}
+    "beam_args": {dag_id: {t.task_id: t.python_callable.keywords["beam_pipeline_args"] for t in dag.tasks
+                           if hasattr(t.python_callable, "keywords")}
                   for dag_id, dag in bag.dags.items()},
 }))
 """
@@ -65,11 +66,14 @@ def _dagbag(tmp_path, **hap_env):
 
 def test_airflow_loads_the_dag_with_every_component(tiny_csv, tmp_path):
     out = str(tmp_path / "run")
-    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=out, HAP_BEAM_ARGS=" ".join(BEAM))
+    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=out, HAP_BEAM_ARGS=" ".join(BEAM), HAP_KEEP_RUNS="2")
     assert result["errors"] == {}
-    expected = {node.id: sorted(up.id for up in node.upstream_nodes)
-                for node in local_runner.build(tiny_csv, out).components}
+    components = local_runner.build(tiny_csv, out).components
+    expected = {node.id: sorted(up.id for up in node.upstream_nodes) for node in components}
     assert len(expected) >= 12
+    # HAP_KEEP_RUNS adds a last task, after every component that nothing else waits for.
+    expected["Prune"] = sorted(node.id for node in components if not node.downstream_nodes)
+    assert "Pusher" in expected["Prune"]
     assert result["dags"] == {"hap": expected}
     # The Beam workers' dependency is the DAG's source tree (pipeline.with_worker_dependency).
     assert set(map(tuple, result["beam_args"]["hap"].values())) == {(*BEAM, f"--setup_file={REPO}/setup.py")}
@@ -94,9 +98,10 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
     second day reads the same data: its Trainers are served from cache, so each Evaluator gets one
     model as candidate and as blessed baseline, which TFX's own launcher failed on. Then a day is
     appended: the third DagRun trains on days 1-2 from the blessed models, checks day 3's drift
-    against day 2 and pushes a third version. Its Resolvers must see this run's inputs only
-    (pipeline/airflow_launcher.py): given every run's, it warm-started nothing and its Evaluators
-    compared with a model of another day's vocabularies and failed."""
+    against day 2, pushes a third version and prunes what only the first two days used. Its
+    Resolvers must see this run's inputs only (pipeline/airflow_launcher.py): given every run's, it
+    warm-started nothing and its Evaluators compared with a model of another day's vocabularies
+    and failed."""
     from hap.components.contract_example_gen import executor
     from hap.data import simulator
     from hap.data.sample_routing import MODELS
@@ -108,6 +113,7 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
     # Any cascade is good enough on the third day: on 50 requests a day its GAUC is a coin's toss.
     env = _airflow_env(tmp_path, HAP_DATA=str(data), HAP_OUT=str(out), HAP_AUC_FLOORS=json.dumps(floors_at(0.0)),
                        HAP_WINDOW_DAYS="2", HAP_WARM_START="1", HAP_CASCADE_TOLERANCE="1", HAP_MAX_EPOCHS="2",
+                       HAP_KEEP_RUNS="1",
                        AIRFLOW__CORE__DAGS_FOLDER=str(dags))
     airflow = os.path.join(os.path.dirname(AIRFLOW_PYTHON), "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=600)
@@ -126,7 +132,7 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
 
     runs = _python(env, RUN_STATES)
     every_task = {node.id: "success" for node in local_runner.build(
-        str(data), str(tmp_path / "unused"), window_days=2, warm_start=True).components}
+        str(data), str(tmp_path / "unused"), window_days=2, warm_start=True).components} | {"Prune": "success"}
     assert {"WarmStartModel_light", "DriftGate"} <= set(every_task)
     assert runs == {f"manual__{day}T00:00:00+00:00": {"state": "success", "tasks": every_task} for day in days}
     # Each day blessed and pushed a cascade of its own, keeping the earlier versions.
@@ -140,6 +146,11 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
             history = json.load(f)
         assert history["warm_started_from"] == os.path.join(models[1][model], "Format-Serving"), model
         assert history["settings"]["max_epochs"] == 2 and history["epochs_run"] <= 2, model
+    # Each DagRun's Prune kept what its own run used: the third day's Transform output and the
+    # models it warm-started from, not the first two days' Transform output.
+    transformed = out / "pipeline_root" / "Transform" / "transformed_examples"
+    assert os.listdir(transformed) == [_newest(out, "Transform", "transformed_examples").name]
+    assert all(os.path.isdir(models[day][m]) for day in (1, 2) for m in MODELS)
     # The drift check compared day 3 with day 2, the day accepted before.
     anomalies = _newest(out, "DistributionValidator", "anomalies")
     assert any(name.startswith("SplitPair-eval_eval") for name in os.listdir(anomalies)), os.listdir(anomalies)
@@ -148,6 +159,7 @@ def test_three_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path
 @pytest.mark.parametrize("setting, value, message", [
     ("HAP_AUC_FLOORS", '{"light": {"XN": 0.5}}', "'XN'"),
     ("HAP_MAX_EPOCHS", "0", "whole number of epochs >= 1, got '0'"),
+    ("HAP_KEEP_RUNS", "0", "whole number of runs >= 1, got '0'"),
 ])
 def test_bad_settings_are_a_clear_import_error(setting, value, message, tiny_csv, tmp_path):
     result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=str(tmp_path / "run"), **{setting: value})
