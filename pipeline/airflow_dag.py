@@ -76,31 +76,23 @@ def _flag(env, name: str) -> bool:
     return value in ("1", "true")
 
 
-def _window_days(env) -> int | None:
-    raw = env.get("HAP_WINDOW_DAYS", "").strip()
-    if not raw:
-        return configs.WINDOW_DAYS
-    if not raw.isdigit() or int(raw) < 1:
-        raise RuntimeError(f"HAP_WINDOW_DAYS must be a whole number of days >= 1, got {raw!r}")
-    return int(raw)
-
-
-def _trainer(env) -> dict:
-    raw = env.get("HAP_MAX_EPOCHS", "").strip()
-    if not raw:
-        return {}
-    if not raw.isdigit() or int(raw) < 1:
-        raise RuntimeError(f"HAP_MAX_EPOCHS must be a whole number of epochs >= 1, got {raw!r}")
-    return {"max_epochs": int(raw)}
-
-
-def _keep_runs(env) -> int | None:
-    raw = env.get("HAP_KEEP_RUNS", "").strip()
+def _at_least_one(env, name: str, unit: str) -> int | None:
+    raw = env.get(name, "").strip()
     if not raw:
         return None
     if not raw.isdigit() or int(raw) < 1:
-        raise RuntimeError(f"HAP_KEEP_RUNS must be a whole number of runs >= 1, got {raw!r}")
+        raise RuntimeError(f"{name} must be a whole number of {unit} >= 1, got {raw!r}")
     return int(raw)
+
+
+def _window_days(env) -> int | None:
+    days = _at_least_one(env, "HAP_WINDOW_DAYS", "days")
+    return configs.WINDOW_DAYS if days is None else days
+
+
+def _trainer(env) -> dict:
+    epochs = _at_least_one(env, "HAP_MAX_EPOCHS", "epochs")
+    return {"max_epochs": epochs} if epochs else {}
 
 
 def prune(out_dir: str, keep_runs: int) -> str:
@@ -125,8 +117,9 @@ def _tolerance(env, name: str, default: float) -> float:
 
 
 def build_dag(env=os.environ):
+    trainer = _trainer(env)
     pipeline = local_runner.build(
-        _required(env, "HAP_DATA"), _required(env, "HAP_OUT"), light_trainer=_trainer(env), heavy_trainer=_trainer(env),
+        _required(env, "HAP_DATA"), _required(env, "HAP_OUT"), light_trainer=trainer, heavy_trainer=trainer,
         beam_pipeline_args=shlex.split(env.get("HAP_BEAM_ARGS", "")) or configs.BEAM_PIPELINE_ARGS,
         auc_floors=_auc_floors(env), window_days=_window_days(env), warm_start=_flag(env, "HAP_WARM_START"),
         accept_drift=_flag(env, "HAP_ACCEPT_DRIFT"),
@@ -137,7 +130,7 @@ def build_dag(env=os.environ):
         # TFX's own launcher fails on two Trainers and on a cached model that is its own baseline.
         supported_launcher_classes=[AirflowComponentLauncher])
     dag = AirflowDagRunner(config).run(pipeline)
-    keep_runs = _keep_runs(env)
+    keep_runs = _at_least_one(env, "HAP_KEEP_RUNS", "runs")
     if keep_runs:
         last = list(dag.leaves)
         # Default trigger rule (all upstream succeeded): a failed run prunes nothing.
