@@ -32,9 +32,10 @@ Outputs, written to a temporary folder and moved into place: `metrics.json`, `pe
 """
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
+import hashlib
+import heapq
 import json
 import math
 import os
@@ -119,30 +120,80 @@ def check_features(model_features: c.FeatureSet, data_features: c.FeatureSet, da
         raise c.ContractError(problems)
 
 
-def eval_day_requests(data_dir: str, features: c.FeatureSet) -> tuple[int, dict[str, list[dict]]]:
+def _id_hash(request_id: str) -> int:
+    # Stable across processes and machines, unlike hash().
+    return int.from_bytes(hashlib.blake2b(request_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class RequestSample:
+    """Rows grouped by request: of the latest day only (`latest_day`), and at most `size`
+    requests, those whose ids hash lowest (bottom-k).
+
+    The sample is fixed by the request ids alone, whatever the order of files and rows, so two
+    cascades scored on one dataset are scored on the same requests. Rows are kept as stored and
+    parsed once the sample is final, so a row outside it costs a read, not a parse (rows of
+    requests let in early and pushed out later are never parsed either), and memory is bounded
+    by the sample. Requests keep the order of their first row."""
+
+    def __init__(self, size: int | None = None, latest_day: bool = False):
+        if size is not None and size < 1:
+            raise ValueError(f"a request sample needs a size >= 1, got {size}")
+        self.size, self.latest_day = size, latest_day
+        self.day = None
+        self._rows: dict[str, list[reader.RawRow]] = {}
+        self._largest = []  # max-heap of the sample's (-hash, request_id)
+
+    def _keeps(self, request_id: str, day: int) -> bool:
+        if self.latest_day:
+            if self.day is None or day > self.day:
+                self.day, self._rows, self._largest = day, {}, []
+            elif day < self.day:
+                return False
+        if request_id in self._rows:
+            return True
+        if self.size is not None:
+            entry = (-_id_hash(request_id), request_id)
+            if len(self._largest) < self.size:
+                heapq.heappush(self._largest, entry)
+            elif entry > self._largest[0]:
+                del self._rows[heapq.heappushpop(self._largest, entry)[1]]
+            else:
+                return False
+        self._rows[request_id] = []
+        return True
+
+    def read(self, data_dir: str, part: str, features: c.FeatureSet) -> dict[str, list[dict]]:
+        kinds = features.column_kinds(funnel=part == c.FUNNEL_DIR)
+        for request_id, day, raw in reader.keyed_rows(data_dir, part, kinds):
+            if self._keeps(request_id, day):
+                self._rows[request_id].append(raw)
+        return {request_id: [reader.typed_row(raw, kinds) for raw in rows] for request_id, rows in self._rows.items()}
+
+
+def eval_day_requests(data_dir: str, features: c.FeatureSet,
+                      max_requests: int | None = None) -> tuple[int, dict[str, list[dict]]]:
     """The last day of samples/ and its rows grouped by request, in file order (one pass; only the
-    latest day seen so far is kept in memory)."""
-    day, requests = None, collections.OrderedDict()
-    for row in reader.read_rows(data_dir, c.SAMPLES_DIR, features):
-        if day is None or row["day"] > day:
-            day, requests = row["day"], collections.OrderedDict()
-        if row["day"] == day:
-            requests.setdefault(row["request_id"], []).append(row)
-    if day is None:
+    latest day seen so far is kept in memory, and rows of earlier days are not parsed in full);
+    with `max_requests`, a sample of that many of its requests (`RequestSample`)."""
+    sample = RequestSample(max_requests, latest_day=True)
+    requests = sample.read(data_dir, c.SAMPLES_DIR, features)
+    if sample.day is None:
         raise c.ContractError([f"{os.path.join(data_dir, c.SAMPLES_DIR)}: no samples"])
-    return day, requests
+    return sample.day, requests
 
 
-def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dict]] | None:
-    """funnel/ rows grouped by request, or None when the dataset has no funnel/."""
+def funnel_requests(data_dir: str, features: c.FeatureSet,
+                    max_requests: int | None = None) -> dict[str, list[dict]] | None:
+    """funnel/ rows grouped by request (with `max_requests`, a sample of them: `RequestSample`),
+    or None when the dataset has no funnel/."""
     if not os.path.isdir(os.path.join(data_dir, c.FUNNEL_DIR)):
         return None
-    requests = collections.OrderedDict()
-    for row in reader.read_rows(data_dir, c.FUNNEL_DIR, features):
-        if row.get(c.ORACLE_COLUMN) is None:
-            raise c.ContractError([f"{os.path.join(data_dir, c.FUNNEL_DIR)}: request {row['request_id']}, "
-                                   f"item {row['item_id']}: no {c.ORACLE_COLUMN!r} (every funnel row needs one)"])
-        requests.setdefault(row["request_id"], []).append(row)
+    requests = RequestSample(max_requests).read(data_dir, c.FUNNEL_DIR, features)
+    for request_id, rows in requests.items():
+        for row in rows:
+            if row.get(c.ORACLE_COLUMN) is None:
+                raise c.ContractError([f"{os.path.join(data_dir, c.FUNNEL_DIR)}: request {request_id}, "
+                                       f"item {row['item_id']}: no {c.ORACLE_COLUMN!r} (every funnel row needs one)"])
     return requests
 
 
@@ -152,15 +203,16 @@ def funnel_requests(data_dir: str, features: c.FeatureSet) -> dict[str, list[dic
 BLESSING_METRICS = {FUNNEL: f"oracle_recall@{FUNNEL_KS[-1]}", LOGGED: "gauc"}
 
 
-def cascade_quality(version_dir: str, data_dir: str) -> dict:
+def cascade_quality(version_dir: str, data_dir: str, max_requests: int | None = None) -> dict:
     """The cascade signature's blessing metric on `data_dir` (funnel/ if present, else the eval
-    day's logged requests), one request per call as served:
-    {"part", "metric", "value", "requests"}."""
+    day's logged requests), one request per call as served; with `max_requests`, on a sample of
+    that many requests fixed by their ids (`RequestSample`): {"part", "metric", "value", "requests"}."""
     info = load_info(version_dir)
     features = c.load_features(data_dir)
     check_features(info.features, features, data_dir)
-    funnel = funnel_requests(data_dir, features)
-    part, requests = (FUNNEL, funnel) if funnel is not None else (LOGGED, eval_day_requests(data_dir, features)[1])
+    funnel = funnel_requests(data_dir, features, max_requests)
+    part, requests = ((FUNNEL, funnel) if funnel is not None
+                      else (LOGGED, eval_day_requests(data_dir, features, max_requests)[1]))
     scored = score_part(SignatureCaller(version_dir), requests, info, part, progress=False, signatures=("cascade",))
     request, scores = scored.arrays()
     if part == FUNNEL:

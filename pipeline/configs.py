@@ -16,6 +16,9 @@ AUC_TOLERANCE = 0.01
 # The CascadeAssembler blesses a cascade whose blessing metric (funnel/ Recall@200, else GAUC) on
 # the eval day is at most this far below the last blessed cascade's (components/cascade_assembler).
 CASCADE_TOLERANCE = 0.01
+# ... measured on at most this many eval requests, a sample fixed by their ids, so that its cost
+# stops growing with the eval day (one cascade call per request; README, "Training at scale").
+CASCADE_BLESSING_REQUESTS = 2000
 
 # Day by day: the Trainers learn from WINDOW_DAYS days before the eval day (None: every earlier
 # day) and, with `hap run --warm-start`, start from the last blessed model of their kind.

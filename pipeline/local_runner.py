@@ -115,6 +115,7 @@ def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy
         warm_start=warm_start,
         hap_resolvers=True,
         cascade_tolerance=cascade_tolerance,
+        cascade_blessing_requests=configs.CASCADE_BLESSING_REQUESTS,
         drift_comparators=drift_comparators_for(features, drift_comparators),
         accept_drift=accept_drift,
         vocab_top_k=configs.VOCAB_TOP_K,

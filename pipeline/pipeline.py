@@ -139,6 +139,7 @@ def create_pipeline(
     model_name: str = "hap",
     cascade: CascadeSettings = CascadeSettings(),
     cascade_tolerance: float = 0.01,
+    cascade_blessing_requests: int = 2000,
     metadata_connection_config=None,
     beam_pipeline_args: Optional[list[str]] = None,
     component_beam_args: Optional[dict[str, list[str]]] = None,
@@ -158,7 +159,8 @@ def create_pipeline(
     statistics are compared with the last accepted day's and a drift stops the run before Transform
     (components/drift_gate), unless `accept_drift`; empty or None: no drift check.
     `cascade_tolerance`: how far the cascade's blessing metric may fall below the last blessed
-    cascade's (components/cascade_assembler).
+    cascade's (components/cascade_assembler), measured on at most `cascade_blessing_requests` eval
+    requests (the same ones for both cascades).
     `component_beam_args`: Beam arguments added to some components' (by id, e.g.
     {"Transform": ["--direct_running_mode=multi_processing"]}) after `beam_pipeline_args`, so
     they win; an id that is not a Beam component of the pipeline is an error naming it.
@@ -257,6 +259,7 @@ def create_pipeline(
         heavy_model=trained[HEAVY][0], heavy_blessing=trained[HEAVY][1],
         custom_config=model_config, data_root=data_root, settings=cascade, model_name=model_name,
         baseline_model=cascade_baseline.outputs["model"], regression_tolerance=cascade_tolerance,
+        blessing_requests=cascade_blessing_requests,
     ).with_id(assembler_id)
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
     # cascade only when both of its models were blessed and the cascade did not regress.

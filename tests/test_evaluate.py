@@ -152,3 +152,74 @@ def test_a_dataset_without_a_feature_the_model_reads_is_refused(cascade_model, e
     err = capsys.readouterr().err
     assert c.FEATURES_FILE in err and repr(dropped) in err
     assert not os.path.exists(tmp_path / "o")
+
+
+def _reordered_copy(src: str, dst: str) -> str:
+    """`src` with its samples' rows in reverse order, in one file."""
+    shutil.copytree(src, dst)
+    _, files = reader.data_files(os.path.join(dst, c.SAMPLES_DIR))
+    header, rows = None, []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        header, rows = lines[0], rows + lines[1:]
+        os.remove(path)
+    with open(os.path.join(dst, c.SAMPLES_DIR, "all.csv"), "w", encoding="utf-8") as f:
+        f.write("\n".join([header] + rows[::-1]) + "\n")
+    return dst
+
+
+def test_a_request_sample_is_the_eval_days_lowest_hashing_requests_whatever_the_row_order(tiny_csv, tmp_path):
+    features = c.load_features(tiny_csv)
+    rows = list(reader.read_rows(tiny_csv, features=features))
+    last = max(r["day"] for r in rows)
+    day, every = evaluate.eval_day_requests(tiny_csv, features)
+    assert day == last and set(every) == {r["request_id"] for r in rows if r["day"] == last}
+    expected = sorted(every, key=evaluate._id_hash)[:7]
+
+    reordered = _reordered_copy(tiny_csv, str(tmp_path / "reordered"))
+    for data_dir in (tiny_csv, reordered):
+        day, sample = evaluate.eval_day_requests(data_dir, features, max_requests=7)
+        assert day == last and set(sample) == set(expected), data_dir
+        for request_id in expected:
+            assert sorted(sample[request_id], key=lambda r: r["item_id"]) == sorted(
+                every[request_id], key=lambda r: r["item_id"])
+    # A sample at least as large as the day is the whole day, in file order.
+    assert list(evaluate.eval_day_requests(tiny_csv, features, max_requests=len(every))[1]) == list(every)
+
+    funnel = evaluate.funnel_requests(tiny_csv, features)
+    assert set(evaluate.funnel_requests(tiny_csv, features, max_requests=2)) == set(
+        sorted(funnel, key=evaluate._id_hash)[:2])
+    with pytest.raises(ValueError, match="size >= 1"):
+        evaluate.RequestSample(0)
+
+
+def test_rows_outside_a_sample_are_not_parsed_in_full(tiny_csv, tmp_path):
+    # A malformed value on an earlier day is the validator's to find; reading the eval day skips it,
+    # and the same value on the eval day is an error naming its file and line.
+    features = c.load_features(tiny_csv)
+    numeric = next(f.name for f in features.features if f.kind == c.NUMERIC)
+    data_dir = _reordered_copy(tiny_csv, str(tmp_path / "data"))
+    path = os.path.join(data_dir, c.SAMPLES_DIR, "all.csv")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    header = lines[0].split(",")
+    day_at, value_at = header.index("day"), header.index(numeric)
+    last = max(int(line.split(",")[day_at]) for line in lines[1:])
+    line_of = {d: next(i for i, line in enumerate(lines) if i and int(line.split(",")[day_at]) == d) for d in (0, last)}
+
+    def corrupt(index):
+        fields = lines[index].split(",")
+        fields[value_at] = "not-a-number"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines[:index] + [",".join(fields)] + lines[index + 1:]) + "\n")
+
+    corrupt(line_of[0])
+    day, requests = evaluate.eval_day_requests(data_dir, features)
+    assert day == last and sum(map(len, requests.values())) == sum(
+        1 for line in lines[1:] if int(line.split(",")[day_at]) == last)
+    with pytest.raises(c.ContractError, match=f"all.csv:{line_of[0] + 1}: column '{numeric}'"):
+        list(reader.read_rows(data_dir, features=features))
+    corrupt(line_of[last])
+    with pytest.raises(c.ContractError, match=f"all.csv:{line_of[last] + 1}: column '{numeric}'"):
+        evaluate.eval_day_requests(data_dir, features)

@@ -4,7 +4,9 @@ Its `blessing` output is blessed only when both models were blessed by their Eva
 cascade, as routed, did not regress: its blessing metric on the eval day
 (`evaluation.evaluate.cascade_quality`: funnel/ Recall@200 when the dataset has a funnel, else
 the logged requests' GAUC) is at most `regression_tolerance` below the last blessed cascade's
-(`baseline_model`) on the same data. A Pusher fed it pushes the cascade only then.
+(`baseline_model`) on the same data: the same `blessing_requests` requests at most, those whose
+ids hash lowest, so the cost does not grow with the eval day. A Pusher fed it pushes the cascade
+only then.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class CascadeAssemblerSpec(component_spec.ComponentSpec):
         "model_name": component_spec.ExecutionParameter(type=str),
         "data_root": component_spec.ExecutionParameter(type=str),
         "regression_tolerance": component_spec.ExecutionParameter(type=float),
+        "blessing_requests": component_spec.ExecutionParameter(type=int),
     }
     INPUTS = {
         "transform_graph": component_spec.ChannelParameter(type=standard_artifacts.TransformGraph),
@@ -57,11 +60,13 @@ class CascadeAssembler(base_component.BaseComponent):
 
     def __init__(self, transform_graph, light_model, heavy_model, light_blessing, heavy_blessing,
                  custom_config: dict, data_root: str, settings: CascadeSettings = CascadeSettings(),
-                 model_name: str = "hap", baseline_model=None, regression_tolerance: float = 0.01):
+                 model_name: str = "hap", baseline_model=None, regression_tolerance: float = 0.01,
+                 blessing_requests: int = 2000):
         super().__init__(spec=CascadeAssemblerSpec(
             transform_graph=transform_graph, light_model=light_model, heavy_model=heavy_model,
             light_blessing=light_blessing, heavy_blessing=heavy_blessing, baseline_model=baseline_model,
             data_root=data_root, regression_tolerance=regression_tolerance,
+            blessing_requests=blessing_requests,
             custom_config=json.dumps(custom_config, sort_keys=True),
             routing=json.dumps(dataclasses.asdict(settings.routing), sort_keys=True), k_out=settings.k_out,
             max_candidates=settings.max_candidates, model_name=model_name,

@@ -56,30 +56,31 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
     os.replace(staging, export_dir)
 
 
-def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float) -> dict:
-    """The cascade's blessing metric on the eval day against the last blessed cascade's on the
-    same data: {"metric", "part", "value", "baseline", "regressed", "reason"}. A baseline that
+def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float,
+             max_requests: int | None = None) -> dict:
+    """The cascade's blessing metric on the eval day (at most `max_requests` of its requests, the
+    same for both: evaluate.RequestSample) against the last blessed cascade's on the same data:
+    {"metric", "part", "value", "requests", "baseline", "regressed", "reason"}. A baseline that
     cannot be scored on today's data (its features are not all there) is not compared with."""
-    quality = evaluate.cascade_quality(export_dir, data_root)
-    out = {"metric": quality["metric"], "part": quality["part"], "value": quality["value"], "baseline": None,
-           "regressed": False, "reason": "no blessed cascade to compare with"}
+    quality = evaluate.cascade_quality(export_dir, data_root, max_requests)
+    out = {"metric": quality["metric"], "part": quality["part"], "value": quality["value"],
+           "requests": quality["requests"], "baseline": None, "regressed": False,
+           "reason": "no blessed cascade to compare with"}
     if baseline_dir is None:
         return out
     try:
-        base = evaluate.cascade_quality(baseline_dir, data_root)
+        base = evaluate.cascade_quality(baseline_dir, data_root, max_requests)
     except (c.ContractError, ValueError, FileNotFoundError) as e:
         out["reason"] = f"the last blessed cascade cannot be scored on this data: {e}"
         return out
     out["baseline"] = base["value"]
     if math.isnan(quality["value"]) or math.isnan(base["value"]):
         out["reason"] = f"{quality['metric']} is not measurable on this data"
-    elif quality["value"] < base["value"] - tolerance:
-        out["regressed"] = True
-        out["reason"] = (f"{quality['metric']} on {quality['part']} {quality['value']:.4f} is more than {tolerance} below "
-                         f"the last blessed cascade's {base['value']:.4f}")
     else:
-        out["reason"] = (f"{quality['metric']} on {quality['part']} {quality['value']:.4f} against the last blessed "
-                         f"cascade's {base['value']:.4f}")
+        measured = f"{quality['metric']} on {quality['requests']} {quality['part']} requests {quality['value']:.4f}"
+        out["regressed"] = quality["value"] < base["value"] - tolerance
+        out["reason"] = (f"{measured} is more than {tolerance} below the last blessed cascade's {base['value']:.4f}"
+                         if out["regressed"] else f"{measured} against the last blessed cascade's {base['value']:.4f}")
     return out
 
 
@@ -105,10 +106,12 @@ class Executor(base_executor.BaseExecutor):
         if blessed:
             baseline = input_dict.get("baseline_model") or []
             check = validate(export_dir, path_utils.serving_model_path(baseline[0].uri) if baseline else None,
-                             exec_properties["data_root"], float(exec_properties["regression_tolerance"]))
+                             exec_properties["data_root"], float(exec_properties["regression_tolerance"]),
+                             int(exec_properties["blessing_requests"]))
             blessed = not check["regressed"]
             blessing.set_string_custom_property("cascade_metric", check["metric"])
             blessing.set_float_custom_property("cascade_value", check["value"])
+            blessing.set_int_custom_property("cascade_requests", check["requests"])
             if check["baseline"] is not None:
                 blessing.set_float_custom_property("baseline_value", check["baseline"])
             blessing.set_string_custom_property("reason", check["reason"])

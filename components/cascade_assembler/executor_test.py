@@ -115,7 +115,7 @@ def test_a_cascade_is_validated_against_the_last_blessed_one(cascade_model, e2e_
 
     # A new cascade 0.02 below the last blessed one regresses at a tolerance of 0.01, not at 0.03.
     values = {"new": 0.70, "old": 0.72}
-    monkeypatch.setattr(executor.evaluate, "cascade_quality", lambda version, data: {
+    monkeypatch.setattr(executor.evaluate, "cascade_quality", lambda version, data, max_requests: {
         "part": "funnel", "metric": "oracle_recall@200", "value": values[version], "requests": 3})
     check = executor.validate("new", "old", e2e_data, tolerance=0.01)
     assert check["regressed"] and "0.7000 is more than 0.01 below the last blessed cascade's 0.7200" in check["reason"]
