@@ -93,6 +93,66 @@ def request_record(request_key: bytes, serialized_examples: Iterable[bytes],
     return record
 
 
+_VALUE_LISTS = {"bytes_list": tf.string, "float_list": tf.float32, "int64_list": tf.int64}
+
+
+def request_records(requests: list[tuple[bytes, list[bytes]]], context: tuple[str, ...]) -> list[example_pb2.Example]:
+    """`request_record` of each (request key, serialized examples), the batch parsed at once.
+
+    Building records sample by sample and feature by feature in Python cost about 90 us per
+    sample (RequestGrouper 109 s at 10x the default data); here one `tf.io.parse_example` reads
+    the whole batch and each column is cut per request from its flat values. The checks of
+    `request_record` are made on the parsed columns (a candidate feature's number of values, a
+    context feature's values, the same within a request; a type that differs fails the parse);
+    when one fails, the batch is built by `request_record`, which raises naming the request and
+    the feature. Both give equal records (a test compares them)."""
+    keys, examples = [key for key, _ in requests], [list(e) for _, e in requests]
+    counts = np.array([len(e) for e in examples])
+    first = example_pb2.Example.FromString(examples[0][0]).features.feature
+    kinds = {name: feature.WhichOneof("kind") for name, feature in first.items() if name != transformed.CONTRAST}
+    parsed = None
+    if None not in kinds.values() and set(context) <= set(kinds):
+        try:
+            parsed = tf.io.parse_example(
+                [s for e in examples for s in e],
+                {name: tf.io.RaggedFeature(_VALUE_LISTS[kind], row_splits_dtype=tf.int64) for name, kind in kinds.items()})
+        except tf.errors.InvalidArgumentError:
+            pass
+    columns = None if parsed is None else _request_columns(parsed, counts, context)
+    if columns is None:
+        return [request_record(key, e, context) for key, e in zip(keys, examples)]
+    records = []
+    for r in range(len(keys)):
+        record = example_pb2.Example()
+        for name, (values, start, end) in columns.items():
+            getattr(record.features.feature[name], kinds[name]).value.extend(values[start[r]:end[r]])
+        records.append(record)
+    return records
+
+
+def _request_columns(parsed: dict, counts: np.ndarray, context: tuple[str, ...]) -> dict | None:
+    """{feature: (flat values, each request's start and end in them)}: the first sample's values
+    of a context feature, all samples' of a candidate feature; None when a candidate feature's
+    number of values, or a context feature's values, differ within a request."""
+    starts = np.cumsum(counts) - counts
+    first_of_sample = np.repeat(starts, counts)
+    out = {}
+    for name, ragged in parsed.items():
+        values, splits = ragged.values.numpy(), ragged.row_splits.numpy()
+        lengths = np.diff(splits)
+        if (lengths != lengths[first_of_sample]).any():
+            return None
+        if name in context:
+            sample = np.repeat(np.arange(len(lengths)), lengths)
+            same_place = splits[first_of_sample[sample]] + np.arange(len(values)) - splits[sample]
+            if (values != values[same_place]).any():
+                return None
+            out[name] = (values.tolist(), splits[starts].tolist(), splits[starts + 1].tolist())
+        else:
+            out[name] = (values.tolist(), splits[starts].tolist(), splits[starts + counts].tolist())
+    return out
+
+
 def _shape(feature: feature_pb2.Feature) -> tuple[str | None, int]:
     """(which value list, how many values) of a Feature."""
     kind = feature.WhichOneof("kind")

@@ -9,6 +9,7 @@ import pytest
 
 from hap.data import contract as c
 from hap.models import request_records, transformed
+import synthetic_requests
 from synthetic_requests import FEATURES, synthetic_arrays, write_records
 
 
@@ -133,12 +134,44 @@ def test_a_record_holds_context_once_and_candidate_columns_in_order(tmp_path):
     np.testing.assert_array_equal(parsed["score"], [0.5, 0.25] * 2)
 
 
+def _one_at_a_time(requests, context):
+    return [request_records.request_record(key, examples, context) for key, examples in requests]
+
+
+BUILDERS = {"one at a time": _one_at_a_time, "batched": request_records.request_records}
+
+
+@pytest.mark.parametrize("build", BUILDERS.values(), ids=BUILDERS.keys())
 @pytest.mark.parametrize("second", [dict(tags=[4, 5]), dict(), dict(tags=[4.0, 5.0, 6.0])])
-def test_a_candidate_feature_of_another_shape_names_request_and_feature(second):
+def test_a_candidate_feature_of_another_shape_names_request_and_feature(second, build):
+    good = [_example(request_key=[b"r1"], tags=[1, 2, 3], sample_group=[0])] * 2
     samples = [_example(request_key=[b"r9"], tags=[1, 2, 3], sample_group=[0]),
                _example(request_key=[b"r9"], sample_group=[1], **second)]
     with pytest.raises(ValueError, match=r"request b'r9': feature 'tags' has \d values of type \w+ in one sample and 3 of type int64_list in another"):
-        request_records.request_record(b"r9", samples, ("request_key",))
+        build([(b"r1", good), (b"r9", samples)], ("request_key",))
+
+
+@pytest.mark.parametrize("build", BUILDERS.values(), ids=BUILDERS.keys())
+def test_a_context_feature_that_differs_within_a_request_names_request_and_feature(build):
+    requests = [(b"r1", [_example(request_key=[b"r1"], u=[1, 2], s=[0.5], sample_group=[0])] * 3),
+                (b"r2", [_example(request_key=[b"r2"], u=[3, 4], s=[0.5], sample_group=[0]),
+                         _example(request_key=[b"r2"], u=[3, 5], s=[0.5], sample_group=[1])])]
+    with pytest.raises(ValueError, match=r"request b'r2': feature 'u' differs between its samples"):
+        build(requests, ("request_key", "u"))
+
+
+def test_a_batch_of_requests_gives_the_records_of_one_request_at_a_time(arrays, monkeypatch):
+    """Requests of 3 to 11 samples with sequences, ids, numbers and bytes: equal records, built
+    without falling back to one request at a time."""
+    by_request = collections.defaultdict(list)
+    for row, key in enumerate(arrays[transformed.REQUEST_KEY]):
+        by_request[key].append(synthetic_requests.example(arrays, row))
+    requests = list(by_request.items())
+    context = request_records.context_names(FEATURES)
+    expected = _one_at_a_time(requests, context)
+    monkeypatch.setattr(request_records, "request_record", None)
+    assert request_records.request_records(requests, context) == expected
+    assert request_records.request_records(requests[3:4], context) == expected[3:4]
 
 
 def test_records_of_another_format_are_refused_naming_the_file(tmp_path, arrays):
