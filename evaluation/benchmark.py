@@ -14,12 +14,13 @@ Variants (`variants()`), each built from the models of `MODELS`; `--variants` pi
         trains it; all: full size, trained on every group; narrow: the pipeline's) x route
         fraction f (5%, 10%, 20%, 50% by default).
 
-    (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled) light, GHCL with each other harmonising rule
-        or with conflict-sensitive sampling (models/losses.py); (d-pooled) heavy on all samples,
-        pooled_infonce; (e-sampled) heavy on all samples, GHCL with sampling
+    (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled), (c-bce) light, GHCL with each other
+        harmonising rule, with conflict-sensitive sampling, or with BCE as one more path
+        (models/losses.py); (d-pooled) heavy on all samples, pooled_infonce; (e-sampled) heavy on
+        all samples, GHCL with sampling
 
-"losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the cascades;
-"all" is both without the rule variants (eight more trainings per seed, which the routing
+"losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the
+cascades; "all" is both without the rule variants (eight more trainings per seed, which the routing
 comparison does not read). benchmark.md's "Losses" section and, over several datasets,
 summary.md's gain plot compare every loss with its model's pooled_infonce.
 
@@ -115,7 +116,7 @@ NARROW_HEAVY = {
 # default data ranked first (README, "Loss comparison"), which is also among the cheapest per
 # step (benchmarks/loss_rules.py): the heavy step with gradnorm or pcgrad costs several times
 # GHCL's, more than the benchmark's time allows.
-LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled")
+LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled", "ghcl_bce")
 HEAVY_RULES = ("ghcl_sampled",)
 
 MODELS = {
@@ -178,7 +179,8 @@ class Variant:
 
 
 # The variants of each --variants set, by key; the cascade sweep is added to "routing" and "all".
-RULE_KEY = {"ghcl_gradnorm": "gradnorm", "ghcl_ghm": "ghm", "ghcl_pcgrad": "pcgrad", "ghcl_sampled": "sampled"}
+RULE_KEY = {"ghcl_gradnorm": "gradnorm", "ghcl_ghm": "ghm", "ghcl_pcgrad": "pcgrad", "ghcl_sampled": "sampled",
+            "ghcl_bce": "bce"}
 LOSS_KEYS = ("a", "b", "c", *(f"c-{RULE_KEY[r]}" for r in LIGHT_RULES), "d", "d-pooled", "e",
              *(f"e-{RULE_KEY[r]}" for r in HEAVY_RULES))
 # Per model, the loss comparison's baselines (benchmark.md's "Losses" table and the gain plot).
@@ -617,12 +619,12 @@ def machine() -> dict:
 def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, max_epochs: int | None = None,
               route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS, which: str = "all",
               latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, only=None) -> dict:
     """Runs the benchmark (module docstring); returns the content of benchmark.json.
 
     `run_dir`: a finished `hap run` output made from `data_dir` whose Transform output is used
     as is; by default the pipeline runs into OUT/run (served from its cache when it already ran).
-    `which`: the variant set (`variants`).
+    `which`: the variant set (`variants`); `only`: the keys of those variants to run (all by default).
     """
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
@@ -632,6 +634,11 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     if not route_fractions or not all(0.0 < f <= 1.0 for f in route_fractions):
         raise ValueError(f"route fractions must be in (0, 1], got {list(route_fractions)}")
     chosen = variants(route_fractions, which)
+    if only:
+        unknown = sorted(set(only) - {v.key for v in chosen})
+        if unknown:
+            raise ValueError(f"no variant {', '.join(unknown)} in the {which!r} set; it has {', '.join(v.key for v in chosen)}")
+        chosen = [v for v in chosen if v.key in set(only)]
     ks = tuple(sorted(set(int(k) for k in ks)))
     report_dir = os.path.join(out_dir, "report")
     if os.path.exists(report_dir) and os.listdir(report_dir) and not overwrite:

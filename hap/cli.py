@@ -13,7 +13,8 @@
               [--monitoring-config-file FILE]
     hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
     hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
-    hap benchmark --data DIR [DIR ...] --out DIR [--run RUN] [--variants all|routing|losses] [--seeds 0 1 2]
+    hap benchmark --data DIR [DIR ...] --out DIR [--run RUN] [--variants all|routing|losses] [--only KEY ...]
+                  [--seeds 0 1 2]
     hap demo [--out DIR]
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
@@ -294,8 +295,8 @@ def _benchmark(args) -> int:
     if args.run and len(args.data) > 1:
         raise ValueError("--run reuses one dataset's pipeline run: give one --data with it")
     settings = dict(seeds=args.seeds, max_epochs=args.max_epochs, route_fractions=args.route_fractions, ks=args.k,
-                    which=args.variants, latency_requests=args.latency_requests, overwrite=args.overwrite,
-                    progress=not args.quiet)
+                    which=args.variants, only=args.only, latency_requests=args.latency_requests,
+                    overwrite=args.overwrite, progress=not args.quiet)
     if len(args.data) == 1:
         result = benchmark.benchmark(args.data[0], args.out, run_dir=args.run, **settings)
         print(report.benchmark_table(result))
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", required=True, help="output folder: run/ (the pipeline run) and report/")
     bench.add_argument("--variants", choices=evaluation_defaults.VARIANT_SETS, default="all",
                        help="routing: light, uniform-scaling and cascade variants; losses: the loss comparison")
+    bench.add_argument("--only", nargs="+", metavar="KEY",
+                       help="only these variants of the set, by key (e.g. --variants losses --only a b c c-bce)")
     bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
     bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
                        help="training seeds (mean ± std over them)")

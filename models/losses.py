@@ -104,6 +104,19 @@ negatives, so its easy ones stop diluting the gradient that the hard sources sha
   negatives of g in r (`keep_counts`, `hardest_negatives`); the selection carries no gradient.
 The harmonising rule then applies to the sampled terms.
 
+BCE as one more path (`GHCLLoss(bce_path=True)`, "ghcl_bce"; default off): with the "ema" rule,
+the BCE term joins the harmoniser like one more source, w_bce = sg(mean_k ema_k / ema_bce), the
+mean now over the active InfoNCE groups and BCE, and total = bce_weight * w_bce * BCE +
+sum_g w_g * InfoNCE_g. Why it might help: each InfoNCE term compares a positive only with its
+own request's negatives, so it is blind to anything all of a request's candidates share (the
+user's and the context's click propensity), while the per-source AUCs are taken over all
+requests at once, and only BCE learns those effects. Unharmonised, BCE is a small share of the
+total (in the light Trainer's logs on the default data, 20 to 40 times smaller than the sum of
+the weighted InfoNCE terms); as one more path it weighs as much as each source. Where `mixed_bce` leads
+every contrastive loss, on EP vs EN (README, "Loss comparison"), this is the term that should
+carry it. A hypothesis formed after those results, so `hap benchmark` measures it as variant
+(c-bce) on datasets including one it was not formed on.
+
 The temperature divides the logits in the InfoNCE terms only; BCE sees the raw logits, which
 therefore stay calibrated click logits. Default 1.0: on the default data (3 seeds, light model,
 as `hap benchmark` variant c trains it) temperature 0.1 made GHCL unstable across seeds and worse than
@@ -134,8 +147,11 @@ GHCL_VARIANTS = {
     "ghcl": {},
     **{f"ghcl_{rule}": {"harmonize": rule} for rule in HARMONIZE_RULES if rule != DEFAULT_HARMONIZE},
     "ghcl_sampled": {"sampling": "saturation"},
+    "ghcl_bce": {"bce_path": True},
 }
 LOSS_NAMES = (*GHCL_VARIANTS, "mixed_bce", "pooled_infonce")
+# The harmoniser's name for the BCE term when it is harmonised as one more path (`bce_path`).
+BCE_PATH = "BCE"
 # A perfectly separated group's loss can underflow to 0; the floor keeps its weight finite.
 _MIN_EMA = 1e-8
 
@@ -365,7 +381,7 @@ class GHCLLoss:
     def __init__(self, negative_groups=c.NEGATIVE_GROUPS, bce_on=None,
                  temperature=DEFAULT_TEMPERATURE, bce_weight=1.0, harmonize=DEFAULT_HARMONIZE,
                  momentum=DEFAULT_MOMENTUM, ghm_bins=DEFAULT_GHM_BINS, sampling="fixed",
-                 min_keep=DEFAULT_MIN_KEEP):
+                 min_keep=DEFAULT_MIN_KEEP, bce_path=False):
         if isinstance(harmonize, bool):
             harmonize = "ema" if harmonize else "none"
         if harmonize not in HARMONIZE_RULES:
@@ -374,13 +390,17 @@ class GHCLLoss:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if int(ghm_bins) < 1:
             raise ValueError(f"ghm_bins must be >= 1, got {ghm_bins}")
+        if bce_path and harmonize != "ema":
+            raise ValueError(f"bce_path harmonises BCE with the 'ema' rule; harmonize={harmonize!r}")
         self.negative_groups = tuple(_group_name(g) for g in negative_groups)
         self.bce_on = bce_on
         self.temperature = temperature
         self.bce_weight = bce_weight
         self.harmonize = harmonize
         self.ghm_bins = int(ghm_bins) if harmonize == "ghm" else None
-        self.harmonizer = LossHarmonizer(self.negative_groups, momentum) if harmonize == "ema" else None
+        self.bce_path = bool(bce_path)
+        paths = self.negative_groups + ((BCE_PATH,) if self.bce_path else ())
+        self.harmonizer = LossHarmonizer(paths, momentum) if harmonize == "ema" else None
         self.sampler = (NegativeSampler(self.negative_groups, momentum, min_keep, name="sampler")
                         if sampling == "saturation" else None)
 
@@ -435,11 +455,20 @@ class GHCLLoss:
                  for negative in negatives]
         losses = tf.stack([loss for loss, _ in terms])
         counts = tf.stack([count for _, count in terms])
+        bce_scale = tf.constant(1.0)
         if self.harmonizer is None:
             weights = tf.cast(counts > 0, tf.float32)
+        elif self.bce_path:
+            mask = _bce_mask(groups, self.bce_on)
+            bce_count = tf.cast(tf.size(logits), tf.float32) if mask is None else tf.reduce_sum(tf.cast(mask, tf.float32))
+            weights = self.harmonizer(tf.concat([losses, [bce_value]], 0), tf.concat([counts, [bce_count]], 0),
+                                      update=update)
+            weights, bce_scale = weights[:-1], weights[-1]
         else:
             weights = self.harmonizer(losses, counts, update=update)
-        out = {"loss": self.bce_weight * bce_value + tf.reduce_sum(weights * losses), "bce": bce_value}
+        out = {"loss": self.bce_weight * bce_scale * bce_value + tf.reduce_sum(weights * losses), "bce": bce_value}
+        if self.bce_path:
+            out["weight_bce"] = bce_scale
         for i, g in enumerate(self.negative_groups):
             out[f"infonce_{g}"] = losses[i]
             out[f"weight_{g}"] = weights[i]

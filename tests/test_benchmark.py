@@ -67,7 +67,7 @@ def test_variants_cover_the_issue():
     routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
     assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
     assert [v.key for v in benchmark.variants(fractions, "losses")] == [
-        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "d", "d-pooled", "e", "e-sampled"]
+        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "c-bce", "d", "d-pooled", "e", "e-sampled"]
 
 
 def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline_run, e2e_data):
@@ -255,6 +255,14 @@ def test_a_run_of_other_data_is_refused(pipeline_run, tiny_csv, tmp_path, capsys
     assert cli.main(["benchmark", "--data", tiny_csv, "--run", pipeline_run, "--out", str(tmp_path),
                      "--quiet"]) == 2
     assert "not made from" in capsys.readouterr().err
+
+
+def test_only_names_variants_of_the_chosen_set(tiny_csv, tmp_path, capsys):
+    assert cli.main(["benchmark", "--data", tiny_csv, "--out", str(tmp_path), "--variants", "losses",
+                     "--only", "a", "c-bce", "f", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no variant f in the 'losses' set; it has a, b, c, c-gradnorm" in err
+    assert not os.listdir(tmp_path), "nothing is run or written before the variants are checked"
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tiny_csv, tmp_path, capsys):

@@ -414,3 +414,32 @@ def test_saturation_sampling_keeps_the_hardest_negatives_of_a_saturated_source()
     out = losses.GHCLLoss(("EN", "GN"), harmonize="none")(*batch(rows))
     assert float(out["infonce_GN"]) == pytest.approx(nce(0.0, [-5.0, -6.0, -7.0, -8.0]), rel=1e-5)
     assert "kept_GN" not in out
+
+
+def test_bce_path_weighs_bce_like_one_more_source():
+    # First step: every EMA is its own value, so each weighted term, BCE's included, is the mean
+    # of the five values, and the total keeps their sum.
+    out = losses.GHCLLoss(bce_path=True)(*batch(ALL_GROUPS))
+    values = [nce(1.5, NEGATIVES[g]) for g in (EN, RN, PRN, GN)]
+    bce_value = np_bce([x for _, _, x in ALL_GROUPS], [float(g == EP) for _, g, _ in ALL_GROUPS])
+    mean = (sum(values) + bce_value) / 5
+    assert float(out["bce"]) == pytest.approx(bce_value, rel=1e-5)
+    assert float(out["weight_bce"]) == pytest.approx(mean / bce_value, rel=1e-5)
+    for name, value in zip(("EN", "RN", "PRN", "GN"), values):
+        assert float(out[f"weight_{name}"]) == pytest.approx(mean / value, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(sum(values) + bce_value, rel=1e-5)
+    # Without the path BCE keeps weight 1 and the sources share their own mean.
+    plain = losses.GHCLLoss()(*batch(ALL_GROUPS))
+    assert "weight_bce" not in plain
+    assert float(plain["loss"]) == pytest.approx(sum(values) + bce_value, rel=1e-5)
+    assert float(plain["weight_EN"]) == pytest.approx(np.mean(values) / values[0], rel=1e-5)
+
+
+def test_bce_path_counts_only_the_bce_samples_and_needs_the_ema_rule():
+    # The heavy routing's BCE reads EP and EN only; a batch without them leaves BCE inactive (weight 0).
+    rows = [(0, RN, 0.2), (0, RN, -0.1)]
+    out = losses.make_loss("ghcl_bce", HARD)(*batch(rows))
+    assert float(out["weight_bce"]) == 0.0 and float(out["loss"]) == 0.0
+    assert losses.make_loss("ghcl_bce", HARD).bce_path
+    with pytest.raises(ValueError, match="bce_path"):
+        losses.GHCLLoss(harmonize="gradnorm", bce_path=True)
