@@ -378,13 +378,12 @@ def variant_scores(variant: Variant, logits: dict[str, np.ndarray], request, mar
 def model_flops(keras: dict) -> dict:
     """FLOPs per part (serving/flops.py): the light model's two, and per candidate of every
     heavy-architecture model, by model name."""
-    light = next(m for name, m in keras.items() if MODELS[name].model == LIGHT)
     parts = {}
     for name, model in keras.items():
         if MODELS[name].model == HEAVY:
-            counted = flops.model_flops(light, model)
-            parts.update(light_user=counted["light_user"], light_per_candidate=counted["light_per_candidate"])
-            parts[name] = counted["heavy_per_candidate"]
+            parts[name] = flops.heavy_flops(model)
+        elif "light_user" not in parts:
+            parts.update(flops.light_flops(model))
     return parts
 
 

@@ -33,6 +33,11 @@ def _per_row(fn, signature_at) -> int:
 
 def model_flops(light, heavy) -> dict:
     """Per-part FLOPs of a light and a heavy model (Keras models with a `model_inputs`)."""
+    return {**light_flops(light), "heavy_per_candidate": heavy_flops(heavy)}
+
+
+def light_flops(light) -> dict:
+    """The light model's FLOPs once per request (user tower) and per candidate."""
     user_features = light.model_inputs.user_side
     item_features = light.model_inputs.item_side
     width = light.user_embedding({k: tf.zeros(s.shape, s.dtype) for k, s in
@@ -41,9 +46,13 @@ def model_flops(light, heavy) -> dict:
     light_item = _per_row(
         lambda items, u: light.score_from_embeddings(u, light.item_embedding(items)),
         lambda b: [transformed.tensor_specs(item_features, b), tf.TensorSpec([1, width], tf.float32)])
-    heavy_item = _per_row(lambda f: heavy(f, training=False),
-                             lambda b: [transformed.tensor_specs(heavy.model_inputs.all_features, b)])
-    return {"light_user": light_user, "light_per_candidate": light_item, "heavy_per_candidate": heavy_item}
+    return {"light_user": light_user, "light_per_candidate": light_item}
+
+
+def heavy_flops(heavy) -> int:
+    """The heavy model's FLOPs per candidate."""
+    return _per_row(lambda f: heavy(f, training=False),
+                    lambda b: [transformed.tensor_specs(heavy.model_inputs.all_features, b)])
 
 
 def request_flops(parts: dict, n: int, k: int) -> dict:

@@ -78,6 +78,9 @@ def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline
     parts = benchmark.model_flops(keras)
     assert (parts["light_per_candidate"] < parts["heavy_narrow_s_ghcl"] < parts["heavy_narrow_m_ghcl"]
             < parts["heavy_all_ghcl"])
+    # Light models alone (`--only a c`) are counted too.
+    assert benchmark.model_flops({"light_ghcl": keras["light_ghcl"]}) == {
+        k: parts[k] for k in ("light_user", "light_per_candidate")}
     # About 10% and 25% of the heavy model's FLOPs per candidate.
     assert 0.05 < parts["heavy_narrow_s_ghcl"] / parts["heavy_all_ghcl"] < 0.2
     assert 0.15 < parts["heavy_narrow_m_ghcl"] / parts["heavy_all_ghcl"] < 0.35
