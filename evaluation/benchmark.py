@@ -20,8 +20,8 @@ Variants (`variants()`), each built from the models of `MODELS`; `--variants` pi
         all samples, GHCL with sampling
 
 "losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the
-cascades; "all" is both without the rule variants (eight more trainings per seed, which the routing
-comparison does not read). benchmark.md's "Losses" section and, over several datasets,
+cascades; "all" is both without the rule variants (eight more trainings per seed, which the
+routing comparison does not read). benchmark.md's "Losses" section and, over several datasets,
 summary.md's gain plot compare every loss with its model's pooled_infonce.
 
 How. The TFX pipeline runs once (`hap.pipeline.local_runner.run`, cached across runs) for its

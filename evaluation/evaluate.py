@@ -167,7 +167,9 @@ class RequestSample:
         for request_id, day, raw in reader.keyed_rows(data_dir, part, kinds):
             if self._keeps(request_id, day):
                 self._rows[request_id].append(raw)
-        return {request_id: [reader.typed_row(raw, kinds) for raw in rows] for request_id, rows in self._rows.items()}
+        # Each request's stored rows are let go as it is parsed: the day is never held twice.
+        return {request_id: [reader.typed_row(raw, kinds) for raw in self._rows.pop(request_id)]
+                for request_id in list(self._rows)}
 
 
 def eval_day_requests(data_dir: str, features: c.FeatureSet,

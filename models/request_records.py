@@ -108,10 +108,12 @@ def request_records(requests: list[tuple[bytes, list[bytes]]], context: tuple[st
     the feature. Both give equal records (a test compares them)."""
     keys, examples = [key for key, _ in requests], [list(e) for _, e in requests]
     counts = np.array([len(e) for e in examples])
-    first = example_pb2.Example.FromString(examples[0][0]).features.feature
-    kinds = {name: feature.WhichOneof("kind") for name, feature in first.items() if name != transformed.CONTRAST}
+    firsts = [example_pb2.Example.FromString(e[0]).features.feature for e in examples]
+    kinds = {name: feature.WhichOneof("kind") for name, feature in firsts[0].items() if name != transformed.CONTRAST}
+    # request_record takes each request's features from its first sample: here they must be one set.
+    same_features = all(set(first) - {transformed.CONTRAST} == set(kinds) for first in firsts[1:])
     parsed = None
-    if None not in kinds.values() and set(context) <= set(kinds):
+    if same_features and None not in kinds.values() and set(context) <= set(kinds):
         try:
             parsed = tf.io.parse_example(
                 [s for e in examples for s in e],

@@ -188,3 +188,12 @@ def test_the_parser_is_traced_once_however_many_passes_map_it(records):
     for _ in range(3):
         _batches(records.dataset(3), count=1)
     assert records.parse.experimental_get_tracing_count() == 1
+
+
+def test_requests_with_other_features_are_built_one_at_a_time():
+    # The second request lacks `tags`: one request at a time leaves it out of that record.
+    requests = [(b"r1", [_example(request_key=[b"r1"], tags=[1, 2], sample_group=[0])] * 2),
+                (b"r2", [_example(request_key=[b"r2"], sample_group=[0])] * 2)]
+    records = request_records.request_records(requests, ("request_key",))
+    assert records == _one_at_a_time(requests, ("request_key",))
+    assert "tags" not in records[1].features.feature and list(records[0].features.feature["tags"].int64_list.value) == [1, 2, 1, 2]

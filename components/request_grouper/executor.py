@@ -3,8 +3,9 @@
 Per split: read the transformed tf.Examples, key each by its `request_key`, GroupByKey, and write
 one serialized request Example per request (models/request_records.request_records, a batch of
 requests at a time). The split's request and sample counts go to `request_stats.json`, which the
-Trainers read to size batches and epochs without a pass over the data. Outputs are written straight into the artifact:
-TFX publishes it only when the executor succeeds, and a retry gets a fresh folder.
+Trainers read to size batches and epochs without a pass over the data. Outputs are written
+straight into the artifact: TFX publishes it only when the executor succeeds, and a retry gets a
+fresh folder.
 
 Order. A runner writes a GroupByKey's output in no promised order, and the DirectRunner in the
 order of the input: request after request, day after day. A Trainer's shuffle buffer mixes only
