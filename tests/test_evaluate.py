@@ -169,7 +169,8 @@ def _reordered_copy(src: str, dst: str) -> str:
     return dst
 
 
-def test_a_request_sample_is_the_eval_days_lowest_hashing_requests_whatever_the_row_order(tiny_csv, tmp_path):
+def test_a_request_sample_is_the_eval_days_lowest_hashing_requests_whatever_the_row_order(tiny_csv, tiny_tfrecord,
+                                                                                           tmp_path):
     features = c.load_features(tiny_csv)
     rows = list(reader.read_rows(tiny_csv, features=features))
     last = max(r["day"] for r in rows)
@@ -178,7 +179,7 @@ def test_a_request_sample_is_the_eval_days_lowest_hashing_requests_whatever_the_
     expected = sorted(every, key=evaluate._id_hash)[:7]
 
     reordered = _reordered_copy(tiny_csv, str(tmp_path / "reordered"))
-    for data_dir in (tiny_csv, reordered):
+    for data_dir in (tiny_csv, reordered, tiny_tfrecord):
         day, sample = evaluate.eval_day_requests(data_dir, features, max_requests=7)
         assert day == last and set(sample) == set(expected), data_dir
         for request_id in expected:
