@@ -160,8 +160,10 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
     auc_cb = training.PerSourceAUC(scorer, validation, log_dir, contrasts=routing.contrasts)
     stopping = tf.keras.callbacks.EarlyStopping(monitor=f"val_{MEAN_AUC}", mode="max", patience=settings.patience,
                                                 restore_best_weights=True)
+    probe = next(iter(train_records.dataset(PROBE_REQUESTS)))
+    model.create_step_variables(probe)
     conflict_cb = training.GradientConflict(
-        scorer, loss_fn, next(iter(train_records.dataset(PROBE_REQUESTS))), log_dir,
+        scorer, loss_fn, probe, log_dir,
         budget=settings.conflict_budget, negative_groups=routing.contrasts)
     start = time.perf_counter()
     model.fit(distribute.request_dataset(strategy, train_records, requests_per_batch,

@@ -62,11 +62,30 @@ class RoutedTrainer(tf.keras.Model):
             ids, num_requests = losses.dense_request_ids(features[transformed.REQUEST_KEY])
         return self.loss_fn(logits, labels, groups, ids, num_requests, update=training)
 
+    def create_step_variables(self, features) -> None:
+        """Creates, on a batch `features`, every variable a training step would otherwise create in
+        its first trace: the scorer's weights, the optimizer's slots and a Mean per logged term.
+        TensorFlow traces a function whose first trace created variables once more (its rule:
+        variables are created only on a first call), which cost the light model's first fit call
+        0.9 s of a 3.4 s trace at 10x the default data, for 0.3 s here."""
+        with self.distribute_strategy.scope():
+            names = list(self._terms(features, training=False))
+            if self.losses:
+                names.append("regularization")
+            if getattr(self.loss_fn, "gradient_rule", None):
+                names += [f"grad_weight_{g}" for g in self.loss_fn.negative_groups]
+            for name in names:
+                self._tracker(name)
+            self.optimizer.build(self.scorer.trainable_variables)
+
+    def _tracker(self, name: str) -> tf.keras.metrics.Mean:
+        if name not in self._trackers:
+            self._trackers[name] = tf.keras.metrics.Mean(name)
+        return self._trackers[name]
+
     def _track(self, terms: dict) -> dict:
         for name, value in terms.items():
-            if name not in self._trackers:
-                self._trackers[name] = tf.keras.metrics.Mean(name)
-            self._trackers[name].update_state(value)
+            self._tracker(name).update_state(value)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     @property

@@ -197,6 +197,42 @@ def test_per_source_step_applies_the_gradient_rule_to_sparse_gradients(harmonize
         assert {"grad_weight_EN", "grad_weight_RN"} <= set(logs)
 
 
+class _GraphCalls(_LinearTerms):
+    """_LinearTerms that counts its calls while TensorFlow traces a graph (eager calls aside)."""
+
+    traces = 0
+
+    def __call__(self, *args, **kwargs):
+        if not tf.executing_eagerly():
+            self.traces += 1
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("harmonize", ["ema", "gradnorm", "pcgrad"])
+def test_a_step_whose_variables_exist_is_traced_once_and_trains_as_before(harmonize):
+    """Variables created in a first trace make TensorFlow trace the function again; once
+    create_step_variables made them (the scorer's, the optimizer's slots, a Mean per logged term,
+    grad_weight_* of the gradient rules among them), the step is traced once, and its update and
+    logs are those of the step that made them itself."""
+    g = transformed.GROUP_INDEX
+    features = {"item": [0, 1, 1], "x": [[0.5, 0.0], [1.0, 0.0], [-1.0, 1.0]],
+                transformed.LABEL: [1.0, 0.0, 0.0], transformed.SAMPLE_GROUP: [g["EP"], g["EN"], g["RN"]],
+                transformed.REQUEST_KEY: [b"r", b"r", b"r"]}
+    results = {}
+    for prepared in (False, True):
+        model = training.RoutedTrainer(_TableScorer(), _GraphCalls(("EN", "RN"), harmonize=harmonize))
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.1), steps_per_execution=2)
+        if prepared:
+            model.create_step_variables({k: tf.constant(v) for k, v in features.items()})
+        logs = model.fit(tf.data.Dataset.from_tensors(features).repeat(), epochs=1, steps_per_epoch=4, verbose=0).history
+        results[prepared] = model.loss_fn.traces, model.scorer.table.numpy(), logs
+    assert results[False][0] == 2 and results[True][0] == 1
+    np.testing.assert_allclose(results[True][1], results[False][1], rtol=1e-6)
+    assert results[True][2].keys() == results[False][2].keys()
+    for name, values in results[False][2].items():
+        np.testing.assert_allclose(results[True][2][name], values, rtol=1e-6, err_msg=name)
+
+
 def test_the_predictor_is_traced_once_for_batches_of_every_size(tmp_path):
     """The validation callback scores the eval records after every epoch; a retrace per batch
     size (each batch holds whole requests, so sizes differ) would trace the scorer again."""
