@@ -38,8 +38,9 @@ class TrainerSettings:
     needs more (README, "Training").
     batch_size: samples per batch on average, filled with whole requests.
     shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory. It refills at
-    the start of every pass (a batch never spans two passes), which stalls that pass's first
-    step, so it is kept small (README, "Training"; benchmarks/training_steps.py's "pass fill").
+    the start of every pass (a batch never spans two passes), overlapping the pass before's last
+    batches in the Trainer's endless input; a fresh input's first batch waits for it (README,
+    "Training"; benchmarks/training_steps.py's "pass fill"), so it is kept small.
     The grouper writes the records in the order of a hash of the request key, so a small buffer
     still mixes days.
     conflict_budget: the share of training time the gradient-conflict probe may take.
