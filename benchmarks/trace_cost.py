@@ -15,7 +15,8 @@ Variants (VARIANTS): "AutoGraph" as before 1d572be: the step undecorated and con
 AutoGraph, Keras' own multi-step train function, export with Keras' per-layer call traces
 (`save_traces=True`); "Keras' loop" as from 1d572be: no AutoGraph, but Keras' own train
 function, which traces the step twice (first fit call only; the other two do not use it); "now"
-as the Trainer does now (`RoutedTrainer.make_train_function`). Prints a markdown table of seconds.
+as the Trainer does now (`RoutedTrainer.make_train_function`, the step's variables made first by
+`RoutedTrainer.create_step_variables`, timed in the first fit call). Prints a markdown table of seconds.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a Trainer's time goes to: its steps' pure compute against the steps as trained.
 
-    .venv/bin/python benchmarks/training_steps.py --run RUN [--epochs 3] [--regroup DIR]
+    .venv/bin/python benchmarks/training_steps.py --run RUN [--epochs 3 | --epochs trainer] [--regroup DIR]
 
 On the request records and Transform output of a finished `hap run` (RUN), for each model:
 
@@ -12,7 +12,8 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
 - streamed step: the same step fed by the real input (`distribute.request_dataset`: files,
   shuffle buffer, parsing), no callbacks; ms per step;
 - trained: `trainer_module.train` as the Trainer runs it for `--epochs` epochs (patience set so
-  that every epoch runs), with its per-epoch streamed evaluation, the gradient-conflict probe and
+  that every epoch runs; `--epochs trainer`: the run's own max_epochs and patience, so
+  validation decides, as in the pipeline), with its per-epoch streamed evaluation, the gradient-conflict probe and
   TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
   steps as Keras ran them (the first one traces the step), the evaluation, the probe;
 - step tracing: the pure run's first epoch less its second (the train function traced);
@@ -107,7 +108,8 @@ def _fill_seconds(records, requests_per_batch: int, shuffle_requests: int) -> fl
     return time.perf_counter() - start
 
 
-def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = None) -> dict:
+def measure(run_dir: str, model: str, epochs: int | None, records_uri: str | None = None) -> dict:
+    """The table's row for `model`; epochs None: as many as the Trainer's validation runs."""
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
     records_uri = records_uri or run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
     config = json.loads(run_report.latest_execution_property(run_dir, f"Trainer_{model}", "custom_config"))
@@ -116,7 +118,7 @@ def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = Non
     train_records, eval_records = (request_records.RequestRecords.from_split(
         os.path.join(records_uri, f"Split-{split}", "*"), spec, features) for split in ("train", "eval"))
     settings = trainer_module.TrainerSettings.from_config(
-        {**config, "max_epochs": epochs, "patience": epochs})
+        config if epochs is None else {**config, "max_epochs": epochs, "patience": epochs})
     model_inputs = transformed.ModelInputs.from_transform_output(features, tft_output)
     strategy = tf.distribute.get_strategy()
     routed = train_records.only(settings.routing.trains_on)
@@ -161,7 +163,8 @@ def measure(run_dir: str, model: str, epochs: int, records_uri: str | None = Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished `hap run` output directory")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the full training")
+    parser.add_argument("--epochs", type=lambda v: None if v == "trainer" else int(v), default=3,
+                        help="epochs of the full training, or 'trainer': as many as its validation runs")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--regroup", metavar="DIR", help="group the run's Transform output again into DIR first")
     args = parser.parse_args()
