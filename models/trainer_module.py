@@ -51,10 +51,10 @@ class TrainerSettings:
     enough: at 10x the default data (1.5 positives a request), in 60 random draws of eval requests
     holding about 2,000 positives, the epoch chosen was at most 0.0005 (light) and 0.0012 (heavy)
     mean AUC worse than the whole eval split's choice (about 1,000 positives: 0.0038 and 0.0012;
-    README, "Training"). The cap bounds the
-    cost where clicks are rare: 5,000 requests are about 160,000 samples at the contract's
-    request sizes, while a whole eval day at production scale would cost more than the epoch it
-    checks. The Evaluators still judge the model on the whole eval split.
+    README, "Training"). The cap bounds the cost where clicks are rare: 5,000 requests are about
+    160,000 samples at the contract's request sizes, while a whole eval day at production scale
+    would cost more than the epoch it checks. The Evaluators still judge the model on the whole
+    eval split.
     router_requests: the light model's difficulty router (models/difficulty_router.py) is fit
     after it on at most this many training requests.
     steps_per_execution: training steps Keras runs per call of its compiled train function. A
