@@ -13,9 +13,10 @@ On the request records and Transform output of a finished `hap run` (RUN), for e
   shuffle buffer, parsing), no callbacks; ms per step;
 - trained: `trainer_module.train` as the Trainer runs it for `--epochs` epochs (patience set so
   that every epoch runs; `--epochs trainer`: the run's own max_epochs and patience, so
-  validation decides, as in the pipeline), with its per-epoch streamed evaluation, the gradient-conflict probe and
-  TensorBoard logging; its wall time against `epochs x steps x pure compute`, and its parts: the
-  steps as Keras ran them (the first one traces the step), the evaluation, the probe;
+  validation decides, as in the pipeline; the epochs column then says which it chose), with its
+  per-epoch streamed evaluation, the gradient-conflict probe and TensorBoard logging; its wall
+  time against `epochs x steps x pure compute`, and its parts: the steps as Keras ran them (the
+  first one traces the step), the evaluation, the probe;
 - step tracing: the pure run's first epoch less its second (the train function traced);
 - router fit: the light model's difficulty router, fit after it (in the CPU column, not in "trained");
 - export: `trainer_module.export` of the trained model, as the Trainer writes it.
@@ -149,7 +150,7 @@ def measure(run_dir: str, model: str, epochs: int | None, records_uri: str | Non
         export_s = time.perf_counter() - start
     cost = history["conflict_cost"]
     return {"model": model, "steps_per_epoch": steps, "samples_per_step": round(routed.mean_request_size * requests_per_batch),
-            "pure_ms": pure, "streamed_ms": streamed, "epochs": history["epochs_run"], "trained_s": history["seconds"],
+            "pure_ms": pure, "streamed_ms": streamed, "epochs": history["epochs_run"], "chosen_epoch": history["chosen_epoch"], "trained_s": history["seconds"],
             "pure_s": history["epochs_run"] * steps * pure / 1000.0, "steps_s": cost["train_seconds"],
             "step_trace_s": step_trace, "export_s": export_s, "router_s": history.get("router_seconds", 0.0),
             "eval_s": history["eval_seconds"], "probe_s": cost["probe_seconds"],
@@ -173,7 +174,7 @@ def main() -> None:
     records_uri = args.regroup or None
     rows = [measure(args.run, m, args.epochs, records_uri) for m in (LIGHT, HEAVY)]
     print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
-          "input alone ms/step (CPU) | streamed floor ms/step | streamed ms/step (ratio) | epochs | trained s | "
+          "input alone ms/step (CPU) | streamed floor ms/step | streamed ms/step (ratio) | epochs (chosen) | trained s | "
           "pure compute s | trained / pure | of which steps s | eval s | "
           "probe s (probes) | probe tracing s | step tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure | "
           "router fit s | export s |")
@@ -183,7 +184,8 @@ def main() -> None:
               f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
               f"{r['input_ms']:.1f} ({r['input_cpu_ms']:.1f}) | "
               f"{max(r['pure_ms'], (r['pure_cpu_ms'] + r['input_cpu_ms']) / r['cores']):.1f} | "
-              f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} | {r['trained_s']:.1f} | "
+              f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} ({r['chosen_epoch']}) | "
+              f"{r['trained_s']:.1f} | "
               f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
               f"{r['probe_s']:.2f} ({r['probes']}) | "
               f"{r['probe_trace_s']:.1f} | {r['step_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
