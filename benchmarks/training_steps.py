@@ -109,8 +109,9 @@ def _fill_seconds(records, requests_per_batch: int, shuffle_requests: int) -> fl
     return time.perf_counter() - start
 
 
-def measure(run_dir: str, model: str, epochs: int | None, records_uri: str | None = None) -> dict:
-    """The table's row for `model`; epochs None: as many as the Trainer's validation runs."""
+def trainer_inputs(run_dir: str, model: str, records_uri: str | None = None):
+    """What a finished run gave its Trainer `model`: (Transform output, the Trainer's custom_config,
+    its feature set, the train and eval request records); `records_uri`: other request records."""
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
     records_uri = records_uri or run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
     config = json.loads(run_report.latest_execution_property(run_dir, f"Trainer_{model}", "custom_config"))
@@ -118,6 +119,12 @@ def measure(run_dir: str, model: str, epochs: int | None, records_uri: str | Non
     spec = tft_output.transformed_feature_spec()
     train_records, eval_records = (request_records.RequestRecords.from_split(
         os.path.join(records_uri, f"Split-{split}", "*"), spec, features) for split in ("train", "eval"))
+    return tft_output, config, features, train_records, eval_records
+
+
+def measure(run_dir: str, model: str, epochs: int | None, records_uri: str | None = None) -> dict:
+    """The table's row for `model`; epochs None: as many as the Trainer's validation runs."""
+    tft_output, config, features, train_records, eval_records = trainer_inputs(run_dir, model, records_uri)
     settings = trainer_module.TrainerSettings.from_config(
         config if epochs is None else {**config, "max_epochs": epochs, "patience": epochs})
     model_inputs = transformed.ModelInputs.from_transform_output(features, tft_output)

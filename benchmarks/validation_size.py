@@ -14,31 +14,22 @@ table; `trainer_module.TrainerSettings.eval_positives` was chosen from it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import tempfile
 
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
-import tensorflow_transform as tft
 from scipy import stats
+from training_steps import trainer_inputs  # this script's folder is first on sys.path
 
 from hap.data import contract as c
-from hap.models import preprocessing, request_records, trainer_module, training, transformed
-from hap.pipeline import run_report
+from hap.models import trainer_module, training, transformed
 
 
 def epoch_scores(run_dir: str, model: str, epochs: int) -> tuple[list[np.ndarray], dict, tuple[str, ...], int]:
     """The model's logits on the whole eval split after each epoch, its sample groups and
     request ids, its contrasts and its patience."""
-    tft_output = tft.TFTransformOutput(run_report.latest_artifact(run_dir, "Transform", "TransformGraph").uri)
-    records_uri = run_report.latest_artifact(run_dir, "RequestGrouper", "Examples").uri
-    config = json.loads(run_report.latest_execution_property(run_dir, f"Trainer_{model}", "custom_config"))
-    features = preprocessing.feature_set_from_config(config)
-    spec = tft_output.transformed_feature_spec()
-    train_records, eval_records = (request_records.RequestRecords.from_split(
-        os.path.join(records_uri, f"Split-{split}", "*"), spec, features) for split in ("train", "eval"))
+    tft_output, config, features, train_records, eval_records = trainer_inputs(run_dir, model)
     settings = trainer_module.TrainerSettings.from_config(
         {**config, "max_epochs": epochs, "patience": epochs, "eval_requests": eval_records.requests,
          "eval_positives": max(1, eval_records.samples_by_group[c.EP])})
