@@ -364,9 +364,14 @@ def loss_gain_plot(results: dict[str, dict], path: str) -> bool:
     """Per dataset, each loss's gain over its model's pooled_infonce (mean ± std of the per-seed
     differences) in mean per-source AUC and funnel Recall@100, light and heavy panels; False when
     no result has the loss comparison."""
-    panels = [(model, metric) for model in ("light", "heavy") for metric in (MEAN_AUC, "oracle_recall@100")]
+    models = [m for m in ("light", "heavy")
+              if any(e["model"] == m for r in results.values() for e in r.get("loss_claims") or [])]
+    if not models:
+        return False
+    panels = [(model, metric) for model in models for metric in (MEAN_AUC, "oracle_recall@100")]
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    # A row per model the results compare (a light-only run has no empty heavy row).
+    fig, axes = plt.subplots(len(models), 2, figsize=(15, 4.5 * len(models)), squeeze=False)
     datasets = list(results)
     drawn = False
     for ax, (model, metric) in zip(axes.ravel(), panels):

@@ -26,6 +26,8 @@ class HeavyConfig:
         default input is ~300 wide, so a full-rank matrix is still cheap).
     deep_units: the N hidden layer widths of the MLP after the crosses (N = len(deep_units));
         N must exceed the light head's M, or the heavy model is not the stronger scorer.
+    embedding_init: how every embedding table starts, "zeros" (default) or "uniform"
+        (`layers.EMBEDDING_INIT` says why and what chose it).
     """
 
     embedding_dim: int = 16
@@ -33,11 +35,13 @@ class HeavyConfig:
     cross_layers: int = 2
     cross_projection_dim: int | None = None
     deep_units: tuple[int, ...] = (256, 128, 64, 32)
+    embedding_init: str = layers.EMBEDDING_INIT
 
     def __post_init__(self):
         widths = (self.embedding_dim, self.cross_layers) + self.attention_units + self.deep_units
         if min(widths) < 1 or (self.cross_projection_dim is not None and self.cross_projection_dim < 1):
             raise ValueError(f"every width and the number of cross layers must be positive: {self}")
+        layers.check_embedding_init(self.embedding_init)
 
 
 @tf.keras.utils.register_keras_serializable(package="hap")
@@ -55,7 +59,7 @@ class HeavyModel(layers.FeatureDictModel):
     def __init__(self, model_inputs: transformed.ModelInputs, config: HeavyConfig = HeavyConfig(), **kwargs):
         features = model_inputs.all_features
         super().__init__(model_inputs, config, [f.name for f in features], **kwargs)
-        self.embed = layers.FeatureEmbedding(model_inputs, features, config.embedding_dim)
+        self.embed = layers.FeatureEmbedding(model_inputs, features, config.embedding_dim, init=config.embedding_init)
         self.attention = {
             f.name: layers.TargetAttention(config.attention_units, name=f"attention_{f.name}")
             for f in self.embed.sequences if f.target

@@ -25,16 +25,20 @@ class LightConfig:
     output_dim: D, the width of the user and item embeddings the towers end in.
     head_units: the head's M hidden layer widths over [u, v, u * v] (M = len(head_units)); the
         heavy model's MLP must be deeper.
+    embedding_init: how every embedding table starts, "zeros" (default) or "uniform"
+        (`layers.EMBEDDING_INIT` says why and what chose it).
     """
 
     embedding_dim: int = 16
     tower_units: tuple[int, ...] = (64,)
     output_dim: int = 32
     head_units: tuple[int, ...] = (32, 16)
+    embedding_init: str = layers.EMBEDDING_INIT
 
     def __post_init__(self):
         if min((self.embedding_dim, self.output_dim) + self.tower_units + self.head_units) < 1:
             raise ValueError(f"every width must be positive: {self}")
+        layers.check_embedding_init(self.embedding_init)
 
 
 class Tower(tf.keras.layers.Layer):
@@ -76,7 +80,7 @@ class LightModel(layers.FeatureDictModel):
         self.item_names = tuple(f.name for f in item_side)
         # One table per vocabulary across both towers: the user's click history and the
         # candidate's item_id then live in one space.
-        tables = layers.embedding_tables(model_inputs, user_side + item_side, config.embedding_dim)
+        tables = layers.embedding_tables(model_inputs, user_side + item_side, config.embedding_dim, config.embedding_init)
         self.user_tower = Tower(model_inputs, user_side, tables, config, name="user_tower")
         self.item_tower = Tower(model_inputs, item_side, tables, config, name="item_tower")
         self.head = layers.MLP(config.head_units, name="head")

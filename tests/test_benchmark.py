@@ -361,4 +361,8 @@ def test_loss_claims_in_closed_form(tmp_path):
     assert "| (c) | light, GHCL |" in text and "+0.0300" in text and text.count("| yes |") >= 1
     assert report.loss_gain_plot({"one": result, "two": result}, str(tmp_path / "gain.png"))
     with open(tmp_path / "gain.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    # Light variants only: one row of panels, 4.5 inches at 110 dpi, not an empty heavy row below.
+    assert int.from_bytes(header[16:20], "big") == 15 * 110 and int.from_bytes(header[20:24], "big") == round(4.5 * 110)
+    assert not report.loss_gain_plot({"one": {**result, "loss_claims": []}}, str(tmp_path / "none.png"))

@@ -216,10 +216,37 @@ def test_models_build_on_feature_sets_with_empty_groups(name):
     for logits in (light_model(batch), heavy_model(batch)):
         assert logits.shape == (BATCH,) and np.isfinite(logits.numpy()).all()
     # The listed user feature, a plain categorical or a history pooled for want of a target,
-    # reaches both models.
+    # reaches both models once they have learnt something: their embeddings start at zero, and
+    # on "categorical_only" nothing but embeddings feeds the networks (layers.RELU_BIAS).
     changed = _redraw(batch, [model_inputs.features.listed[0]], seed=3)
     for model in (light_model, heavy_model):
+        _fit_a_little(model, batch)
         assert not np.allclose(model(changed).numpy(), model(batch).numpy())
+
+
+def _fit_a_little(model, batch, steps: int = 3):
+    optimizer = tf.keras.optimizers.Adam(0.01)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(batch[transformed.LABEL], model(batch)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+
+@pytest.mark.parametrize("init", layers.EMBEDDING_INITS)
+def test_embedding_tables_start_as_their_init_says(init, model_inputs):
+    tables = layers.embedding_tables(model_inputs, model_inputs.all_features, 8, init)
+    for table in tables.values():
+        rows = table(tf.range(VOCAB)).numpy()
+        if init == "zeros":
+            np.testing.assert_array_equal(rows, 0.0)
+        else:
+            assert 0 < np.abs(rows).max() <= 0.05
+
+
+@pytest.mark.parametrize("config", [light.LightConfig, heavy.HeavyConfig])
+def test_an_unknown_embedding_init_is_refused(config):
+    with pytest.raises(ValueError, match="embedding_init must be one of"):
+        config(embedding_init="glorot")
 
 
 @pytest.mark.parametrize("kind", ["light", "heavy"])
