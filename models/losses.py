@@ -80,7 +80,11 @@ datasets. Where clicks are common the rules have little to act on: the light mod
 per-source gradient norms are close (gradnorm's weights 0.77 to 1.38), its per-source cosines
 are mostly positive (EN against PRN or GN negative in 3 to 14% of the probes, early), and
 validation keeps the first epoch, before the easy sources saturate enough for the sampling to
-drop many of their negatives.
+drop many of their negatives. Those numbers are with Keras' uniform embedding start; with the
+models' zero start (models/layers.py) "ema" GHCL meets the bar on two datasets (rare_clicks and
+very_sparse_noisy drawn with simulator seed 11) and misses it on four other draws at about 1%
+clicks, where it still leads both baselines on the mean: there the bar depends on
+pooled_infonce's spread over the seeds, which differs up to sixfold between draws of one regime.
 
 "gradnorm" and "pcgrad" need one parameter gradient per source: with them the loss reports the
 unit-weighted terms and `RoutedTrainer.train_step` (models/training.py) computes the gradient
