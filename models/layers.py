@@ -19,8 +19,8 @@ _MASKED_SCORE = -1e9
 
 
 # How an id's embedding starts. "zeros" (the default of both models' configs): every id starts
-# at the zero vector and moves only as it is trained on, so an id seen rarely or never adds
-# nothing to a score rather than a random term; the MLPs' positive bias (RELU_BIAS) lets the
+# at the zero vector and moves only as it is trained on, so an id never trained on adds nothing
+# to a score where a random start adds a random term; the MLPs' positive bias (RELU_BIAS) lets the
 # gradient through while the embeddings are zero. "uniform": Keras' default, U(-0.05, 0.05).
 # Chosen by `hap benchmark --variants losses` against "uniform" (README, "Loss comparison":
 # zero-initialised embeddings): on eight simulated datasets from 14% to 0.9% clicks, 3 seeds, the
