@@ -25,17 +25,25 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(AIRFLOW_PYTHON),
     reason="no .venv-airflow: Airflow 2 needs its own environment (`make airflow-env`), its pins clash with TFX's")
 
-LOAD_DAGBAG = """
-import json, sys
+# Airflow's import is most of a DagBag load's time, so one process loads the DAG file once per
+# environment (argv[2], a JSON list of HAP_ settings): the DAG reads its settings when it is built.
+LOAD_DAGBAGS = """
+import json, os, sys
 from airflow.models import DagBag
-bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
-print(json.dumps({
-    "errors": {path: str(error) for path, error in bag.import_errors.items()},
-    "dags": {dag_id: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} for dag_id, dag in bag.dags.items()},
-    "beam_args": {dag_id: {t.task_id: t.python_callable.keywords["beam_pipeline_args"] for t in dag.tasks
-                           if hasattr(t.python_callable, "keywords")}
-                  for dag_id, dag in bag.dags.items()},
-}))
+results = []
+for settings in json.loads(sys.argv[2]):
+    for key in [k for k in os.environ if k.startswith("HAP_")]:
+        del os.environ[key]
+    os.environ.update(settings)
+    bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+    results.append({
+        "errors": {path: str(error) for path, error in bag.import_errors.items()},
+        "dags": {dag_id: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} for dag_id, dag in bag.dags.items()},
+        "beam_args": {dag_id: {t.task_id: t.python_callable.keywords["beam_pipeline_args"] for t in dag.tasks
+                               if hasattr(t.python_callable, "keywords")}
+                      for dag_id, dag in bag.dags.items()},
+    })
+print(json.dumps(results))
 """
 
 
@@ -60,13 +68,29 @@ def _python(env, code, *args, timeout=600):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _dagbag(tmp_path, **hap_env):
-    return _python(_airflow_env(tmp_path, **hap_env), LOAD_DAGBAG, DAG_FILE)
+BAD_SETTINGS = [
+    ("HAP_AUC_FLOORS", '{"light": {"XN": 0.5}}', "'XN'"),
+    ("HAP_MAX_EPOCHS", "0", "whole number of epochs >= 1, got '0'"),
+    ("HAP_KEEP_RUNS", "0", "whole number of runs >= 1, got '0'"),
+]
 
 
-def test_airflow_loads_the_dag_with_every_component(tiny_csv, tmp_path):
-    out = str(tmp_path / "run")
-    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=out, HAP_BEAM_ARGS=" ".join(BEAM), HAP_KEEP_RUNS="2")
+@pytest.fixture(scope="module")
+def dagbags(tiny_csv, tmp_path_factory):
+    """What Airflow's DagBag made of the DAG file in each environment: `every_component` (good
+    settings), `missing` (none) and each of BAD_SETTINGS by its name; and the run folder named."""
+    tmp = tmp_path_factory.mktemp("dagbags")
+    out = str(tmp / "run")
+    good = dict(HAP_DATA=tiny_csv, HAP_OUT=out)
+    cases = {"every_component": {**good, "HAP_BEAM_ARGS": " ".join(BEAM), "HAP_KEEP_RUNS": "2"}, "missing": {},
+             **{setting: {**good, setting: value} for setting, value, _ in BAD_SETTINGS}}
+    results = _python(_airflow_env(tmp), LOAD_DAGBAGS, DAG_FILE, json.dumps(list(cases.values())))
+    return dict(zip(cases, results)), out
+
+
+def test_airflow_loads_the_dag_with_every_component(dagbags, tiny_csv):
+    results, out = dagbags
+    result = results["every_component"]
     assert result["errors"] == {}
     components = local_runner.build(tiny_csv, out).components
     expected = {node.id: sorted(up.id for up in node.upstream_nodes) for node in components}
@@ -79,11 +103,19 @@ def test_airflow_loads_the_dag_with_every_component(tiny_csv, tmp_path):
     assert set(map(tuple, result["beam_args"]["hap"].values())) == {(*BEAM, f"--setup_file={REPO}/setup.py")}
 
 
-def test_missing_settings_are_a_clear_import_error(tmp_path):
-    result = _dagbag(tmp_path)
+def test_missing_settings_are_a_clear_import_error(dagbags):
+    result = dagbags[0]["missing"]
     assert result["dags"] == {}
     (error,) = result["errors"].values()
     assert "HAP_DATA is not set" in error
+
+
+@pytest.mark.parametrize("setting, value, message", BAD_SETTINGS)
+def test_bad_settings_are_a_clear_import_error(setting, value, message, dagbags):
+    result = dagbags[0][setting]
+    assert result["dags"] == {}
+    (error,) = result["errors"].values()
+    assert setting in error and message in error
 
 
 def _newest(out, component, key):
@@ -153,14 +185,3 @@ def test_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path):
     # The drift check compared day 3 with day 2, the day accepted before.
     anomalies = _newest(out, "DistributionValidator", "anomalies")
     assert any(name.startswith("SplitPair-eval_eval") for name in os.listdir(anomalies)), os.listdir(anomalies)
-
-
-@pytest.mark.parametrize("setting, value, message", [
-    ("HAP_AUC_FLOORS", '{"light": {"XN": 0.5}}', "'XN'"),
-    ("HAP_MAX_EPOCHS", "0", "whole number of epochs >= 1, got '0'"),
-    ("HAP_KEEP_RUNS", "0", "whole number of runs >= 1, got '0'"),
-])
-def test_bad_settings_are_a_clear_import_error(setting, value, message, tiny_csv, tmp_path):
-    result = _dagbag(tmp_path, HAP_DATA=tiny_csv, HAP_OUT=str(tmp_path / "run"), **{setting: value})
-    (error,) = result["errors"].values()
-    assert setting in error and message in error
