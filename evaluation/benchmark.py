@@ -14,10 +14,10 @@ Variants (`variants()`), each built from the models of `MODELS`; `--variants` pi
         trains it; all: full size, trained on every group; narrow: the pipeline's) x route
         fraction f (5%, 10%, 20%, 50% by default).
 
-    (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled), (c-bce) light, GHCL with each other
-        harmonising rule, with conflict-sensitive sampling, or with BCE as one more path
-        (models/losses.py); (d-pooled) heavy on all samples, pooled_infonce; (e-sampled) heavy on
-        all samples, GHCL with sampling
+    (c-gradnorm), (c-ghm), (c-pcgrad), (c-sampled), (c-bce), (c-batch_en) light, GHCL with each
+        other harmonising rule, with conflict-sensitive sampling, with BCE as one more path, or
+        with EN contrasted across the batch's requests (models/losses.py); (d-pooled) heavy on
+        all samples, pooled_infonce; (e-sampled) heavy on all samples, GHCL with sampling
 
 "losses" is (a)-(e) with the rule variants; "routing" is (c), (us), (um), (e) and the
 cascades; "all" is both without the rule variants (eight more trainings per seed, which the
@@ -111,12 +111,13 @@ NARROW_HEAVY = {
     "m": {"embedding_dim": 8, "cross_projection_dim": 32, "deep_units": [64, 32]},
 }
 
-# GHCL's other harmonising rules and its conflict-sensitive sampling, in the "losses" set: each on
-# the light model, and on the heavy model the one a one-seed pilot of the light models on the
-# default data ranked first (README, "Loss comparison"), which is also among the cheapest per
-# step (benchmarks/loss_rules.py): the heavy step with gradnorm or pcgrad costs several times
-# GHCL's, more than the benchmark's time allows.
-LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled", "ghcl_bce")
+# GHCL's other harmonising rules, its conflict-sensitive sampling, BCE as a path and the batch-wide
+# EN contrast (models/losses.py), in the "losses" set: each on the light model, and on the heavy
+# model the one a one-seed pilot of the light models on the default data ranked first (README,
+# "Loss comparison"), which is also among the cheapest per step (benchmarks/loss_rules.py): the
+# heavy step with gradnorm or pcgrad costs several times GHCL's, more than the benchmark's time
+# allows.
+LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled", "ghcl_bce", "ghcl_batch_en")
 HEAVY_RULES = ("ghcl_sampled",)
 
 MODELS = {
@@ -180,7 +181,7 @@ class Variant:
 
 # The variants of each --variants set, by key; the cascade sweep is added to "routing" and "all".
 RULE_KEY = {"ghcl_gradnorm": "gradnorm", "ghcl_ghm": "ghm", "ghcl_pcgrad": "pcgrad", "ghcl_sampled": "sampled",
-            "ghcl_bce": "bce"}
+            "ghcl_bce": "bce", "ghcl_batch_en": "batch_en"}
 LOSS_KEYS = ("a", "b", "c", *(f"c-{RULE_KEY[r]}" for r in LIGHT_RULES), "d", "d-pooled", "e",
              *(f"e-{RULE_KEY[r]}" for r in HEAVY_RULES))
 # Per model, the loss comparison's baselines (benchmark.md's "Losses" table and the gain plot).

@@ -67,7 +67,8 @@ def test_variants_cover_the_issue():
     routing_set = [v.key for v in benchmark.variants(fractions, "routing")]
     assert routing_set[:5] == ["c", "e", "us", "um", "f"] and len(routing_set) == 5 + len(cascades)
     assert [v.key for v in benchmark.variants(fractions, "losses")] == [
-        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "c-bce", "d", "d-pooled", "e", "e-sampled"]
+        "a", "b", "c", "c-gradnorm", "c-ghm", "c-pcgrad", "c-sampled", "c-bce", "c-batch_en", "d", "d-pooled", "e",
+        "e-sampled"]
 
 
 def test_narrowed_heavy_models_fall_between_the_light_and_heavy_compute(pipeline_run, e2e_data):

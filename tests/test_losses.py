@@ -443,3 +443,21 @@ def test_bce_path_counts_only_the_bce_samples_and_needs_the_ema_rule():
     assert losses.make_loss("ghcl_bce", HARD).bce_path
     with pytest.raises(ValueError, match="bce_path"):
         losses.GHCLLoss(harmonize="gradnorm", bce_path=True)
+
+
+def test_a_batch_wide_contrast_sets_each_positive_against_every_requests_negatives():
+    # Two requests: EN is contrasted across both, RN within each request as before.
+    rows = [(0, EP, 2.0), (0, EN, 1.0), (0, RN, 0.5), (1, EP, 0.0), (1, EN, 3.0), (1, RN, -1.0)]
+    out = losses.make_loss("ghcl_batch_en", HARD, harmonize="none", temperature=1.0)(*batch(rows))
+    assert float(out["infonce_EN"]) == pytest.approx((nce(2.0, [1.0, 3.0]) + nce(0.0, [1.0, 3.0])) / 2, rel=1e-6)
+    assert float(out["infonce_RN"]) == pytest.approx((nce(2.0, [0.5]) + nce(0.0, [-1.0])) / 2, rel=1e-6)
+    assert float(out["count_EN"]) == 2.0
+    per_request = losses.make_loss("ghcl", HARD, harmonize="none", temperature=1.0)(*batch(rows))
+    assert float(per_request["infonce_EN"]) == pytest.approx((nce(2.0, [1.0]) + nce(0.0, [3.0])) / 2, rel=1e-6)
+
+
+def test_batch_contrasts_must_be_contrasts_and_keep_every_negative():
+    with pytest.raises(ValueError, match="batch_contrasts must be among"):
+        losses.GHCLLoss(negative_groups=("EN", "RN"), batch_contrasts=("GN",))
+    with pytest.raises(ValueError, match="sampling='fixed'"):
+        losses.GHCLLoss(batch_contrasts=("EN",), sampling="saturation")
