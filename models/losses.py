@@ -88,8 +88,9 @@ pooled_infonce's spread over the seeds, which differs up to sixfold between draw
 With the zero start the rules were run again on those six draws (README, "Loss comparison"):
 mean gain over pooled_infonce "ema" +0.0113, "gradnorm" +0.0114, "sampled" +0.0113, "ghm"
 +0.0097, "bce" +0.0088, the bar holding on the same two draws for each, so "ema" stays. What
-decides GHCL's lead over mixed_bce is how many clicks the model trains on: within each regime it
-falls as they grow (rare_clicks, 183 to 280 training clicks: +3.1 to -0.7 points), and two draws
+decides GHCL's lead over mixed_bce is how many clicks the model trains on: it falls as they
+grow (rare_clicks, 183 to 280 training clicks: +3.1 to -0.7 points; very_sparse_noisy with one
+inversion), and two draws
 with 1.3-1.4% clicks (seed 13, named before their runs) have mixed_bce ahead by 0.7 and 1.1
 points. GHCL's gain is on the easier sources (RN, PRN, GN); on EP vs EN, ranked across requests,
 mixed_bce leads on 8 of 10 datasets: a softmax within one request cannot learn what differs
@@ -428,7 +429,7 @@ class GHCLLoss:
             raise ValueError(f"batch_contrasts must be among the negative groups {self.negative_groups}: "
                              f"{self.batch_contrasts}")
         if self.batch_contrasts and sampling != "fixed":
-            raise ValueError("batch_contrasts samples negatives per request: it needs sampling='fixed'")
+            raise ValueError("saturation sampling keeps negatives per request: batch_contrasts needs sampling='fixed'")
         self.bce_on = bce_on
         self.temperature = temperature
         self.bce_weight = bce_weight
