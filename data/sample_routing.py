@@ -12,11 +12,11 @@ Per model, `SampleRouting` says:
 - `trains_on`: the groups whose samples reach the model's loss at all;
 - `contrasts`: the negative groups with a contrastive path of their own (GHCL's one InfoNCE per
   group; pooled_infonce pools them), which are also the model's per-source AUCs and floors;
-- `bce_on`: the groups whose samples get the pointwise BCE term;
-- `auc_floors`: per contrast, the Evaluator's sanity floor (0.5 is a random scorer).
+- `bce_on`: the groups whose samples get the pointwise BCE term.
+The Evaluators' floors per contrast are settings (hap/defaults.yaml, `light.auc_floors`).
 
 Both models train on every group with every contrast. The light model scores every candidate,
-so it must see them all. The heavy model is the second stage (pipeline/configs.HEAVY_TRAINER):
+so it must see them all. The heavy model is the second stage (hap/defaults.yaml, `heavy.trainer`):
 the routing policy (serving/routing.py) hands it half of each request's candidates, most of
 which are neither exposed nor ranking candidates, so it is trained on candidates like those it
 re-scores. The paper trains it on the exposed and ranking samples only (`HARD_GROUPS`); that
@@ -31,8 +31,6 @@ contract for a new source).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
-
 from hap.data import contract as c
 
 LIGHT, HEAVY = "light", "heavy"
@@ -51,7 +49,6 @@ class SampleRouting:
     trains_on: tuple[str, ...]
     contrasts: tuple[str, ...]
     bce_on: tuple[str, ...]
-    auc_floors: Mapping[str, float]
 
     def __post_init__(self):
         unknown = set(self.trains_on) - set(c.SAMPLE_GROUPS)
@@ -61,19 +58,15 @@ class SampleRouting:
             raise ValueError(f"contrasts must be negative groups the model trains on: {self.contrasts}")
         if not set(self.bce_on) <= set(self.trains_on):
             raise ValueError(f"bce_on must be groups the model trains on: {self.bce_on}")
-        if set(self.auc_floors) != set(self.contrasts):
-            raise ValueError(f"auc_floors needs one floor per contrast {self.contrasts}: {dict(self.auc_floors)}")
 
 
-EVERY_GROUP = SampleRouting(trains_on=c.SAMPLE_GROUPS, contrasts=c.NEGATIVE_GROUPS, bce_on=c.SAMPLE_GROUPS,
-                            auc_floors={c.EN: 0.55, c.RN: 0.60, c.PRN: 0.70, c.GN: 0.75})
+EVERY_GROUP = SampleRouting(trains_on=c.SAMPLE_GROUPS, contrasts=c.NEGATIVE_GROUPS, bce_on=c.SAMPLE_GROUPS)
 SAMPLE_ROUTING: dict[str, SampleRouting] = {LIGHT: EVERY_GROUP, HEAVY: EVERY_GROUP}
 
 # Routings a model may be trained with instead of its own (TrainerSettings.sample_routing).
 HARD_ONLY = "hard_only"
 ALTERNATIVE_ROUTING: dict[str, SampleRouting] = {
-    HARD_ONLY: SampleRouting(trains_on=(c.EP,) + HARD_GROUPS, contrasts=HARD_GROUPS, bce_on=(c.EP, c.EN),
-                             auc_floors={c.EN: 0.55, c.RN: 0.60}),
+    HARD_ONLY: SampleRouting(trains_on=(c.EP,) + HARD_GROUPS, contrasts=HARD_GROUPS, bce_on=(c.EP, c.EN)),
 }
 
 

@@ -83,9 +83,10 @@ from hap.evaluation.defaults import (DEFAULT_KS, DEFAULT_LATENCY_REQUESTS, DEFAU
                                      VARIANT_SETS)
 from hap.evaluation.top_k_metrics import FUNNEL_KS
 from hap.models import request_records, trainer_module, training, transformed
-from hap.pipeline import configs, local_runner, run_report
+from hap.pipeline import local_runner, run_report
 from hap.serving import cascade, flops, routing
 from hap.serving import request as rq
+from hap.tree import default_value
 
 CASCADE = "cascade"
 # What the metrics read of the eval records besides the scores.
@@ -107,7 +108,7 @@ class ModelRecipe:
 # cascade spends routing 10% and 20% of the candidates to the full model), trained on every
 # candidate, so that the cascade meets one model of its own compute.
 NARROW_HEAVY = {
-    "s": configs.HEAVY_TRAINER["model_config"],
+    "s": default_value("heavy.trainer.model_config"),
     "m": {"embedding_dim": 8, "cross_projection_dim": 32, "deep_units": [64, 32]},
 }
 
@@ -619,12 +620,13 @@ def machine() -> dict:
 def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEFAULT_SEEDS, max_epochs: int | None = None,
               route_fractions=DEFAULT_ROUTE_FRACTIONS, ks=DEFAULT_KS, which: str = "all",
               latency_requests: int = DEFAULT_LATENCY_REQUESTS, overwrite: bool = False,
-              progress: bool = True, only=None) -> dict:
+              progress: bool = True, only=None, settings=None) -> dict:
     """Runs the benchmark (module docstring); returns the content of benchmark.json.
 
     `run_dir`: a finished `hap run` output made from `data_dir` whose Transform output is used
     as is; by default the pipeline runs into OUT/run (served from its cache when it already ran).
     `which`: the variant set (`variants`); `only`: the keys of those variants to run (all by default).
+    `settings`: the pipeline's settings tree (hap/settings.py; default: hap/defaults.yaml).
     """
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
@@ -648,7 +650,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
     started = time.time()
     if run_dir is None:
         run_dir = os.path.join(out_dir, "run")
-        local_runner.run(data_dir, run_dir)
+        local_runner.run(data_dir, run_dir, settings)
     pipeline_seconds = time.time() - started
 
     inputs = load_inputs(data_dir, run_dir)

@@ -5,17 +5,21 @@
     hap data simulate --out DIR --append-day [--drift X] [--click-drift L]
     hap data validate DIR
     hap schema derive --features features.yaml --out schema.pbtxt
-    hap run --data DIR --out DIR [--window-days W] [--warm-start] [--light-loss L] [--heavy-loss L]
+    hap run --data DIR --out DIR [SETTINGS] [--window-days W] [--warm-start] [--light-loss L] [--heavy-loss L]
             [--max-epochs E] [--auc-floors JSON] [--beam-arg ARG ...]
+    hap config show [SETTINGS]
     hap tensorboard OUT
-    hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] ...
-    hap serve (MODEL_BASE_PATH | --model-config-file FILE) [--port 8500] [--rest-api-port 8501] [--host 127.0.0.1]
-              [--monitoring-config-file FILE]
-    hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model hap]
-    hap evaluate --model MODEL --data DIR --out DIR [--k 1 3 5] [--overwrite]
+    hap compile kubeflow --out FILE --image IMAGE --data-root URI --pipeline-root URI [--gpu-image IMAGE] [SETTINGS]
+    hap serve (MODEL_BASE_PATH | --model_config_file FILE) [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1]
+              [--monitoring_config_file FILE]  (TF Serving's flag names; hyphenated ones too)
+    hap query (--data DIR [--request-id ID] | --json FILE) [--server HOST:PORT] [--model NAME]
+    hap evaluate --model_base_path PATH --data DIR --out DIR [--k 1 3 5] [--overwrite] [SETTINGS]
     hap benchmark --data DIR [DIR ...] --out DIR [--run RUN] [--variants all|routing|losses] [--only KEY ...]
-                  [--seeds 0 1 2]
-    hap demo [--out DIR]
+                  [--seeds 0 1 2] [SETTINGS]
+    hap demo [--out DIR] [SETTINGS]
+
+SETTINGS: --config FILE (default $HAP_CONFIG) and repeatable --set KEY=VALUE over hap/defaults.yaml
+(docs/settings.md); `hap config show` prints the effective tree and where each value came from.
 
 Heavy imports (TensorFlow, TFX) happen inside the subcommands that need them, so `--help` and
 CSV simulation start fast.
@@ -32,6 +36,7 @@ import hap  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports Tens
 from hap.data import contract
 from hap.data.simulator import REGIMES, SimulationConfig
 from hap.evaluation import defaults as evaluation_defaults
+from hap.tree import default_value
 
 
 def _simulate(args) -> int:
@@ -101,25 +106,44 @@ def _hap_command() -> str:
     return called if os.path.basename(called) == "hap" else "hap"
 
 
-def _run_settings(args) -> dict:
-    """local_runner.run's settings from `hap run`'s options; bad ones fail here, before anything
-    is written."""
-    from hap.pipeline import configs
+def _run_options(args) -> list[tuple[str, object, str]]:
+    """`hap run`'s shorthand options as settings keys (hap/settings.py), each with its name."""
+    options = []
+    if getattr(args, "max_epochs", None):
+        options += [(f"{m}.trainer.max_epochs", args.max_epochs, "--max-epochs") for m in ("light", "heavy")]
+    for model in ("light", "heavy"):
+        if getattr(args, f"{model}_loss", None):
+            options.append((f"{model}.trainer.loss", getattr(args, f"{model}_loss"), f"--{model}-loss"))
+    if getattr(args, "auc_floors", None):
+        floors = _json_option("--auc-floors", args.auc_floors)
+        if not isinstance(floors, dict):
+            raise ValueError(f"--auc-floors: expected a mapping of model to {{source: floor}}, got {floors!r}")
+        options += [(f"{model}.auc_floors", by_source, "--auc-floors") for model, by_source in floors.items()]
+    for name, key, value in (("beam_arg", "beam.args", getattr(args, "beam_arg", None)),
+                             ("window_days", "data.window_days", getattr(args, "window_days", None)),
+                             ("keep_runs", "retention.keep_runs", getattr(args, "keep_runs", None))):
+        if value is not None:
+            options.append((key, value, "--" + name.replace("_", "-")))
+    for flag, key, value in (("warm_start", "warm_start", True), ("accept_drift", "drift.accept", True),
+                             ("no_cache", "enable_cache", False)):
+        if getattr(args, flag, False):
+            options.append((key, value, "--" + flag.replace("_", "-")))
+    return options
 
-    overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
-    return {"light_trainer": {**overrides, **({"loss": args.light_loss} if args.light_loss else {})},
-            "heavy_trainer": {**overrides, **({"loss": args.heavy_loss} if args.heavy_loss else {})},
-            "auc_floors": configs.auc_floors_with(_json_option("--auc-floors", args.auc_floors)
-                                                  if args.auc_floors else {}),
-            "beam_pipeline_args": args.beam_arg or None, "enable_cache": not args.no_cache,
-            "window_days": args.window_days, "warm_start": args.warm_start, "accept_drift": args.accept_drift}
+
+def _settings(args, options=()):
+    """The effective settings of a command: defaults, --config (or HAP_CONFIG), HAP_SET, the
+    command's own options and --set; a bad key or value fails here, before anything runs."""
+    from hap import settings
+
+    return settings.load(args.config, args.set or (), options=[*_run_options(args), *options])
 
 
 # Raised before any component runs: the user's data or options, told as `hap: error: ...`.
-_USER_ERRORS = (contract.ContractError, FileExistsError, FileNotFoundError, ValueError)
+_USER_ERRORS = (contract.ContractError, FileExistsError, FileNotFoundError, ValueError, ConnectionError)
 
 
-def _pipeline(out, data: str, run_dir: str, settings: dict, log: str) -> bool:
+def _pipeline(out, data: str, run_dir: str, settings, log: str) -> bool:
     """Runs the pipeline with one console line per component; False, with the failed component
     and its traceback on the console, when it fails."""
     from hap.pipeline import console
@@ -128,7 +152,7 @@ def _pipeline(out, data: str, run_dir: str, settings: dict, log: str) -> bool:
     try:
         with out.step("loading TFX and TensorFlow"):
             from hap.pipeline import local_runner
-        local_runner.run(data, run_dir, console=out, **settings)
+        local_runner.run(data, run_dir, settings, console=out)
     except Exception as e:  # noqa: BLE001  (a failed component: shown, with its traceback)
         if not out.components and isinstance(e, _USER_ERRORS):
             raise
@@ -143,9 +167,7 @@ def _pipeline(out, data: str, run_dir: str, settings: dict, log: str) -> bool:
 def _run(args) -> int:
     from hap.pipeline import console, retention
 
-    settings = _run_settings(args)
-    if args.keep_runs is not None:
-        retention.check_keep_runs(args.keep_runs)  # before anything runs
+    settings = _settings(args).settings
     log = console.log_path(args.out)
     with console.quiet_console(log) as out:
         out.line(f"hap run: {args.data} into {args.out}; every library's messages go to {log}")
@@ -155,8 +177,8 @@ def _run(args) -> int:
 
         for line in run_report.summary_lines(args.out) + run_report.next_commands(args.out, args.data, _hap_command()):
             out.line(line)
-        if args.keep_runs:
-            out.line(retention.prune(args.out, args.keep_runs).summary(args.out))
+        if settings.retention.keep_runs:
+            out.line(retention.prune(args.out, settings.retention.keep_runs).summary(args.out))
     return 0
 
 
@@ -165,13 +187,18 @@ def _compile_kubeflow(args) -> int:
 
     if args.gpu_image is None and (args.gpu_type is not None or args.gpus is not None):
         raise ValueError("--gpu-type and --gpus apply to the Trainers' --gpu-image; give --gpu-image too")
-    resources = kubeflow_runner.gpu_resources(
-        args.gpu_type or kubeflow_runner.DEFAULT_GPU, 1 if args.gpus is None else args.gpus) if args.gpu_image else None
-    pipeline = kubeflow_runner.build(args.data_root, args.pipeline_root, serving_model_dir=args.serving_dir,
+    options = [(key, value, option) for key, value, option in (
+        ("kubeflow.gpu_type", args.gpu_type, "--gpu-type"), ("kubeflow.gpus", args.gpus, "--gpus"),
+        ("kubeflow.beam_args", args.kubeflow_beam_arg, "--beam-arg")) if value is not None]
+    settings = _settings(args, options).settings
+    _, notes = kubeflow_runner.cluster_settings(settings)
+    pipeline = kubeflow_runner.build(args.data_root, args.pipeline_root, settings, serving_model_dir=args.serving_dir,
                                      features_path=args.features, schema_path=args.schema,
-                                     beam_pipeline_args=args.beam_arg, trainer_resources=resources)
+                                     gpu=args.gpu_image is not None)
     job = kubeflow_runner.compile_pipeline(pipeline, args.out, image=args.image, gpu_image=args.gpu_image)
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {args.out}: pipeline {job['displayName']!r}, {len(tasks)} tasks")
     return 0
 
@@ -207,6 +234,9 @@ def _serve(args) -> int:
     from hap.serving import metrics, server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.model_base_path and args.model_base_path_option:
+        raise ValueError("give the model base path once: as an argument or as --model_base_path")
+    args.model_base_path = args.model_base_path or args.model_base_path_option
     if args.model_config_file:
         if args.model_base_path:
             raise ValueError("give a model base path or --model-config-file, not both")
@@ -281,8 +311,9 @@ def _evaluate(args) -> int:
     from hap.evaluation import evaluate
 
     start = time.time()
-    result = evaluate.evaluate(args.model, args.data, args.out, ks=args.k, overwrite=args.overwrite,
-                               progress=not args.quiet)
+    settings = _settings(args).settings
+    result = evaluate.evaluate(args.model_base_path, args.data, args.out, ks=args.k or settings.evaluation.ks,
+                               overwrite=args.overwrite, progress=not args.quiet)
     print(f"evaluated {result['model']} on {result['logged']['requests']} logged requests"
           + ("" if "skipped" in result["funnel"] else f" and {result['funnel']['requests']} funnel requests")
           + f" in {time.time() - start:.0f}s: {os.path.join(args.out, 'report.md')}")
@@ -294,9 +325,12 @@ def _benchmark(args) -> int:
 
     if args.run and len(args.data) > 1:
         raise ValueError("--run reuses one dataset's pipeline run: give one --data with it")
-    settings = dict(seeds=args.seeds, max_epochs=args.max_epochs, route_fractions=args.route_fractions, ks=args.k,
-                    which=args.variants, only=args.only, latency_requests=args.latency_requests,
-                    overwrite=args.overwrite, progress=not args.quiet)
+    tree = _settings(args).settings
+    settings = dict(seeds=args.seeds or tree.benchmark.seeds, max_epochs=args.max_epochs,
+                    route_fractions=args.route_fractions or tree.benchmark.route_fractions,
+                    ks=args.k or tree.evaluation.ks, which=args.variants, only=args.only,
+                    latency_requests=args.latency_requests or tree.benchmark.latency_requests,
+                    overwrite=args.overwrite, progress=not args.quiet, settings=tree)
     if len(args.data) == 1:
         result = benchmark.benchmark(args.data[0], args.out, run_dir=args.run, **settings)
         print(report.benchmark_table(result))
@@ -338,16 +372,12 @@ def _compare(out, run_dir: str, data: str, demo_dir: str) -> None:
     out.line()
 
 
-def demo_run_args(data: str, run_dir: str) -> argparse.Namespace:
-    """`hap run`'s options as the demo runs it: every default, read from the run parser itself."""
-    return build_parser().parse_args(["run", "--data", data, "--out", run_dir])
-
-
 def _demo(args) -> int:
     from hap.data import simulator, validator
     from hap.pipeline import console
 
     start = time.time()
+    settings = _settings(args).settings
     data, run_dir = os.path.join(args.out, "data"), os.path.join(args.out, "run")
     evaluation = os.path.join(args.out, "evaluation")
     log = console.log_path(run_dir)
@@ -364,7 +394,7 @@ def _demo(args) -> int:
         out.line(f"{'':8}" + ("OK: " if report.ok else "INVALID: ") + report.summary())
         if not report.ok:
             return 1
-        if not _pipeline(out, data, run_dir, _run_settings(demo_run_args(data, run_dir)), log):
+        if not _pipeline(out, data, run_dir, settings, log):
             return 1
         from hap.pipeline import run_report
         from hap.serving import model_versions
@@ -377,6 +407,22 @@ def _demo(args) -> int:
             out.line(line)
         out.line(f"demo finished in {time.time() - start:.0f} s")
     return 0
+
+
+def _config_show(args) -> int:
+    from hap import settings
+
+    loaded = _settings(args)
+    print("\n".join(settings.show_lines(loaded)))
+    return 0
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="a settings file, the same tree as hap/defaults.yaml (default: $HAP_CONFIG if set)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="one setting, e.g. --set cascade.routing.fraction=0.3 (repeatable; docs/settings.md, "
+                             "`hap config show`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,7 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-runs", type=int, metavar="N",
                      help="after a successful run, delete the artifacts that neither the last N successful runs nor "
                           "any run after them used, as `hap prune` (default: keep everything)")
+    _add_settings_options(run)
     run.set_defaults(func=_run)
+
+    config = sub.add_parser("config", help="the settings tree").add_subparsers(dest="config_command", required=True)
+    show = config.add_parser("show", help="print the effective settings, each with where its value came from")
+    _add_settings_options(show)
+    show.set_defaults(func=_config_show)
 
     comp = sub.add_parser("compile", help="compile the pipeline for an orchestrator").add_subparsers(
         dest="compile_command", required=True)
@@ -472,11 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--features", help="local copy of the dataset's features.yaml (default: the default feature set)")
     kfp.add_argument("--schema", help="curated schema of a non-default feature set, as the cluster reads it")
     kfp.add_argument("--gpu-image", help="image the Trainers run in, with a GPU attached (the Dockerfile's GPU build)")
-    kfp.add_argument("--gpu-type", help="accelerator type of the Trainers, as Vertex AI names it (default: NVIDIA_TESLA_T4)")
-    kfp.add_argument("--gpus", type=int, help="GPUs per Trainer (default: 1)")
-    kfp.add_argument("--beam-arg", action="append",
+    kfp.add_argument("--gpu-type", help="accelerator type of the Trainers, as Vertex AI names it "
+                                        "(default: the setting kubeflow.gpu_type)")
+    kfp.add_argument("--gpus", type=int, help="GPUs per Trainer (default: the setting kubeflow.gpus)")
+    kfp.add_argument("--beam-arg", action="append", dest="kubeflow_beam_arg",
                      help="a Beam pipeline argument, e.g. --beam-arg=--runner=DataflowRunner "
-                          "(default: multi-process DirectRunner in each component's pod)")
+                          "(default: the setting kubeflow.beam_args, multi-process DirectRunner in each pod)")
+    _add_settings_options(kfp)
     kfp.set_defaults(func=_compile_kubeflow)
 
     prune = sub.add_parser("prune", help="delete the artifacts of a day-by-day output directory that only older runs "
@@ -492,23 +546,30 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=_tensorboard)
 
     serve = sub.add_parser("serve", help="serve a pushed model over TF Serving's gRPC and REST APIs (development server)")
+    # TF Serving's own flag names are accepted beside the hyphenated ones, so a command line
+    # written for tensorflow_model_server works here (and the other way round).
+    serving = lambda key: default_value(f"serving.{key}")  # noqa: E731
     serve.add_argument("model_base_path", nargs="?", help="the folder of version folders, e.g. OUT/serving/hap")
-    serve.add_argument("--model-name", default="hap")
-    serve.add_argument("--model-config-file",
+    serve.add_argument("--model_base_path", "--model-base-path", dest="model_base_path_option", metavar="PATH",
+                       help="the same, as TF Serving's flag")
+    serve.add_argument("--model_name", "--model-name", default=serving("model_name"),
+                       help="the model's name in requests (default: serving.model_name)")
+    serve.add_argument("--model_config_file", "--model-config-file",
                        help="a TF Serving model config file (one model): base path, version policy, version labels")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (TF Serving's default, 8500)")
-    serve.add_argument("--rest-api-port", type=int, default=0,
-                       help="port of TF Serving's REST API (and of the metrics page --monitoring-config-file turns "
+    serve.add_argument("--host", default=serving("host"), help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=serving("port"), help="gRPC port (TF Serving's default, 8500)")
+    serve.add_argument("--rest_api_port", "--rest-api-port", type=int, default=serving("rest_api_port"),
+                       help="port of TF Serving's REST API (and of the metrics page --monitoring_config_file turns "
                             "on); 0 (the default, as in TF Serving) for none")
-    serve.add_argument("--monitoring-config-file",
-                       help="a TF Serving monitoring config file (as its --monitoring_config_file): "
-                            "prometheus_config { enable: true path: ... } serves the Prometheus metrics page on the "
-                            "REST port; without it, as in TF Serving, there is none "
-                            "(serving/tf_serving/monitoring.config turns it on)")
-    serve.add_argument("--max-message-mb", type=int, default=64, help="largest request or response")
-    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
-    serve.add_argument("--drain-seconds", type=float, default=10.0,
+    serve.add_argument("--monitoring_config_file", "--monitoring-config-file",
+                       help="a TF Serving monitoring config file: prometheus_config { enable: true path: ... } serves "
+                            "the Prometheus metrics page on the REST port; without it, as in TF Serving, there is "
+                            "none (serving/tf_serving/monitoring.config turns it on)")
+    serve.add_argument("--max-message-mb", type=int, default=serving("max_message_mb"),
+                       help="largest request or response")
+    serve.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", dest="poll_seconds", type=float,
+                       default=serving("file_system_poll_wait_seconds"), help="how often to look for new versions")
+    serve.add_argument("--drain-seconds", type=float, default=serving("drain_seconds"),
                        help="on SIGTERM or SIGINT, how long requests in flight may take to finish")
     serve.set_defaults(func=_serve)
 
@@ -517,21 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", help="a contract dataset: the request comes from it")
     source.add_argument("--json", help='a JSON request: {"request": {...}, "candidates": [{...}, ...]}')
     query.add_argument("--request-id", help="which request of --data (default: the first of funnel/, else samples/)")
-    query.add_argument("--server", default="127.0.0.1:8500", help="TF Serving or `hap serve` gRPC address")
-    query.add_argument("--model", default="hap", help="model name on the server")
+    query.add_argument("--server", default=f"{default_value('serving.host')}:{default_value('serving.port')}",
+                       help="TF Serving or `hap serve` gRPC address")
+    query.add_argument("--model", "--model_name", dest="model", default=default_value("serving.model_name"),
+                       help="the model's name on the server (default: serving.model_name)")
     query.add_argument("--top", type=int, default=20, help="rows to print")
     query.set_defaults(func=_query)
 
 
     ev = sub.add_parser("evaluate", help="evaluate a pushed cascade request by request on a dataset's eval day")
-    ev.add_argument("--model", required=True,
-                    help="a cascade version folder, or a model base path such as OUT/serving/hap (newest version)")
+    ev.add_argument("--model_base_path", "--model-base-path", required=True,
+                    help="a model base path such as OUT/serving/hap (its newest version), or one version folder")
     ev.add_argument("--data", required=True, help="contract dataset: its last day of samples/, and funnel/ if any")
     ev.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots)")
-    ev.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
-                    help="K of HitRate@K and Recall@K")
+    ev.add_argument("--k", type=int, nargs="+", help="K of HitRate@K and Recall@K (default: evaluation.ks)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_settings_options(ev)
     ev.set_defaults(func=_evaluate)
 
     bench = sub.add_parser("benchmark", help="train and compare HAP with its baselines on one or more datasets")
@@ -544,22 +607,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="+", metavar="KEY",
                        help="only these variants of the set, by key (e.g. --variants losses --only a b c c-bce)")
     bench.add_argument("--run", help="reuse this finished `hap run` output of --data instead of running the pipeline")
-    bench.add_argument("--seeds", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_SEEDS),
-                       help="training seeds (mean ± std over them)")
+    bench.add_argument("--seeds", type=int, nargs="+", help="training seeds, mean ± std over them "
+                                                          "(default: benchmark.seeds)")
     bench.add_argument("--max-epochs", type=int, help="most training epochs of every model (default: the trainer's)")
     bench.add_argument("--route-fractions", type=float, nargs="+",
-                       default=list(evaluation_defaults.DEFAULT_ROUTE_FRACTIONS),
-                       help="shares of candidates re-scored by the heavy model, swept for every routing policy")
-    bench.add_argument("--k", type=int, nargs="+", default=list(evaluation_defaults.DEFAULT_KS),
-                       help="K of HitRate@K and Recall@K")
-    bench.add_argument("--latency-requests", type=int, default=evaluation_defaults.DEFAULT_LATENCY_REQUESTS,
-                       help="requests timed per architecture")
+                       help="shares of candidates re-scored by the heavy model, swept for every routing policy "
+                            "(default: benchmark.route_fractions)")
+    bench.add_argument("--k", type=int, nargs="+", help="K of HitRate@K and Recall@K (default: evaluation.ks)")
+    bench.add_argument("--latency-requests", type=int,
+                       help="requests timed per architecture (default: benchmark.latency_requests)")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing OUT/report")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_settings_options(bench)
     bench.set_defaults(func=_benchmark)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo", help="working directory")
+    _add_settings_options(demo)
     demo.set_defaults(func=_demo)
     return parser
 
@@ -568,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (contract.ContractError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (contract.ContractError, FileExistsError, FileNotFoundError, ValueError, ConnectionError) as e:
         print(f"hap: error: {e}", file=sys.stderr)
         return 2
 

@@ -20,12 +20,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from hap.data import contract as c
+from hap.tree import defaults_from
 from hap.data.sample_routing import LIGHT, MEAN_AUC, MODELS, SampleRouting, routing_of
 from hap.models import (difficulty_router, distribute, heavy, light, losses, preprocessing, request_records, training,
                         transformed)
 
 
 @dataclasses.dataclass(frozen=True)
+@defaults_from("light.trainer")
 class TrainerSettings:
     """model: which model to train, "light" or "heavy".
     sample_routing: the `SampleRouting` to train it with, a model's name or one of
@@ -65,24 +67,24 @@ class TrainerSettings:
     Under several replicas it is 1 (see `compiled_trainer`).
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
     `heavy.HeavyConfig`) that differ from its defaults: the pipeline's heavy model is the
-    architecture narrowed (pipeline/configs.HEAVY_TRAINER)."""
+    architecture narrowed (hap/defaults.yaml, `heavy.trainer.model_config`)."""
 
-    model: str = LIGHT
-    loss: str = "ghcl"
-    max_epochs: int = 10
-    patience: int = 2
-    batch_size: int = 1024
-    learning_rate: float = 2e-3
-    temperature: float = losses.DEFAULT_TEMPERATURE
-    seed: int = 0
-    shuffle_requests: int = 1_000
-    conflict_budget: float = 0.05
-    eval_positives: int = 2_000
-    eval_requests: int = 5_000
-    router_requests: int = 5_000
-    steps_per_execution: int = 16
-    sample_routing: str = ""
-    model_config: dict = dataclasses.field(default_factory=dict)
+    model: str
+    loss: str
+    max_epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    temperature: float
+    seed: int
+    shuffle_requests: int
+    conflict_budget: float
+    eval_positives: int
+    eval_requests: int
+    router_requests: int
+    steps_per_execution: int
+    sample_routing: str
+    model_config: dict
 
     def __post_init__(self):
         if self.model not in MODELS:

@@ -10,6 +10,7 @@ arguments, e.g. DataflowRunner's, and run their work there.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
@@ -18,16 +19,15 @@ from tfx import v1 as tfx
 
 from hap import schema as default_schema
 from hap.data import contract as c
-from hap.pipeline import configs
-from hap.pipeline.pipeline import create_pipeline
+from hap.pipeline.pipeline import TFX_RESOLVERS, PipelinePaths, create_pipeline
 from hap.schema import derive
+from hap.settings import HapSettings, defaults
 
 # Where the Dockerfile installs the repository, and so the curated schema, in the image.
 IMAGE_ROOT = "/hap"
 IMAGE_SCHEMA = f"{IMAGE_ROOT}/schema/schema.pbtxt"
 IMAGE_SETUP_FILE = f"{IMAGE_ROOT}/setup.py"
 FORMATS = (".json", ".yaml", ".yml")
-DEFAULT_GPU = "NVIDIA_TESLA_T4"
 _RESOURCES = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 
 
@@ -39,38 +39,41 @@ def gpu_resources(gpu_type: str, count: int) -> _RESOURCES:
         type=gpu_type, count=count, resource_type=gpu_type, resource_count=str(count)))
 
 
-def build(data_root: str, pipeline_root: str, serving_model_dir: str | None = None,
-          features_path: str | None = None, schema_path: str | None = None,
-          beam_pipeline_args: list[str] | None = None,
-          trainer_resources: _RESOURCES | None = None) -> tfx.dsl.Pipeline:
+def cluster_settings(settings: HapSettings) -> tuple[HapSettings, list[str]]:
+    """`settings` as the cluster runs them, and a note for each change: Beam arguments from
+    `kubeflow.beam_args`; the drift gate and the warm start off, since their resolver strategies
+    do not compile for KubeflowV2 (docs/deploying.md, Kubeflow)."""
+    notes = []
+    if settings.drift.check:
+        notes.append("drift.check is off in the compiled pipeline: its resolver does not compile for Kubeflow")
+    if settings.warm_start:
+        notes.append("warm_start is off in the compiled pipeline: its resolver does not compile for Kubeflow")
+    return dataclasses.replace(settings, beam=dataclasses.replace(settings.beam, args=list(settings.kubeflow.beam_args)),
+                               drift=dataclasses.replace(settings.drift, check=False), warm_start=False), notes
+
+
+def build(data_root: str, pipeline_root: str, settings: HapSettings | None = None,
+          serving_model_dir: str | None = None, features_path: str | None = None,
+          schema_path: str | None = None, gpu: bool = False) -> tfx.dsl.Pipeline:
     """The pipeline for the cluster. The feature set is read here, at compile time, from a local
     `features_path` (default: the default feature set), since Transform and the Trainers carry
-    it in their configuration; a non-default one needs the `schema_path` of its curated schema."""
+    it in their configuration; a non-default one needs the `schema_path` of its curated schema.
+    With `gpu`, the Trainers ask for `kubeflow.gpus` accelerators of `kubeflow.gpu_type`."""
+    settings, _ = cluster_settings(settings or defaults())
     features = _load_features(features_path or default_schema.DEFAULT_FEATURES)
     if schema_path is None:
         if features.listed != _load_features(default_schema.DEFAULT_FEATURES).listed:
             raise ValueError(f"{features_path} is not the default feature set, so its schema must be given: "
                              "derive one with `hap schema derive`, curate it, and pass a path the cluster reads")
         schema_path = IMAGE_SCHEMA
-    pipeline = create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME,
-        pipeline_root=pipeline_root,
-        data_root=data_root,
-        schema_path=schema_path,
-        serving_model_dir=serving_model_dir or f"{pipeline_root.rstrip('/')}/serving",
-        features=features,
-        light_trainer=configs.LIGHT_TRAINER,
-        heavy_trainer=configs.HEAVY_TRAINER,
-        auc_floors=configs.auc_floors_with({}),
-        auc_tolerance=configs.AUC_TOLERANCE,
-        eval_days=configs.EVAL_DAYS,
-        vocab_top_k=configs.VOCAB_TOP_K,
-        beam_pipeline_args=beam_pipeline_args or configs.CLUSTER_BEAM_PIPELINE_ARGS,
-        beam_setup_file=IMAGE_SETUP_FILE,
-    )
-    if trainer_resources is not None:
+    paths = PipelinePaths(data_root=data_root, pipeline_root=pipeline_root,
+                          serving_model_dir=serving_model_dir or f"{pipeline_root.rstrip('/')}/serving",
+                          schema_path=schema_path, beam_setup_file=IMAGE_SETUP_FILE)
+    pipeline = create_pipeline(paths, settings, features, resolvers=TFX_RESOLVERS)
+    if gpu:
+        resources = gpu_resources(settings.kubeflow.gpu_type, settings.kubeflow.gpus)
         for trainer in trainers(pipeline):
-            trainer.with_platform_config(trainer_resources)
+            trainer.with_platform_config(resources)
     return pipeline
 
 

@@ -14,18 +14,21 @@ Layout of an output directory:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import socket
 
 import absl.logging
 from tfx import v1 as tfx
 
 from hap import schema as default_schema
 from hap.data import contract as c
-from hap.pipeline import configs, console as run_console
+from hap.pipeline import console as run_console
 from hap.pipeline.console import tensorboard_logdirs  # noqa: F401  (the run layout's, here too)
-from hap.pipeline.pipeline import create_pipeline
+from hap.pipeline.pipeline import PipelinePaths, create_pipeline, source_setup_file
 from hap.schema import derive
+from hap.settings import HapSettings, defaults
 
 
 def schema_for(features: c.FeatureSet, out_dir: str) -> str:
@@ -66,73 +69,56 @@ def show_component_progress() -> None:
     logging.getLogger("apache_beam.transforms.core").setLevel(logging.ERROR)
 
 
-def _component_beam_args(data_root: str, beam_pipeline_args, component_beam_args) -> dict:
-    """The given per-component arguments; by default the measured choice for the data's size,
-    unless Beam arguments were given: they are the user's choice for every component."""
-    if component_beam_args is not None:
-        return component_beam_args
-    if beam_pipeline_args:
-        return {}
+def sample_bytes(data_root: str) -> int:
     samples = os.path.join(data_root, c.SAMPLES_DIR)
-    return configs.component_beam_args(sum(os.path.getsize(os.path.join(samples, name)) for name in os.listdir(samples)))
+    return sum(os.path.getsize(os.path.join(samples, name)) for name in os.listdir(samples))
 
 
-def drift_comparators_for(features: c.FeatureSet, comparators: dict | None = None) -> dict:
-    """`comparators` (default configs.DRIFT_COMPARATORS) on the features the dataset has."""
-    present = set(features.names) | set(c.REQUIRED_COLUMNS)
-    return {name: spec for name, spec in (configs.DRIFT_COMPARATORS if comparators is None else comparators).items()
-            if name in present}
+def metadata_connection(settings: HapSettings, out_dir: str):
+    """ML Metadata's connection: SQLite in OUT/metadata.sqlite, or the MySQL server of
+    `metadata.mysql` after checking that it answers (a refused or unreachable server is one error
+    naming host and port, before any component runs)."""
+    if settings.metadata.backend == "sqlite":
+        return tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(out_dir, "metadata.sqlite"))
+    mysql = settings.metadata.mysql
+    try:
+        socket.create_connection((mysql.host, mysql.port), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"ML Metadata: no MySQL server answers at {mysql.host}:{mysql.port} "
+                              f"(metadata.mysql.host/port): {e}") from None
+    return tfx.orchestration.metadata.mysql_metadata_connection_config(
+        host=mysql.host, port=mysql.port, database=mysql.database, username=mysql.user,
+        password=os.environ.get(mysql.password_env, ""))
 
 
-def build(data_root: str, out_dir: str, light_trainer: dict | None = None, heavy_trainer: dict | None = None,
-          auc_floors: dict | None = None, beam_pipeline_args: list[str] | None = None,
-          component_beam_args: dict | None = None, enable_cache: bool = True,
-          eval_days: int = configs.EVAL_DAYS, window_days: int | None = configs.WINDOW_DAYS,
-          warm_start: bool = False, drift_comparators: dict | None = None, accept_drift: bool = False,
-          auc_tolerance: float = configs.AUC_TOLERANCE,
-          cascade_tolerance: float = configs.CASCADE_TOLERANCE) -> tfx.dsl.Pipeline:
-    """The pipeline over a dataset on this machine's file system, with the layout above; the
-    Airflow DAG (pipeline/airflow_dag.py) runs the same one. Day by day (README, "Day by day"):
-    `window_days` of training before the eval day, `warm_start` from the last blessed models, the
-    drift check with `drift_comparators` (default configs.DRIFT_COMPARATORS, {}: none) and
-    `accept_drift` (see create_pipeline)."""
+def resolved(settings: HapSettings, data_root: str) -> HapSettings:
+    """`settings` with what the local front ends choose for the data: per-component Beam
+    arguments by its size (BeamSettings.component_args_for)."""
+    beam = dataclasses.replace(settings.beam, component_args=settings.beam.component_args_for(sample_bytes(data_root)))
+    return dataclasses.replace(settings, beam=beam)
+
+
+def build(data_root: str, out_dir: str, settings: HapSettings | None = None) -> tfx.dsl.Pipeline:
+    """The pipeline over a dataset on this machine's file system, with the layout above and
+    `settings` (default: hap/defaults.yaml); the Airflow DAG (pipeline/airflow_dag.py) runs the
+    same one."""
     data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
+    settings = resolved(settings or defaults(), data_root)
     features = c.load_features(data_root)
+    connection = metadata_connection(settings, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    return create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME,
-        pipeline_root=os.path.join(out_dir, "pipeline_root"),
-        data_root=data_root,
-        schema_path=schema_for(features, out_dir),
-        serving_model_dir=os.path.join(out_dir, "serving"),
-        features=features,
-        light_trainer={**configs.LIGHT_TRAINER, **(light_trainer or {})},
-        heavy_trainer={**configs.HEAVY_TRAINER, **(heavy_trainer or {})},
-        auc_floors=auc_floors or configs.auc_floors_with({}),
-        auc_tolerance=auc_tolerance,
-        eval_days=eval_days,
-        window_days=window_days,
-        warm_start=warm_start,
-        hap_resolvers=True,
-        cascade_tolerance=cascade_tolerance,
-        cascade_blessing_requests=configs.CASCADE_BLESSING_REQUESTS,
-        drift_comparators=drift_comparators_for(features, drift_comparators),
-        accept_drift=accept_drift,
-        vocab_top_k=configs.VOCAB_TOP_K,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.join(out_dir, "metadata.sqlite")),
-        beam_pipeline_args=beam_pipeline_args or configs.BEAM_PIPELINE_ARGS,
-        component_beam_args=_component_beam_args(data_root, beam_pipeline_args, component_beam_args),
-        beam_setup_file=configs.source_setup_file(),
-        enable_cache=enable_cache,
-    )
+    paths = PipelinePaths(data_root=data_root, pipeline_root=os.path.join(out_dir, "pipeline_root"),
+                          serving_model_dir=os.path.join(out_dir, "serving"),
+                          schema_path=schema_for(features, out_dir), beam_setup_file=source_setup_file())
+    return create_pipeline(paths, settings, features, metadata_connection_config=connection)
 
 
-def run(data_root: str, out_dir: str, console: run_console.Console | None = None, **settings) -> None:
-    """Runs `build(data_root, out_dir, **settings)` in this process. With a `console`
+def run(data_root: str, out_dir: str, settings: HapSettings | None = None,
+        console: run_console.Console | None = None) -> None:
+    """Runs `build(data_root, out_dir, settings)` in this process. With a `console`
     (pipeline/console.py), one line per component goes to it; without, LocalDagRunner's own
     start and finish lines go through Python's logging."""
-    pipeline = build(data_root, out_dir, **settings)
+    pipeline = build(data_root, out_dir, settings)
     if console is None:
         show_component_progress()
         tfx.orchestration.LocalDagRunner().run(pipeline)

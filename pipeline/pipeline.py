@@ -1,7 +1,8 @@
-"""The HAP TFX pipeline: `create_pipeline()` takes every path and setting as an argument, as the
-TFX template does; runners for each orchestrator only fill them in."""
+"""The HAP TFX pipeline: `create_pipeline(paths, settings, features)`, as the TFX template's; the
+runner of each orchestrator only resolves the paths and the settings tree (hap/settings.py)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,10 +26,10 @@ from hap.components.request_grouper.component import RequestGrouper
 from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
-from hap.models.trainer_module import TrainerSettings
 from hap.pipeline.resolvers import (LatestArtifactOrNothingStrategy, LatestBlessedCascadeStrategy,
                                     LatestBlessedModelOfOtherDataStrategy, LatestBlessedModelOfSameTransformStrategy)
-from hap.serving.cascade import CascadeSettings
+from hap.settings import DriftComparator, HapSettings
+from hap.tree import to_plain
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
 RUN_FN = "hap.models.trainer_module.run_fn"
@@ -72,6 +73,16 @@ def with_worker_dependency(beam_pipeline_args: list[str], setup_file: Optional[s
     return [*beam_pipeline_args, f"--setup_file={setup_file}"]
 
 
+def source_setup_file() -> str | None:
+    """HAP's setup.py where this process imports HAP from a source tree (`make setup`'s editable
+    install, the pipeline image), the Beam workers' dependency (with_worker_dependency); None for
+    an install without one, whose remote runs must name their own."""
+    import hap
+
+    setup_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(hap.__file__))), "setup.py")
+    return setup_file if os.path.isfile(setup_file) else None
+
+
 def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     """Per-source AUC on the eval split, with a floor and a regression tolerance per source.
 
@@ -101,76 +112,71 @@ def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     )
 
 
-DRIFT_COMPARATORS = ("infinity_norm", "jensen_shannon_divergence")
-
-
-def drift_config(comparators: dict) -> distribution_validator_pb2.DistributionValidatorConfig:
-    """DistributionValidator's configuration from {feature: (comparator, threshold)}, the
-    comparator one of TFDV's: "infinity_norm" (L-infinity distance of the value shares, for
-    categorical features) or "jensen_shannon_divergence" (for numeric ones)."""
+def drift_config(comparators: dict[str, DriftComparator]) -> distribution_validator_pb2.DistributionValidatorConfig:
+    """DistributionValidator's configuration from {feature: DriftComparator}: TFDV's
+    "infinity_norm" (L-infinity distance of the value shares, for categorical features) or
+    "jensen_shannon_divergence" (for numeric ones), each with its threshold."""
     config = distribution_validator_pb2.DistributionValidatorConfig()
-    for feature, (comparator, threshold) in sorted(comparators.items()):
-        if comparator not in DRIFT_COMPARATORS:
-            raise ValueError(f"drift comparator of {feature!r}: {comparator!r} is none of {DRIFT_COMPARATORS}")
+    for feature, spec in sorted(comparators.items()):
         entry = config.default_slice_config.feature.add()
         entry.path.step.append(feature)
-        getattr(entry.distribution_comparator, comparator).threshold = float(threshold)
+        getattr(entry.distribution_comparator, spec.comparator).threshold = float(spec.threshold)
     return config
 
 
-def create_pipeline(
-    pipeline_name: str,
-    pipeline_root: str,
-    data_root: str,
-    schema_path: str,
-    serving_model_dir: str,
-    features: c.FeatureSet,
-    light_trainer: dict,
-    heavy_trainer: dict,
-    auc_floors: dict,
-    auc_tolerance: float,
-    eval_days: int = 1,
-    window_days: Optional[int] = None,
-    warm_start: bool = False,
-    hap_resolvers: bool = False,
-    drift_comparators: Optional[dict] = None,
-    accept_drift: bool = False,
-    vocab_top_k: int = 100_000,
-    model_name: str = "hap",
-    cascade: CascadeSettings = CascadeSettings(),
-    cascade_tolerance: float = 0.01,
-    cascade_blessing_requests: int = 2000,
-    metadata_connection_config=None,
-    beam_pipeline_args: Optional[list[str]] = None,
-    component_beam_args: Optional[dict[str, list[str]]] = None,
-    beam_setup_file: Optional[str] = None,
-    enable_cache: bool = True,
-) -> tfx.dsl.Pipeline:
-    """`window_days`: the Trainers learn from that many days before the `eval_days` newest ones
-    (default: every earlier day).
-    `warm_start`: each Trainer starts from the last blessed model of its kind trained on other data
-    (pipeline/resolvers.py; models/trainer_module.py loads its weights).
-    `hap_resolvers`: the baselines come from HAP's resolver strategies (pipeline/resolvers.py):
-    each Evaluator's is the last blessed model trained on this run's Transform output, not any last
-    blessed model (needed once the data changes between runs, a new day: an older model fed today's
-    vocabulary indices scores other ids), and the CascadeAssembler's is found at all. Off for
-    Kubeflow, whose compiler knows TFX's own strategies only.
-    `drift_comparators`: {feature: (TFDV comparator, threshold)} (`drift_config`): the newest day's
-    statistics are compared with the last accepted day's and a drift stops the run before Transform
-    (components/drift_gate), unless `accept_drift`; empty or None: no drift check.
-    `cascade_tolerance`: how far the cascade's blessing metric may fall below the last blessed
-    cascade's (components/cascade_assembler), measured on at most `cascade_blessing_requests` eval
-    requests (the same ones for both cascades).
-    `component_beam_args`: Beam arguments added to some components' (by id, e.g.
-    {"Transform": ["--direct_running_mode=multi_processing"]}) after `beam_pipeline_args`, so
-    they win; an id that is not a Beam component of the pipeline is an error naming it.
-    `beam_setup_file`: HAP's setup.py as the Beam workers' machines see it, named as their
-    dependency unless the Beam arguments name one (with_worker_dependency)."""
-    model_config = {**preprocessing.make_custom_config(features, vocab_top_k=vocab_top_k),
+def drift_comparators_for(features: c.FeatureSet, comparators: dict[str, DriftComparator]) -> dict:
+    """The comparators of the features the dataset has (a feature it lacks is skipped)."""
+    present = set(features.names) | set(c.REQUIRED_COLUMNS)
+    return {name: spec for name, spec in comparators.items() if name in present}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelinePaths:
+    """Where the pipeline reads and writes, as the orchestrator's workers see it.
+    schema_path: the curated TFDV schema of the dataset's feature set.
+    serving_model_dir: the TF Serving model base path's parent: the Pusher writes
+    <serving_model_dir>/<serving.model_name>/<version>/.
+    beam_setup_file: HAP's setup.py as remote Beam workers see it (with_worker_dependency)."""
+
+    data_root: str
+    pipeline_root: str
+    serving_model_dir: str
+    schema_path: str
+    beam_setup_file: Optional[str] = None
+
+
+HAP_RESOLVERS, TFX_RESOLVERS = "hap", "tfx"
+
+
+def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.FeatureSet,
+                    metadata_connection_config=None, resolvers: str = HAP_RESOLVERS) -> tfx.dsl.Pipeline:
+    """The HAP pipeline over the dataset at `paths.data_root` with feature set `features`,
+    everything else from `settings` (hap/settings.py; docs/settings.md). Front ends resolve only
+    paths and settings: `beam.component_args` as given (null: none), the metadata connection from
+    `settings.metadata` where the orchestrator does not keep ML Metadata itself.
+
+    Day by day: the Trainers learn from `data.window_days` days before the `data.eval_days`
+    newest ones; with `warm_start` each starts from the last blessed model of its kind trained on
+    other data. The baselines come from HAP's resolver strategies (pipeline/resolvers.py): each
+    Evaluator's is the last blessed model of its kind trained on this run's Transform output, and
+    the CascadeAssembler's the last blessed cascade. With `drift.check`, the newest day's
+    statistics are compared with the last accepted day's and a drift stops the run before
+    Transform (components/drift_gate), unless `drift.accept`.
+
+    `resolvers` "tfx": TFX's own LatestBlessedModelStrategy for the baselines, the only kind the
+    KubeflowV2 compiler knows; it cannot express the drift gate's or the warm start's, so those
+    settings must be off (pipeline/kubeflow_runner.py)."""
+    if resolvers == TFX_RESOLVERS and (settings.drift.check or settings.warm_start):
+        raise ValueError("drift.check and warm_start need HAP's resolver strategies, which the KubeflowV2 compiler "
+                         "cannot compile: set them false for this orchestrator")
+    hap_resolvers = resolvers == HAP_RESOLVERS
+    data_root = paths.data_root
+    model_config = {**preprocessing.make_custom_config(features, vocab_top_k=settings.data.vocab_top_k),
                     preprocessing.CODE_FINGERPRINT: code_fingerprint()}
-    example_gen = ContractExampleGen(input_base=data_root, eval_days=eval_days, window_days=window_days)
+    example_gen = ContractExampleGen(input_base=data_root, eval_days=settings.data.eval_days,
+                                     range_bytes=settings.data.range_bytes, window_days=settings.data.window_days)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=paths.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
@@ -186,6 +192,7 @@ def create_pipeline(
     # The Trainers stream whole requests; the Evaluators read Transform's per-sample examples.
     grouper = RequestGrouper(examples=transform.outputs["transformed_examples"], custom_config=model_config)
     components = [example_gen, statistics_gen, schema_gen, example_validator, gate]
+    drift_comparators = drift_comparators_for(features, settings.drift.comparators) if settings.drift.check else {}
     if drift_comparators:
         # Today (the eval split: the newest day) against the last day the DriftGate accepted.
         accepted = tfx.dsl.Resolver(
@@ -200,18 +207,18 @@ def create_pipeline(
             config=drift_config(drift_comparators), include_split_pairs=[(split, split)])
         drift_gate = DriftGate(anomalies=drift_validator.outputs["anomalies"],
                                statistics=statistics_gen.outputs["statistics"],
-                               baseline_statistics=baseline_statistics, accept_drift=accept_drift).with_id("DriftGate")
+                               baseline_statistics=baseline_statistics,
+                               accept_drift=settings.drift.accept).with_id("DriftGate")
         transform.add_upstream_node(drift_gate)
         components += [accepted, drift_validator, drift_gate]
     components += [transform, grouper]
     trained = {}
 
-    for model, settings in ((LIGHT, light_trainer), (HEAVY, heavy_trainer)):
-        trainer_config = {**model_config, **settings, "model": model}
-        TrainerSettings.from_config(trainer_config)  # a bad setting fails here, not in the Trainer
+    for model in (LIGHT, HEAVY):
+        trainer_config = {**model_config, **to_plain(settings.model(model).trainer)}
         trainer_id, evaluator_id = f"Trainer_{model}", f"Evaluator_{model}"
         warm = {}
-        if warm_start:
+        if settings.warm_start:
             base = tfx.dsl.Resolver(
                 strategy_class=LatestBlessedModelOfOtherDataStrategy,
                 model=Channel(type=Model, producer_component_id=trainer_id),
@@ -240,7 +247,7 @@ def create_pipeline(
             examples=transform.outputs["transformed_examples"],
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["model"],
-            eval_config=eval_config(auc_floors[model], auc_tolerance),
+            eval_config=eval_config(settings.model(model).auc_floors, settings.evaluator.auc_tolerance),
         ).with_id(evaluator_id)
         components += [trainer, baseline, evaluator]
         trained[model] = (trainer.outputs["model"], evaluator.outputs["blessing"])
@@ -257,9 +264,8 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         light_model=trained[LIGHT][0], light_blessing=trained[LIGHT][1],
         heavy_model=trained[HEAVY][0], heavy_blessing=trained[HEAVY][1],
-        custom_config=model_config, data_root=data_root, settings=cascade, model_name=model_name,
-        baseline_model=cascade_baseline.outputs["model"], regression_tolerance=cascade_tolerance,
-        blessing_requests=cascade_blessing_requests,
+        custom_config=model_config, data_root=data_root, settings=settings,
+        baseline_model=cascade_baseline.outputs["model"],
     ).with_id(assembler_id)
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
     # cascade only when both of its models were blessed and the cascade did not regress.
@@ -267,21 +273,21 @@ def create_pipeline(
         model=assembler.outputs["model"],
         model_blessing=assembler.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=os.path.join(serving_model_dir, model_name))))
+            base_directory=os.path.join(paths.serving_model_dir, settings.serving.model_name))))
     components += [cascade_baseline, assembler, pusher]
 
     beam_components = {node.id: node for node in components if isinstance(node, base_beam_component.BaseBeamComponent)}
-    for component_id, args in (component_beam_args or {}).items():
+    for component_id, args in (settings.beam.component_args or {}).items():
         if component_id not in beam_components:
             raise ValueError(f"component_beam_args: {component_id!r} is not a Beam component of the pipeline; "
                              f"those are {sorted(beam_components)}")
         beam_components[component_id].with_beam_pipeline_args(args)
 
     return tfx.dsl.Pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
+        pipeline_name=settings.pipeline_name,
+        pipeline_root=paths.pipeline_root,
         components=components,
-        enable_cache=enable_cache,
+        enable_cache=settings.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=with_worker_dependency(beam_pipeline_args or [], beam_setup_file),
+        beam_pipeline_args=with_worker_dependency(list(settings.beam.args), paths.beam_setup_file),
     )

@@ -10,7 +10,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from hap.data.sample_routing import MODELS, contrast_metric
-from hap.pipeline import configs, console
+from hap.pipeline import console
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -21,6 +21,17 @@ def open_store(out_dir: str) -> metadata_store.MetadataStore:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{out_dir}: no metadata.sqlite, so not the output directory of a pipeline run")
     return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(path))
+
+
+def _node_context(store: metadata_store.MetadataStore, node: str):
+    """The ML Metadata context of the component `node` of the run's pipeline (whatever its
+    `pipeline_name` setting: an output directory holds one pipeline)."""
+    pipelines = store.get_contexts_by_type("pipeline")
+    for pipeline in sorted(pipelines, key=lambda ctx: ctx.id, reverse=True):
+        context = store.get_context_by_type_and_name("node", f"{pipeline.name}.{node}")
+        if context:
+            return context
+    return None
 
 
 def executions(out_dir: str) -> list[dict]:
@@ -48,7 +59,7 @@ def latest_by_node(out_dir: str) -> dict[str, dict]:
 def latest_execution_property(out_dir: str, node: str, name: str) -> str:
     """An execution property (e.g. "custom_config") of the newest execution of the component `node`."""
     store = open_store(out_dir)
-    context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
+    context = _node_context(store, node)
     executions = store.get_executions_by_context(context.id) if context else []
     if not executions:
         raise FileNotFoundError(f"{out_dir}: its ML Metadata records no execution of {node}")
@@ -61,7 +72,7 @@ def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_p
     in the run directory `out_dir`; its `uri` is where it lies. A cached execution records the
     artifact it reuses as its output too, so a run served from cache finds it as well."""
     store = open_store(out_dir)
-    context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
+    context = _node_context(store, node)
     execution_ids = [e.id for e in store.get_executions_by_context(context.id)] if context else []
     # Not the node context's artifacts: TFX attributes a component's inputs to it as well.
     output_ids = sorted({e.artifact_id for e in store.get_events_by_execution_ids(execution_ids)
@@ -96,7 +107,7 @@ def training_summary(out_dir: str) -> dict[str, dict]:
 def latest_inputs(out_dir: str, node: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
     """The input artifacts of the newest execution of the component `node`, by input key."""
     store = open_store(out_dir)
-    context = store.get_context_by_type_and_name("node", f"{configs.PIPELINE_NAME}.{node}")
+    context = _node_context(store, node)
     executions = store.get_executions_by_context(context.id) if context else []
     if not executions:
         return {}
@@ -288,13 +299,14 @@ def flops_text(info: dict, n: int = SUMMARY_CANDIDATES) -> str | None:
     to the heavy model on average, against the light model alone and the heavy one on all."""
     from hap.serving import flops, routing
 
-    settings = info.get("settings", {})
-    fraction = settings.get("routing", {}).get("fraction", settings.get("route_fraction"))
-    if fraction is None or "flops" not in info:
+    policy = info.get("settings", {}).get("routing")
+    if policy is None or "flops" not in info:
         return None
-    k = routing.routed_count(n, float(fraction))
+    k = routing.routed_count(n, float(policy["fraction"]))
+    # The adaptive policy routes a varying number, `fraction` of them on average (calibrate_margin).
+    routed = f"{k} routed" if policy["kind"] != routing.ADAPTIVE else f"{k} routed on average"
     cost = flops.request_flops(info["flops"], n, k)
-    return (f"cascade FLOPs per request of {n} candidates with {k} routed to the heavy model: "
+    return (f"cascade FLOPs per request of {n} candidates with {routed} to the heavy model: "
             f"{cost['cascade'] / 1e6:.1f} M (light model alone {cost['light_only'] / 1e6:.1f} M, heavy model on "
             f"every candidate {cost['heavy_all'] / 1e6:.1f} M)")
 

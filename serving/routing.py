@@ -44,6 +44,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from hap.tree import defaults_from
+
 TOP_K, BAND, ADAPTIVE, LEARNED = "top_k", "band", "adaptive", "learned"
 POLICIES = (TOP_K, BAND, ADAPTIVE, LEARNED)
 IN_PLACE, ROUTED_FIRST = "in_place", "routed_first"
@@ -51,22 +53,22 @@ COMBINATIONS = (IN_PLACE, ROUTED_FIRST)
 
 
 @dataclasses.dataclass(frozen=True)
+@defaults_from("cascade.routing")
 class RoutingPolicy:
     """kind: one of POLICIES. fraction: the share of candidates routed (exactly ceil(fraction N)
     for top_k and band; the mean over requests for adaptive). cutoff: how many candidates the
     stage passes on (band and adaptive centre on it). margin: adaptive only, in light logits
     (from `calibrate_margin`). combine: one of COMBINATIONS.
 
-    The default, top_k of half the candidates in place, goes with the pipeline's narrowed second
-    stage (pipeline/configs.HEAVY_TRAINER): at 9% of the full heavy model's FLOPs it recovered
-    94-96% of the light-to-heavy gap on three simulator regimes (README, "Routing"). With K above
-    the output size, the heavy model decides which candidates are passed on."""
+    The default (hap/defaults.yaml, `cascade.routing`) goes with the pipeline's narrowed second
+    stage: docs/decisions/0001-second-stage.md. With K above the output size, the heavy model
+    decides which candidates are passed on."""
 
-    kind: str = TOP_K
-    fraction: float = 0.5
-    cutoff: int = 200
-    margin: float | None = None
-    combine: str = IN_PLACE
+    kind: str
+    fraction: float
+    cutoff: int
+    margin: float | None
+    combine: str
 
     def __post_init__(self):
         if self.kind not in POLICIES:

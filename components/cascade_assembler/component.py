@@ -10,7 +10,6 @@ only then.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from tfx import types
@@ -18,19 +17,19 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import component_spec, standard_artifacts
 
 from hap.components.cascade_assembler import executor
-from hap.serving.cascade import CascadeSettings
+from hap.settings import HapSettings
+from hap.tree import to_plain
 
 
 class CascadeAssemblerSpec(component_spec.ComponentSpec):
     PARAMETERS = {
         "custom_config": component_spec.ExecutionParameter(type=str),
-        "routing": component_spec.ExecutionParameter(type=str),
-        "k_out": component_spec.ExecutionParameter(type=int),
-        "max_candidates": component_spec.ExecutionParameter(type=int),
+        # The `cascade` subtree of the settings, as JSON (serving.cascade.CascadeSettings).
+        "settings": component_spec.ExecutionParameter(type=str),
         "model_name": component_spec.ExecutionParameter(type=str),
         "data_root": component_spec.ExecutionParameter(type=str),
-        "regression_tolerance": component_spec.ExecutionParameter(type=float),
-        "blessing_requests": component_spec.ExecutionParameter(type=int),
+        # The whole effective settings tree, recorded in the pushed cascade (provenance).
+        "hap_settings": component_spec.ExecutionParameter(type=str),
     }
     INPUTS = {
         "transform_graph": component_spec.ChannelParameter(type=standard_artifacts.TransformGraph),
@@ -50,25 +49,23 @@ class CascadeAssembler(base_component.BaseComponent):
     """Writes the cascade SavedModel (signatures in `hap/serving/cascade.py`) with TF Serving
     warm-up requests, in the Model artifact's `Format-Serving` folder that Pusher reads.
 
-    `custom_config` is the Trainers' (it carries the feature set); `model_name` is the TF Serving
-    model name the warm-up requests address; `data_root` the contract dataset whose eval day (and
-    funnel/) the cascade is validated on; `baseline_model` the last blessed cascade, if any.
+    `custom_config` is the Trainers' (it carries the feature set); `settings` the whole tree, of
+    which the component reads `cascade` (routing, sizes, blessing tolerance and sample) and
+    `serving.model_name` (the TF Serving model name the warm-up requests address) and records all;
+    `data_root` the contract dataset whose eval day (and funnel/) the cascade is validated on;
+    `baseline_model` the last blessed cascade, if any.
     """
 
     SPEC_CLASS = CascadeAssemblerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, transform_graph, light_model, heavy_model, light_blessing, heavy_blessing,
-                 custom_config: dict, data_root: str, settings: CascadeSettings = CascadeSettings(),
-                 model_name: str = "hap", baseline_model=None, regression_tolerance: float = 0.01,
-                 blessing_requests: int = 2000):
+                 custom_config: dict, data_root: str, settings: HapSettings, baseline_model=None):
         super().__init__(spec=CascadeAssemblerSpec(
             transform_graph=transform_graph, light_model=light_model, heavy_model=heavy_model,
             light_blessing=light_blessing, heavy_blessing=heavy_blessing, baseline_model=baseline_model,
-            data_root=data_root, regression_tolerance=regression_tolerance,
-            blessing_requests=blessing_requests,
-            custom_config=json.dumps(custom_config, sort_keys=True),
-            routing=json.dumps(dataclasses.asdict(settings.routing), sort_keys=True), k_out=settings.k_out,
-            max_candidates=settings.max_candidates, model_name=model_name,
+            data_root=data_root, custom_config=json.dumps(custom_config, sort_keys=True),
+            settings=json.dumps(to_plain(settings.cascade), sort_keys=True),
+            model_name=settings.serving.model_name, hap_settings=settings.to_json(),
             model=types.Channel(type=standard_artifacts.Model),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

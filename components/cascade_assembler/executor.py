@@ -26,7 +26,8 @@ from tfx.utils import path_utils
 from hap.data import contract as c
 from hap.evaluation import evaluate
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
-from hap.serving import cascade, flops, routing, warmup
+from hap.serving import cascade, flops, warmup
+from hap.tree import parse
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 
@@ -35,9 +36,25 @@ def _single(artifacts: List[types.Artifact]) -> types.Artifact:
     return artifact_utils.get_single_instance(artifacts)
 
 
+def source_commit() -> str | None:
+    """The git commit of the HAP source tree this process runs, where it runs from one (the
+    editable install, the pipeline image built from a clone), else None."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        done = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: dict,
-             settings: cascade.CascadeSettings, model_name: str, export_dir: str) -> None:
-    """Writes the cascade SavedModel of the given Trainer outputs to `export_dir` (atomically)."""
+             settings: cascade.CascadeSettings, model_name: str, export_dir: str,
+             provenance: dict | None = None) -> None:
+    """Writes the cascade SavedModel of the given Trainer outputs to `export_dir` (atomically);
+    `provenance` ({"hap_settings": the whole effective tree, "source_commit"}) goes into its
+    info file beside the cascade's own settings."""
     features = preprocessing.feature_set_from_config(custom_config)
     tft_output = tft.TFTransformOutput(transform_dir)
     light_model = tf.keras.models.load_model(light_dir, compile=False)
@@ -50,7 +67,7 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
     module.save(staging)
     warmup.write_warmup(staging, features, model_name)
     info = {"settings": dataclasses.asdict(settings), "flops": flops.model_flops(light_model, heavy_model),
-            "features": [f.to_yaml_dict() for f in features.features]}
+            "features": [f.to_yaml_dict() for f in features.features], **(provenance or {})}
     with open(os.path.join(staging, "assets.extra", cascade.INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
     os.replace(staging, export_dir)
@@ -90,9 +107,7 @@ class Executor(base_executor.BaseExecutor):
            exec_properties: Dict[str, Any]) -> None:
         blessed = all(model_utils.is_model_blessed(_single(input_dict[k]))
                       for k in ("light_blessing", "heavy_blessing"))
-        settings = cascade.CascadeSettings(
-            routing=routing.RoutingPolicy(**json.loads(exec_properties["routing"])), k_out=int(exec_properties["k_out"]),
-            max_candidates=int(exec_properties["max_candidates"]))
+        settings = parse(cascade.CascadeSettings, json.loads(exec_properties["settings"]), "cascade")
         model = _single(output_dict["model"])
         export_dir = path_utils.serving_model_path(model.uri)
         assemble(
@@ -100,14 +115,14 @@ class Executor(base_executor.BaseExecutor):
             light_dir=path_utils.serving_model_path(_single(input_dict["light_model"]).uri),
             heavy_dir=path_utils.serving_model_path(_single(input_dict["heavy_model"]).uri),
             custom_config=json.loads(exec_properties["custom_config"]),
-            settings=settings, model_name=exec_properties["model_name"], export_dir=export_dir)
+            settings=settings, model_name=exec_properties["model_name"], export_dir=export_dir,
+            provenance={"hap_settings": json.loads(exec_properties["hap_settings"]), "source_commit": source_commit()})
 
         blessing = _single(output_dict["blessing"])
         if blessed:
             baseline = input_dict.get("baseline_model") or []
             check = validate(export_dir, path_utils.serving_model_path(baseline[0].uri) if baseline else None,
-                             exec_properties["data_root"], float(exec_properties["regression_tolerance"]),
-                             int(exec_properties["blessing_requests"]))
+                             exec_properties["data_root"], settings.tolerance, settings.blessing_requests)
             blessed = not check["regressed"]
             blessing.set_string_custom_property("cascade_metric", check["metric"])
             blessing.set_float_custom_property("cascade_value", check["value"])

@@ -65,7 +65,7 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
     assert cascade.CascadeSettings(**info["settings"]) == settings
     assert [f["name"] for f in info["features"]] == list(features.names)
     parts = info["flops"]
-    # The second stage (the heavy architecture narrowed, pipeline/configs.HEAVY_TRAINER) is the
+    # The second stage (the heavy architecture narrowed, hap/defaults.yaml, heavy.trainer.model_config) is the
     # expensive one per candidate, about 6 times the light model on these features; the routed
     # quarter costs a quarter of it on every candidate, beside the light model's pass.
     assert parts["heavy_per_candidate"] > 3 * parts["light_per_candidate"] > 0

@@ -72,8 +72,8 @@ def DriftGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtif
         raise DataDriftError(
             f"DistributionValidator found drift: today's data (day {statistics.span}) moved too far from {against}; "
             "stopping before Transform and training:\n  " + "\n  ".join(messages)
-            + "\n(the thresholds: DRIFT_COMPARATORS in pipeline/configs.py; if the change is real, `hap run "
-              "--accept-drift` accepts it and makes today the baseline)")
+            + "\n(the thresholds: the settings' drift.comparators, `hap config show`; if the change is real, "
+              "`hap run --set drift.accept=true` accepts it and makes today the baseline)")
     io_utils.copy_dir(statistics.uri, accepted_statistics.uri)
     accepted_statistics.split_names = statistics.split_names
     accepted_statistics.span = statistics.span
