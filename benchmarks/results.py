@@ -111,14 +111,14 @@ def _flatten(numbers, prefix: str = "") -> list[tuple[str, object]]:
 def _machine_text(machine) -> str:
     if not isinstance(machine, dict):
         return str(machine)
-    parts = [f"{machine['cores']} cores" if machine.get("cores") else None]
+    description = machine.get("description") or ""
+    parts = [description] if "core" in description else [f"{machine.get('cores')} cores", description]
     load = machine.get("load")
     if isinstance(load, list):
         parts.append("load " + " / ".join(f"{x:g}" for x in load))
     elif load:
         parts.append(f"load {load}")
-    text = ", ".join(p for p in parts if p)
-    return f"{text} ({machine['description']})" if machine.get("description") else text
+    return "; ".join(p for p in parts if p)
 
 
 def provenance(result: dict) -> str:
