@@ -30,12 +30,25 @@ E2E = simulator.SimulationConfig(requests=150, funnel_requests=0, seed=3)
 QUICK_TRAINER = {"max_epochs": 2, "patience": 1, "batch_size": 512}
 
 
+def quick_settings(floor: float = 0.0, **more):
+    """The default settings with QUICK_TRAINER for both models, every per-source AUC floor at
+    `floor`, and `more` dotted keys (e.g. {"data.window_days": 2}) as the tests' pipelines run."""
+    from hap import settings
+
+    return settings.override(settings.defaults(), {**quick_keys(floor), **more})
+
+
+def quick_keys(floor: float = 0.0) -> dict:
+    """quick_settings' dotted keys, e.g. for --set options or HAP_SET."""
+    keys = {f"{model}.trainer.{name}": value for model in SAMPLE_ROUTING for name, value in QUICK_TRAINER.items()}
+    return {**keys, **{f"{model}.auc_floors": floors for model, floors in floors_at(floor).items()}}
+
+
 def _run_pipeline(data: str, out: str, floor: float) -> None:
     """Runs the whole pipeline with every per-source AUC floor at `floor`."""
     from hap.pipeline import local_runner
 
-    local_runner.run(data, out, light_trainer=QUICK_TRAINER, heavy_trainer=QUICK_TRAINER,
-                     auc_floors=floors_at(floor))
+    local_runner.run(data, out, quick_settings(floor))
 
 
 def floors_at(floor: float) -> dict:

@@ -7,7 +7,7 @@ Runs the whole pipeline twice with the cache off, once with every Beam component
 `--direct_running_mode=multi_processing --direct_num_workers=N`, reads each component's wall
 time back from ML Metadata, and prints a markdown table with the ratio per component and the
 1-minute load average when each run started (on a shared machine other work skews it). The
-pipeline's per-component choice (configs.COMPONENT_BEAM_ARGS) is read off this table.
+pipeline's per-component choice (the settings' beam.multi_process_*) is read off this table.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import time
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 from tfx import v1 as tfx
 
-from hap.pipeline import configs, local_runner, run_report
+from hap import settings as hap_settings
+from hap.pipeline import local_runner, run_report
 
 
 def modes(workers: int) -> dict[str, list[str]]:
-    return {"in_memory": configs.BEAM_PIPELINE_ARGS,
+    return {"in_memory": hap_settings.defaults().beam.args,
             f"multi_processing x{workers}": ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]}
 
 
@@ -45,8 +46,9 @@ def main() -> None:
             out = os.path.join(work, name.replace(" ", "_"))
             loads[name] = os.getloadavg()[0]
             start = time.time()
-            pipeline = local_runner.build(args.data, out, beam_pipeline_args=beam_args, component_beam_args={},
-                                          enable_cache=False)
+            settings = hap_settings.override(hap_settings.defaults(), {
+                "beam.args": beam_args, "beam.component_args": {}, "enable_cache": False})
+            pipeline = local_runner.build(args.data, out, settings)
             tfx.orchestration.LocalDagRunner().run(pipeline)
             print(f"{name}: {time.time() - start:.0f}s")
             seconds[name] = {node: e["seconds"] for node, e in run_report.latest_by_node(out).items()}

@@ -63,14 +63,14 @@ def _csv_example_gen(data: str, out: str) -> None:
     from tfx.types import standard_artifacts, standard_component_specs
     from tfx.utils import proto_utils
 
-    from hap.pipeline import configs
+    from hap import settings
 
     examples = standard_artifacts.Examples()
     examples.uri = out
     split = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern="samples/*.csv")])
     output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
         splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)]))
-    csv_executor.Executor(csv_executor.Executor.Context(beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)).Do(
+    csv_executor.Executor(csv_executor.Executor.Context(beam_pipeline_args=settings.defaults().beam.args)).Do(
         {}, {standard_component_specs.EXAMPLES_KEY: [examples]},
         {standard_component_specs.INPUT_BASE_KEY: data,
          standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(split),

@@ -121,9 +121,14 @@ def _run_options(args) -> list[tuple[str, object, str]]:
         options += [(f"{model}.auc_floors", by_source, "--auc-floors") for model, by_source in floors.items()]
     for name, key, value in (("beam_arg", "beam.args", getattr(args, "beam_arg", None)),
                              ("window_days", "data.window_days", getattr(args, "window_days", None)),
-                             ("keep_runs", "retention.keep_runs", getattr(args, "keep_runs", None))):
-        if value is not None:
-            options.append((key, value, "--" + name.replace("_", "-")))
+                             ("keep_runs", "retention.keep_runs", getattr(args, "keep_runs", None)),
+                             ("max_epochs", None, getattr(args, "max_epochs", None))):
+        option = "--" + name.replace("_", "-")
+        # Refused here, before the settings module loads TensorFlow.
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{option} must be a whole number >= 1, got {value}")
+        if value is not None and key:
+            options.append((key, value, option))
     for flag, key, value in (("warm_start", "warm_start", True), ("accept_drift", "drift.accept", True),
                              ("no_cache", "enable_cache", False)):
         if getattr(args, flag, False):
@@ -134,9 +139,10 @@ def _run_options(args) -> list[tuple[str, object, str]]:
 def _settings(args, options=()):
     """The effective settings of a command: defaults, --config (or HAP_CONFIG), HAP_SET, the
     command's own options and --set; a bad key or value fails here, before anything runs."""
+    options = [*_run_options(args), *options]
     from hap import settings
 
-    return settings.load(args.config, args.set or (), options=[*_run_options(args), *options])
+    return settings.load(args.config, args.set or (), options=options)
 
 
 # Raised before any component runs: the user's data or options, told as `hap: error: ...`.

@@ -13,11 +13,13 @@ class (`tree.parse`); the pushed cascade records the whole tree (components/casc
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import shlex
 import sys
+import types
 import typing
 
 import yaml
@@ -25,7 +27,8 @@ import yaml
 from hap.data.sample_routing import MODELS
 from hap.models.trainer_module import TrainerSettings
 from hap.serving.cascade import CascadeSettings
-from hap.tree import SettingsError, defaults_from, fields_of, key_comments, parse, to_plain, unknown_key_error
+from hap.tree import (SettingsError, defaults_from, defaults_tree, fields_of, key_comments, parse, to_plain,
+                      unknown_key_error)
 
 DRIFT_COMPARATORS = ("infinity_norm", "jensen_shannon_divergence")
 METADATA_BACKENDS = ("sqlite", "mysql")
@@ -369,13 +372,16 @@ def load(config_file: str | None = None, sets: typing.Sequence[str] = (), env: t
     `config_file` is given, `config_file`, HAP_SET, a command's own `options` ((key, value,
     the option's name), e.g. `hap run --window-days`), and `sets` (KEY=VALUE)."""
     env = os.environ if env is None else env
-    tree, sources = to_plain(defaults()), {}
+    tree, sources = copy.deepcopy(defaults_tree()), {}
     layers = []
     env_file = env.get("HAP_CONFIG", "").strip()
     if config_file:
         layers.append((read_file(config_file), f"file {config_file}"))
     elif env_file:
-        layers.append((read_file(env_file), f"{ENVIRONMENT} (HAP_CONFIG={env_file})"))
+        try:
+            layers.append((read_file(env_file), f"{ENVIRONMENT} (HAP_CONFIG={env_file})"))
+        except SettingsError as e:
+            raise SettingsError(f"HAP_CONFIG: {e}") from None
     for pair in shlex.split(env.get("HAP_SET", "")):
         key, value = _set_pair(pair, "HAP_SET")
         layers.append((_nested(key, value), f"{ENVIRONMENT} (HAP_SET)"))
@@ -387,7 +393,13 @@ def load(config_file: str | None = None, sets: typing.Sequence[str] = (), env: t
     for data, source in layers:
         _check_keys(data, source)
         _merge(tree, data, source, sources)
-    return Loaded(parse(HapSettings, tree), sources)
+    try:
+        return Loaded(parse(HapSettings, tree), sources)
+    except SettingsError as e:
+        # Name where the refused value came from: "setting KEY: ..." starts every such message.
+        key = str(e).removeprefix("setting ").split(":", 1)[0].split("[", 1)[0]
+        source = Loaded(None, sources).source_of(key)
+        raise SettingsError(f"{e} (from {source})" if source != DEFAULT else str(e)) from None
 
 
 def override(settings: HapSettings, values: dict[str, object]) -> HapSettings:
@@ -427,8 +439,17 @@ def show_lines(loaded: Loaded) -> list[str]:
 
 
 def _type_name(kind) -> str:
-    text = str(kind).replace("typing.", "").replace("hap.settings.", "").replace("NoneType", "None")
-    return getattr(kind, "__name__", text) if not typing.get_args(kind) else text
+    """A key's type as the reference shows it: int, list of str, mapping of str to float, ..."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}"
+    if origin is dict or kind is dict:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
+    if dataclasses.is_dataclass(kind):
+        return "{" + ", ".join(fields_of(kind)) + "}"
+    return kind.__name__
 
 
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "settings.md")
@@ -454,9 +475,9 @@ def reference_markdown() -> str:
 
     walk(HapSettings, "")
     for key, value in _leaves(defaults()):
-        meaning = comments.get(key) or comments.get(key.rsplit(".", 1)[0] + "." + key.rsplit(".", 1)[1], "")
-        if not meaning and key.startswith("heavy."):
-            meaning = comments.get("light." + key.split(".", 1)[1], "")
+        # The heavy model's keys not written out in the file share the light model's (YAML merge).
+        meaning = comments.get(key) or (comments.get("light." + key.split(".", 1)[1], "")
+                                        if key.startswith("heavy.") else "")
         shown = json.dumps(value).replace("|", "\\|")
         lines.append(f"| `{key}` | {_type_name(kinds[key])} | `{shown}` | {meaning.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
@@ -476,4 +497,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hap.settings import main as module_main  # the module's own classes, not __main__'s copies
+
+    sys.exit(module_main())

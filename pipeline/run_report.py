@@ -374,7 +374,7 @@ def next_commands(out_dir: str, data_dir: str, hap: str = "hap", evaluated: bool
         lines.append(f"  {hap} serve {serving}    # TF Serving's gRPC API on 127.0.0.1:8500")
         lines.append(f"  {hap} query --data {data_dir}    # in a second terminal: one request, ranked")
         if not evaluated:
-            lines.append(f"  {hap} evaluate --model {serving} --data {data_dir} "
+            lines.append(f"  {hap} evaluate --model_base_path {serving} --data {data_dir} "
                          f"--out {os.path.join(out_dir, 'evaluation')}")
     lines.append(f"  {hap} tensorboard {out_dir}    # the training curves")
     return lines

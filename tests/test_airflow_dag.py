@@ -8,12 +8,14 @@ Airflow 2's pins clash with the TFX set, so it lives in its own environment, .ve
 environment (.ci/run); where it has not been built, these tests are skipped."""
 import json
 import os
+import shlex
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import floors_at
+from conftest import quick_keys
+from hap import settings
 from hap.pipeline import local_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +44,10 @@ for settings in json.loads(sys.argv[2]):
         "beam_args": {dag_id: {t.task_id: t.python_callable.keywords["beam_pipeline_args"] for t in dag.tasks
                                if hasattr(t.python_callable, "keywords")}
                       for dag_id, dag in bag.dags.items()},
+        "exec_properties": {dag_id: {t.task_id: {k: str(v) for k, v in
+                                                 t.python_callable.keywords["component"].exec_properties.items()}
+                                     for t in dag.tasks if hasattr(t.python_callable, "keywords")}
+                            for dag_id, dag in bag.dags.items()},
     })
 print(json.dumps(results))
 """
@@ -69,33 +75,41 @@ def _python(env, code, *args, timeout=600):
 
 
 BAD_SETTINGS = [
-    ("HAP_AUC_FLOORS", '{"light": {"XN": 0.5}}', "'XN'"),
-    ("HAP_MAX_EPOCHS", "0", "whole number of epochs >= 1, got '0'"),
-    ("HAP_KEEP_RUNS", "0", "whole number of runs >= 1, got '0'"),
+    ("HAP_SET", "light.auc_floors.XN=0.5", "'XN'"),
+    ("HAP_SET", "light.trainer.max_epochs=0", "max_epochs must be an integer >= 1, got 0"),
+    ("HAP_SET", "retention.keep_run=2", "unknown setting 'retention.keep_run'; did you mean retention.keep_runs"),
+    ("HAP_CONFIG", "/no/such/settings.yaml", "settings file /no/such/settings.yaml: no such file"),
 ]
+# One settings file for every orchestrator (test_one_settings_file_builds_the_same_pipeline...).
+SETTINGS_FILE = {"beam": {"args": BEAM}, "retention": {"keep_runs": 2}, "data": {"window_days": 3},
+                 "cascade": {"routing": {"fraction": 0.3}}, "light": {"trainer": {"loss": "mixed_bce"}},
+                 "drift": {"check": False}}
 
 
 @pytest.fixture(scope="module")
 def dagbags(tiny_csv, tmp_path_factory):
-    """What Airflow's DagBag made of the DAG file in each environment: `every_component` (good
-    settings), `missing` (none) and each of BAD_SETTINGS by its name; and the run folder named."""
+    """What Airflow's DagBag made of the DAG file in each environment: `every_component` (the
+    settings of SETTINGS_FILE through HAP_CONFIG), `missing` (none) and each of BAD_SETTINGS by
+    its index; the run folder named; and the settings file."""
     tmp = tmp_path_factory.mktemp("dagbags")
     out = str(tmp / "run")
+    config = tmp / "settings.yaml"
+    config.write_text(json.dumps(SETTINGS_FILE))  # JSON is YAML
     good = dict(HAP_DATA=tiny_csv, HAP_OUT=out)
-    cases = {"every_component": {**good, "HAP_BEAM_ARGS": " ".join(BEAM), "HAP_KEEP_RUNS": "2"}, "missing": {},
-             **{setting: {**good, setting: value} for setting, value, _ in BAD_SETTINGS}}
+    cases = {"every_component": {**good, "HAP_CONFIG": str(config)}, "missing": {},
+             **{str(i): {**good, setting: value} for i, (setting, value, _) in enumerate(BAD_SETTINGS)}}
     results = _python(_airflow_env(tmp), LOAD_DAGBAGS, DAG_FILE, json.dumps(list(cases.values())))
-    return dict(zip(cases, results)), out
+    return dict(zip(cases, results)), out, str(config)
 
 
 def test_airflow_loads_the_dag_with_every_component(dagbags, tiny_csv):
-    results, out = dagbags
+    results, out, config = dagbags
     result = results["every_component"]
     assert result["errors"] == {}
-    components = local_runner.build(tiny_csv, out).components
+    components = local_runner.build(tiny_csv, out, settings.load(config).settings).components
     expected = {node.id: sorted(up.id for up in node.upstream_nodes) for node in components}
     assert len(expected) >= 12
-    # HAP_KEEP_RUNS adds a last task, after every component that nothing else waits for.
+    # retention.keep_runs adds a last task, after every component that nothing else waits for.
     expected["Prune"] = sorted(node.id for node in components if not node.downstream_nodes)
     assert "Pusher" in expected["Prune"]
     assert result["dags"] == {"hap": expected}
@@ -110,9 +124,10 @@ def test_missing_settings_are_a_clear_import_error(dagbags):
     assert "HAP_DATA is not set" in error
 
 
-@pytest.mark.parametrize("setting, value, message", BAD_SETTINGS)
-def test_bad_settings_are_a_clear_import_error(setting, value, message, dagbags):
-    result = dagbags[0][setting]
+@pytest.mark.parametrize("case", range(len(BAD_SETTINGS)))
+def test_bad_settings_are_a_clear_import_error(case, dagbags):
+    setting, _, message = BAD_SETTINGS[case]
+    result = dagbags[0][str(case)]
     assert result["dags"] == {}
     (error,) = result["errors"].values()
     assert setting in error and message in error
@@ -143,9 +158,10 @@ def test_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path):
     dags.mkdir()
     shutil.copy(DAG_FILE, dags)
     # Any cascade is good enough on the second day: on 50 requests a day its GAUC is a coin's toss.
-    env = _airflow_env(tmp_path, HAP_DATA=str(data), HAP_OUT=str(out), HAP_AUC_FLOORS=json.dumps(floors_at(0.0)),
-                       HAP_WINDOW_DAYS="2", HAP_WARM_START="1", HAP_CASCADE_TOLERANCE="1", HAP_MAX_EPOCHS="2",
-                       HAP_KEEP_RUNS="1",
+    keys = {**quick_keys(0.0), "data.window_days": 2, "warm_start": True, "cascade.tolerance": 1,
+            "retention.keep_runs": 1}
+    hap_set = " ".join(shlex.quote(f"{key}={json.dumps(value)}") for key, value in keys.items())
+    env = _airflow_env(tmp_path, HAP_DATA=str(data), HAP_OUT=str(out), HAP_SET=hap_set,
                        AIRFLOW__CORE__DAGS_FOLDER=str(dags))
     airflow = os.path.join(os.path.dirname(AIRFLOW_PYTHON), "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=600)
@@ -164,7 +180,7 @@ def test_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path):
 
     runs = _python(env, RUN_STATES)
     every_task = {node.id: "success" for node in local_runner.build(
-        str(data), str(tmp_path / "unused"), window_days=2, warm_start=True).components} | {"Prune": "success"}
+        str(data), str(tmp_path / "unused"), settings.load(env=env).settings).components} | {"Prune": "success"}
     assert {"WarmStartModel_light", "DriftGate"} <= set(every_task)
     assert runs == {f"manual__{day}T00:00:00+00:00": {"state": "success", "tasks": every_task} for day in days}
     # Each day blessed and pushed a cascade of its own, keeping the earlier versions.
@@ -185,3 +201,66 @@ def test_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path):
     # The drift check compared day 3 with day 2, the day accepted before.
     anomalies = _newest(out, "DistributionValidator", "anomalies")
     assert any(name.startswith("SplitPair-eval_eval") for name in os.listdir(anomalies)), os.listdir(anomalies)
+
+
+def _kubeflow_tasks(config: str, data_root: str, tmp_path) -> dict:
+    """The PipelineJob's tasks as `hap compile kubeflow --config` writes them, by task id."""
+    from hap import cli
+
+    out = tmp_path / "hap.json"
+    assert cli.main(["compile", "kubeflow", "--out", str(out), "--image", "registry.example.com/hap:cpu",
+                     "--data-root", data_root, "--pipeline-root", str(tmp_path / "root"), "--config", config]) == 0
+    return json.loads(out.read_text())["pipelineSpec"]["root"]["dag"]["tasks"]
+
+
+def _constant(parameter: dict) -> str:
+    value = parameter["runtimeValue"]["constantValue"]
+    (kind,) = value
+    return str(value[kind]) if kind == "stringValue" else str(int(value[kind]))
+
+
+# Fields each front end resolves for its orchestrator (pipeline/kubeflow_runner.cluster_settings,
+# local_runner.resolved): the Beam arguments, and ExampleGen's paths and the Pusher's destination.
+RUNNER_SPECIFIC = {"beam"}
+
+
+def _without_runner_fields(properties: dict) -> dict:
+    if "hap_settings" not in properties:
+        return properties
+    tree = {k: v for k, v in json.loads(properties["hap_settings"]).items() if k not in RUNNER_SPECIFIC}
+    return {**properties, "hap_settings": tree}
+
+
+def test_one_settings_file_builds_the_same_pipeline_for_every_orchestrator(dagbags, tiny_csv, tmp_path):
+    """`hap run --config F`, the Airflow DAG with HAP_CONFIG=F and `hap compile kubeflow --config
+    F`: the same components, wired the same, with the same execution properties."""
+    from hap import cli
+
+    results, out, config = dagbags
+    args = cli.build_parser().parse_args(["run", "--data", tiny_csv, "--out", out, "--config", config])
+    local = local_runner.build(tiny_csv, out, cli._settings(args).settings)
+    airflow = results["every_component"]
+    nodes = {node.id: node for node in local.components}
+    local_properties = {node_id: {k: str(v) for k, v in node.exec_properties.items()} for node_id, node in nodes.items()}
+
+    assert set(airflow["exec_properties"]["hap"]) == set(nodes)
+    assert airflow["exec_properties"]["hap"] == local_properties
+    assert {k: v for k, v in airflow["dags"]["hap"].items() if k != "Prune"} == {
+        node_id: sorted(up.id for up in node.upstream_nodes) for node_id, node in nodes.items()}
+
+    tasks = _kubeflow_tasks(config, tiny_csv, tmp_path)
+    resolvers = {node_id for node_id, node in nodes.items() if node_id.startswith(("LatestBlessed", "LastAccepted",
+                                                                                   "WarmStart"))}
+    assert {t for t in tasks if t not in resolvers and not t.startswith(tuple(resolvers))} == set(nodes) - resolvers
+    assert all(any(t.startswith(r) for t in tasks) for r in resolvers)
+    for node_id in set(nodes) - resolvers:
+        compiled = {k: _constant(v) for k, v in tasks[node_id].get("inputs", {}).get("parameters", {}).items()
+                    if "runtimeValue" in v}
+        given = {k: v for k, v in local_properties[node_id].items() if k in compiled and v != "None"}
+        # Paths are the orchestrator's (the cluster's pipeline root); every setting is the same.
+        paths = {"input_base", "data_root", "push_destination", "schema_file"}
+        assert {k for k in local_properties[node_id] if local_properties[node_id][k] != "None"} - paths <= set(compiled), \
+            node_id
+        assert _without_runner_fields({k: v for k, v in compiled.items() if k in given and k not in paths}) == \
+            _without_runner_fields({k: v for k, v in given.items() if k not in paths}), node_id
+    assert json.loads(local_properties["CascadeAssembler"]["settings"])["routing"]["fraction"] == 0.3

@@ -53,8 +53,9 @@ def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path):
 
 @pytest.mark.parametrize("floors, message", [
     ("{light", r"--auc-floors: not JSON"),
-    ('{"medium": {"EN": 0.5}}', r"unknown model 'medium'"),
-    ('{"heavy": {"EP": 0.5}}', r"heavy has no floor for 'EP'"),
+    ('{"medium": {"EN": 0.5}}', r"unknown setting 'medium'"),
+    ('{"heavy": {"EP": 0.5}}', r"auc_floors needs one floor for each contrast of the heavy model.*'EP'"),
+    ('{"light": {"EN": 1.5}}', r"auc_floors.EN must be a number in \[0, 1\], got 1.5"),
 ])
 def test_run_refuses_bad_auc_floors_before_running(tmp_path, capsys, floors, message):
     assert cli.main(["run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
@@ -63,13 +64,16 @@ def test_run_refuses_bad_auc_floors_before_running(tmp_path, capsys, floors, mes
     assert not (tmp_path / "out").exists()
 
 
-def test_the_demo_runs_the_pipeline_with_hap_runs_defaults(tmp_path):
-    from hap.pipeline import configs
+def test_the_demo_runs_the_pipeline_with_hap_runs_defaults(tmp_path, monkeypatch):
+    from hap import settings
 
-    settings = cli._run_settings(cli.demo_run_args(str(tmp_path / "data"), str(tmp_path / "run")))
-    assert settings["window_days"] is None and settings["warm_start"] is False and settings["accept_drift"] is False
-    assert settings["auc_floors"] == configs.auc_floors_with({}) and settings["enable_cache"] is True
-    assert settings["light_trainer"] == {} and settings["heavy_trainer"] == {}
+    monkeypatch.delenv("HAP_CONFIG", raising=False)
+    monkeypatch.delenv("HAP_SET", raising=False)
+    parser = cli.build_parser()
+    demo = cli._settings(parser.parse_args(["demo", "--out", str(tmp_path)])).settings
+    run = cli._settings(parser.parse_args(["run", "--data", "d", "--out", "o"])).settings
+    assert demo == run == settings.defaults()
+    assert demo.data.window_days is None and demo.warm_start is False and demo.drift.accept is False
 
 
 def test_run_takes_every_loss_of_the_loss_module_and_names_a_wrong_one(tiny_csv, tmp_path, capsys):
@@ -79,9 +83,9 @@ def test_run_takes_every_loss_of_the_loss_module_and_names_a_wrong_one(tiny_csv,
     assert "ghcl_pcgrad" in losses.LOSS_NAMES
     args = cli.build_parser().parse_args(["run", "--data", tiny_csv, "--out", str(tmp_path / "run"),
                                           "--light-loss", "ghcl_pcgrad"])
-    pipeline = local_runner.build(tiny_csv, str(tmp_path / "run"), **{
-        k: v for k, v in cli._run_settings(args).items() if k in ("light_trainer", "heavy_trainer")})
-    assert pipeline.components
+    pipeline = local_runner.build(tiny_csv, str(tmp_path / "run"), cli._settings(args).settings)
+    trainer = next(node for node in pipeline.components if node.id == "Trainer_light")
+    assert '"loss": "ghcl_pcgrad"' in trainer.exec_properties["custom_config"]
     assert cli.main(["run", "--data", tiny_csv, "--out", str(tmp_path / "bad"), "--light-loss", "ghcl_fast"]) == 2
     err = capsys.readouterr().err
     assert "ghcl_fast" in err and "ghcl_pcgrad" in err

@@ -32,7 +32,7 @@ def _hap(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     (["tensorboard", "{run}"], 0, ""),
     (["data", "validate", "{data}"], 0, ""),
     # Refused before the console takes the terminal, so anything imported by then writes to it.
-    (["run", "--data", "{data}", "--out", "{run}/new", "--keep-runs", "0"], 2, "hap: error: keep_runs must be"),
+    (["run", "--data", "{data}", "--out", "{run}/new", "--keep-runs", "0"], 2, "hap: error: --keep-runs must be a whole number >= 1"),
 ])
 def test_commands_that_need_no_tensorflow_do_not_import_it(argv, rc, stderr, tiny_csv, tmp_path):
     run = tmp_path / "run"
@@ -183,7 +183,7 @@ def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(e2e
     assert re.search(r"cascade FLOPs per request of 1000 candidates with \d+ routed to the heavy model: [\d.]+ M",
                      first.stdout), first.stdout
     for command in (f"serve {out}/serving/hap", f"query --data {e2e_data}", f"tensorboard {out}",
-                    f"evaluate --model {out}/serving/hap --data {e2e_data}"):
+                    f"evaluate --model_base_path {out}/serving/hap --data {e2e_data}"):
         assert re.search(rf"^  \S*hap {re.escape(command)}", first.stdout, re.M), command
     log = open(console.log_path(out)).read()
     assert "FutureWarning" in log or "WARNING" in log, "the third-party output went to the log"

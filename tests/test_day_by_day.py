@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import E2E, QUICK_TRAINER, floors_at
+from conftest import E2E, quick_settings
 from hap.data import contract as c
 from hap.data import simulator, validator
 from hap.data.sample_routing import MODELS
@@ -103,16 +103,15 @@ def test_day_after_day_warm_starts_pushes_and_stops_on_drift(tmp_path):
     simulator.simulate(data, E2E, progress=False)
     # Any cascade is good enough for the second day here: the test is about the sequence, and two
     # epochs on 50 requests a day make the cascade's GAUC a coin's toss.
-    settings = dict(light_trainer=QUICK_TRAINER, heavy_trainer=QUICK_TRAINER, auc_floors=floors_at(0.0),
-                    window_days=2, warm_start=True, cascade_tolerance=1.0)
+    settings = quick_settings(0.0, **{"data.window_days": 2, "warm_start": True, "cascade.tolerance": 1.0})
 
-    local_runner.run(data, out, **settings)
+    local_runner.run(data, out, settings)
     assert all(_history(out, m)["warm_started_from"] is None for m in MODELS)
     first = {m: run_report.latest_artifact(out, f"Trainer_{m}", "Model").uri for m in MODELS}
     assert len(_pushed(out)) == 1
 
     simulator.append_day(data, progress=False)
-    local_runner.run(data, out, **settings)
+    local_runner.run(data, out, settings)
     examples = run_report.latest_artifact(out, "ContractExampleGen", "Examples")
     assert executor.read_days(examples.uri) == {"train": [1, 2], "eval": [3], "outside_window": [0]}
     for model in MODELS:
@@ -130,10 +129,10 @@ def test_day_after_day_warm_starts_pushes_and_stops_on_drift(tmp_path):
     simulator.append_day(data, simulator.DayDrift(network=0.8), progress=False)
     with pytest.raises(Exception, match=r"day 4\) moved too far from the last accepted day's, day 3(.|\n)*"
                                         r"feature 'c_network': High Linfty distance"):
-        local_runner.run(data, out, **settings)
+        local_runner.run(data, out, settings)
     assert run_report.latest_by_node(out)["DriftGate"]["state"] == "FAILED"
     # A drifted day is not accepted: run again, it is checked against day 3 again.
     with pytest.raises(Exception, match=r"day 4\) moved too far from the last accepted day's, day 3"):
-        local_runner.run(data, out, **settings)
+        local_runner.run(data, out, settings)
     assert sum(e["node"] == "Transform" for e in run_report.executions(out)) == transforms
     assert len(_pushed(out)) == 2

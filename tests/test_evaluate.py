@@ -28,7 +28,7 @@ def funnel_data(e2e_data, e2e_funnel_data):
 def evaluated(cascade_model, funnel_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("evaluate") / "report")
     base = os.path.dirname(cascade_model)
-    assert cli.main(["evaluate", "--model", base, "--data", funnel_data, "--out", out, "--quiet"]) == 0
+    assert cli.main(["evaluate", "--model_base_path", base, "--data", funnel_data, "--out", out, "--quiet"]) == 0
     return out
 
 
@@ -116,7 +116,7 @@ def test_metrics_match_the_metric_modules_on_signature_outputs(evaluated, cascad
 
 def test_without_funnel_the_funnel_metrics_are_skipped_and_reported(cascade_model, e2e_data, tmp_path):
     out = str(tmp_path / "report")
-    assert cli.main(["evaluate", "--model", cascade_model, "--data", e2e_data, "--out", out, "--quiet",
+    assert cli.main(["evaluate", "--model_base_path", cascade_model, "--data", e2e_data, "--out", out, "--quiet",
                      "--k", "2"]) == 0
     result = _strict_json(os.path.join(out, "metrics.json"))
     assert "funnel/" in result["funnel"]["skipped"] and "metrics" not in result["funnel"]
@@ -127,7 +127,7 @@ def test_without_funnel_the_funnel_metrics_are_skipped_and_reported(cascade_mode
     assert "Skipped:" in text and "funnel/" in text
     assert not os.path.exists(os.path.join(out, "funnel.png"))
     # The output folder is not replaced silently.
-    assert cli.main(["evaluate", "--model", cascade_model, "--data", e2e_data, "--out", out, "--quiet"]) == 2
+    assert cli.main(["evaluate", "--model_base_path", cascade_model, "--data", e2e_data, "--out", out, "--quiet"]) == 2
 
 
 def test_resolve_model_takes_the_newest_complete_version(tmp_path):
@@ -148,7 +148,7 @@ def test_a_dataset_without_a_feature_the_model_reads_is_refused(cascade_model, e
     dropped = features.listed[-1].name
     with open(os.path.join(data, c.FEATURES_FILE), "w", encoding="utf-8") as f:
         f.write(c.dump_features(features.listed[:-1]))
-    assert cli.main(["evaluate", "--model", cascade_model, "--data", data, "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["evaluate", "--model_base_path", cascade_model, "--data", data, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert c.FEATURES_FILE in err and repr(dropped) in err
     assert not os.path.exists(tmp_path / "o")

@@ -2,6 +2,7 @@
 (strictly: an unknown field fails) and holds every component of the pipeline, with the images,
 accelerators and Beam arguments asked for. Expected components come from the pipeline object, so
 the test follows the pipeline as it grows."""
+import json
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.components.common import resolver
 
-from hap import cli
+from hap import cli, settings
 from hap.pipeline import kubeflow_runner
 
 CPU, GPU = "registry.example.com/hap:cpu", "registry.example.com/hap:gpu"
@@ -23,8 +24,9 @@ ROOTS = {"data_root": "gs://bucket/data", "pipeline_root": "gs://bucket/root"}
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("kfp") / "hap.json")
-    pipeline = kubeflow_runner.build(**ROOTS, beam_pipeline_args=BEAM,
-                                     trainer_resources=kubeflow_runner.gpu_resources("NVIDIA_L4", 2))
+    tree = settings.override(settings.defaults(), {"kubeflow.beam_args": BEAM, "kubeflow.gpu_type": "NVIDIA_L4",
+                                                   "kubeflow.gpus": 2})
+    pipeline = kubeflow_runner.build(**ROOTS, settings=tree, gpu=True)
     kubeflow_runner.compile_pipeline(pipeline, out, image=CPU, gpu_image=GPU)
     with open(out) as f:
         job = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineJob())
@@ -122,6 +124,8 @@ def test_cli_writes_a_yaml_pipeline_spec(tmp_path, capsys):
     (["--out", "hap.txt"], "must end with"),
     (["--gpus", "2"], "--gpu-image"),
     (["--gpu-image", GPU, "--gpus", "0"], "at least one GPU"),
+    (["--set", "kubeflow.gpus=0"], "at least one GPU"),
+    (["--set", "cascade.routing.fractoin=0.3"], "did you mean cascade.routing.fraction"),
     (["--features", "missing/features.yaml"], "no such features.yaml"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
@@ -176,3 +180,16 @@ def test_each_baseline_resolver_reads_only_its_own_evaluators_blessings(compiled
     queries = {role: executors[f"LatestBlessedModel_{role}-model-blessing-resolver_executor"]
                .resolver.output_artifact_queries["model_blessing"].filter for role in ("light", "heavy")}
     assert queries["light"] != queries["heavy"]
+
+
+def test_settings_the_compiler_cannot_express_are_named(tmp_path, capsys):
+    """The drift gate's and the warm start's resolvers do not compile for KubeflowV2: the compiled
+    pipeline leaves them out, and the command says so."""
+    argv = ["compile", "kubeflow", "--out", str(tmp_path / "hap.json"), "--image", CPU, "--data-root",
+            ROOTS["data_root"], "--pipeline-root", ROOTS["pipeline_root"], "--set", "warm_start=true"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "drift.check is off" in out and "warm_start is off" in out
+    with open(tmp_path / "hap.json") as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert not any(t.startswith(("DriftGate", "WarmStartModel", "LastAcceptedStatistics")) for t in tasks)

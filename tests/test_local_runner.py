@@ -9,10 +9,12 @@ from tfx.dsl.components.base import base_beam_executor
 
 from hap import schema as default_schema
 from hap.data import contract as c
-from hap.data.sample_routing import SAMPLE_ROUTING
+from hap import settings
 from hap.data import simulator
-from hap.pipeline import configs, local_runner, pipeline
+from hap.pipeline import local_runner, pipeline
 from hap.schema import derive
+
+DEFAULTS = settings.defaults()
 
 
 def test_default_feature_set_uses_the_curated_schema(tmp_path):
@@ -57,24 +59,16 @@ def test_component_progress_survives_a_savedmodel_export(tmp_path):
     assert logging.getLogger("absl").isEnabledFor(logging.INFO)
 
 
-def test_auc_floors_with_replaces_only_the_floors_given():
-    floors = configs.auc_floors_with({"light": {"EN": 0.5}, "heavy": {"RN": 1}})
-    assert floors["light"] == {**SAMPLE_ROUTING["light"].auc_floors, "EN": 0.5}
-    assert floors["heavy"] == {**SAMPLE_ROUTING["heavy"].auc_floors, "RN": 1.0}
-    assert SAMPLE_ROUTING["light"].auc_floors["EN"] != 0.5, "the defaults themselves are left alone"
+def test_a_metadata_server_that_does_not_answer_is_one_error_naming_host_and_port(tiny_csv, tmp_path):
+    import socket
 
-
-@pytest.mark.parametrize("overrides, message", [
-    ({"medium": {"EN": 0.5}}, "unknown model 'medium'"),
-    ({"heavy": {"EP": 0.5}}, "heavy has no floor for 'EP'"),
-    ({"light": {"EN": 1.5}}, r"light.EN must be a number in \[0, 1\]"),
-    ({"light": {"EN": "0.5"}}, "light.EN must be a number"),
-    ({"light": 0.5}, "light needs a mapping"),
-    ([0.5], "expected a mapping"),
-])
-def test_auc_floors_with_names_what_is_wrong(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        configs.auc_floors_with(overrides)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    tree = settings.override(DEFAULTS, {"metadata.backend": "mysql", "metadata.mysql.port": port})
+    with pytest.raises(ConnectionError, match=rf"no MySQL server answers at 127.0.0.1:{port}"):
+        local_runner.build(tiny_csv, str(tmp_path / "out"), tree)
+    assert not os.path.exists(tmp_path / "out"), "nothing is written before the metadata store answers"
 
 
 def _beam_args(pipeline) -> dict[str, list[str]]:
@@ -83,13 +77,13 @@ def _beam_args(pipeline) -> dict[str, list[str]]:
 
 
 def _with_setup_file(args: list[str]) -> list[str]:
-    return args + [f"--setup_file={configs.source_setup_file()}"]
+    return args + [f"--setup_file={pipeline.source_setup_file()}"]
 
 
 def test_small_data_keeps_every_beam_component_in_memory(tiny_csv, tmp_path):
     args = _beam_args(local_runner.build(tiny_csv, str(tmp_path)))
     assert {"ContractExampleGen", "StatisticsGen", "Transform", "RequestGrouper", "Evaluator_light"} <= set(args)
-    assert all(a == _with_setup_file(configs.BEAM_PIPELINE_ARGS) for a in args.values()), args
+    assert all(a == _with_setup_file(DEFAULTS.beam.args) for a in args.values()), args
 
 
 def test_large_data_runs_the_measured_components_multi_process(tiny_csv, tmp_path):
@@ -97,20 +91,23 @@ def test_large_data_runs_the_measured_components_multi_process(tiny_csv, tmp_pat
     (data / c.SAMPLES_DIR).mkdir(parents=True)
     shutil.copy(os.path.join(tiny_csv, c.FEATURES_FILE), data / c.FEATURES_FILE)
     with open(data / c.SAMPLES_DIR / "day-0.csv", "wb") as f:
-        f.truncate(configs.MULTI_PROCESS_MIN_BYTES)  # sparse: the size is what counts
+        f.truncate(DEFAULTS.beam.multi_process_min_bytes)  # sparse: the size is what counts
     args = _beam_args(local_runner.build(str(data), str(tmp_path / "out")))
+    assert {"StatisticsGen", "Transform", "Evaluator_light", "Evaluator_heavy"} == set(
+        DEFAULTS.beam.multi_process_components)
     for node, given in args.items():
-        added = configs.MULTI_PROCESS_ARGS if node in configs.MULTI_PROCESS_COMPONENTS else []
-        assert given == _with_setup_file(configs.BEAM_PIPELINE_ARGS) + added, node
+        added = DEFAULTS.beam.multi_process_args if node in DEFAULTS.beam.multi_process_components else []
+        assert given == _with_setup_file(DEFAULTS.beam.args) + added, node
     # Beam arguments given by the user are their choice for every component.
     chosen = ["--direct_running_mode=in_memory"]
-    args = _beam_args(local_runner.build(str(data), str(tmp_path / "out2"), beam_pipeline_args=chosen))
+    tree = settings.override(DEFAULTS, {"beam.args": chosen})
+    args = _beam_args(local_runner.build(str(data), str(tmp_path / "out2"), tree))
     assert all(a == _with_setup_file(chosen) for a in args.values()), args
 
 
 def test_the_source_tree_setup_file_is_the_beam_dependency():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert configs.source_setup_file() == os.path.join(repo, "setup.py")
+    assert pipeline.source_setup_file() == os.path.join(repo, "setup.py")
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -136,7 +133,7 @@ def test_beam_executors_build_no_package_when_a_dependency_is_named(named, tmp_p
     """TFX's Beam executors build a source package of TFX in a temporary directory they never
     delete when the Beam arguments name no dependency (the unnamed case shows that they do)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    args = pipeline.with_worker_dependency(configs.BEAM_PIPELINE_ARGS, configs.source_setup_file() if named else None)
+    args = pipeline.with_worker_dependency(DEFAULTS.beam.args, pipeline.source_setup_file() if named else None)
     statistics_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=args))
     built = [root for root, _, files in os.walk(tmp_path) if any(f.endswith(".tar.gz") for f in files)]
     assert (built == []) == named, built

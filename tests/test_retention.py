@@ -120,5 +120,5 @@ def test_hap_run_keep_runs_prunes_after_a_successful_run_only(out, monkeypatch, 
 def test_hap_run_keep_runs_0_is_refused_before_the_pipeline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_pipeline", lambda *args: pytest.fail("the pipeline ran"))
     assert cli.main(["run", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--keep-runs", "0"]) == 2
-    assert "keep_runs must be at least 1" in capsys.readouterr().err
+    assert "--keep-runs must be a whole number >= 1, got 0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run")

@@ -9,11 +9,12 @@ from hap.data import contract as c
 from hap.data.sample_routing import HARD_ONLY, HEAVY, LIGHT, SAMPLE_ROUTING, SampleRouting, contrast_metric, routing_of
 from hap.models import losses, transformed
 from hap.models.trainer_module import TrainerSettings
-from hap.pipeline import configs, local_runner
+from hap import settings
+from hap.pipeline import local_runner
 
-# The heavy model widened to the pre-ranking negatives, as someone moving PRN into its band would.
+# The heavy model narrowed to the pre-ranking negatives and harder, as someone changing its band would.
 WIDER_HEAVY = SampleRouting(trains_on=(c.EP, c.EN, c.RN, c.PRN), contrasts=(c.EN, c.RN, c.PRN),
-                            bce_on=(c.EP, c.EN), auc_floors={c.EN: 0.5, c.RN: 0.6, c.PRN: 0.65})
+                            bce_on=(c.EP, c.EN))
 
 
 def _evaluator_thresholds(pipeline, model: str) -> dict[str, float]:
@@ -32,11 +33,15 @@ def test_every_consumer_follows_the_table(monkeypatch, tiny_csv, tmp_path):
     assert ghcl.negative_groups == (c.EN, c.RN, c.PRN) and ghcl.bce_on == (c.EP, c.EN)
     assert losses.make_loss("pooled_infonce", routing).negative_groups == (c.EN, c.RN, c.PRN)
     assert losses.make_loss("mixed_bce", routing).samples == (c.EP, c.EN, c.RN, c.PRN)
-    assert configs.auc_floors_with({})[HEAVY] == {c.EN: 0.5, c.RN: 0.6, c.PRN: 0.65}
     assert floors_at(0.0)[HEAVY] == {c.EN: 0.0, c.RN: 0.0, c.PRN: 0.0}
-    pipeline = local_runner.build(tiny_csv, str(tmp_path / "run"))
-    assert _evaluator_thresholds(pipeline, HEAVY) == {c.EN: 0.5, c.RN: 0.6, c.PRN: 0.65}
-    assert _evaluator_thresholds(pipeline, LIGHT) == dict(SAMPLE_ROUTING[LIGHT].auc_floors)
+    # The floors are settings, one per contrast: the default ones no longer fit the table, and say so.
+    with pytest.raises(settings.SettingsError, match=r"heavy: auc_floors needs one floor for each contrast"):
+        settings.load()
+    floors = {c.EN: 0.5, c.RN: 0.6, c.PRN: 0.65}
+    tree = settings.load(options=[("heavy.auc_floors", {}, "test"), ("heavy.auc_floors", floors, "test")]).settings
+    pipeline = local_runner.build(tiny_csv, str(tmp_path / "run"), tree)
+    assert _evaluator_thresholds(pipeline, HEAVY) == floors
+    assert _evaluator_thresholds(pipeline, LIGHT) == tree.light.auc_floors
 
 
 def test_the_default_table():
@@ -53,11 +58,9 @@ def test_the_default_table():
     ({"trains_on": (c.EN, c.RN)}, "must hold EP"),
     ({"contrasts": (c.GN,)}, "negative groups the model trains on"),
     ({"bce_on": (c.PRN,)}, "bce_on must be groups"),
-    ({"auc_floors": {c.EN: 0.5}}, "one floor per contrast"),
 ])
 def test_an_inconsistent_routing_is_refused(fields, message):
-    base = dict(trains_on=(c.EP, c.EN, c.RN), contrasts=(c.EN, c.RN), bce_on=(c.EP, c.EN),
-                auc_floors={c.EN: 0.5, c.RN: 0.5})
+    base = dict(trains_on=(c.EP, c.EN, c.RN), contrasts=(c.EN, c.RN), bce_on=(c.EP, c.EN))
     with pytest.raises(ValueError, match=message):
         SampleRouting(**{**base, **fields})
 
@@ -65,6 +68,7 @@ def test_an_inconsistent_routing_is_refused(fields, message):
 def test_unknown_trainer_settings_are_named(tiny_csv, tmp_path):
     with pytest.raises(ValueError, match=r"unknown trainer setting\(s\) \['epoch'\]"):
         TrainerSettings.from_config({"model": LIGHT, "epoch": 3})
-    # The pipeline refuses it while it is built, before any component runs.
-    with pytest.raises(ValueError, match=r"\['epoch'\]"):
-        local_runner.build(tiny_csv, str(tmp_path / "run"), light_trainer={"epoch": 3})
+    # The settings refuse it while they are read, before any component runs, naming the nearest keys.
+    with pytest.raises(settings.SettingsError, match=r"unknown setting 'light.trainer.epoch'; did you mean "
+                                                    r"light.trainer.max_epochs"):
+        settings.load(sets=["light.trainer.epoch=3"])

@@ -1,5 +1,4 @@
 """CascadeAssembler's executor on the Transform graph and models of a real pipeline run."""
-import dataclasses
 import glob
 import json
 import os
@@ -10,7 +9,9 @@ from tfx.types import standard_artifacts
 from hap.components.cascade_assembler import component, executor
 from hap.data import contract as c
 from hap.models import preprocessing
+from hap import settings as hap_settings
 from hap.serving import cascade, flops, routing
+from hap.tree import parse, to_plain
 
 
 def _artifact(cls, uri, blessed=None):
@@ -39,6 +40,7 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
     features = c.load_features(e2e_data)
     policy = routing.RoutingPolicy(kind=routing.BAND, fraction=0.25, cutoff=20)
     settings = cascade.CascadeSettings(routing=policy, k_out=7, max_candidates=900)
+    tree = hap_settings.override(hap_settings.defaults(), {"cascade": to_plain(settings), "serving.model_name": "ranker"})
     model = _artifact(standard_artifacts.Model, str(tmp_path / "model"))
     blessing = _artifact(standard_artifacts.ModelBlessing, str(tmp_path / "blessing"))
     model.id = 42
@@ -48,9 +50,9 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
         {**inputs, "light_blessing": [_artifact(standard_artifacts.ModelBlessing, "", blessed=True)],
          "heavy_blessing": [_artifact(standard_artifacts.ModelBlessing, "", blessed=False)]},
         {"model": [model], "blessing": [blessing]},
-        {"custom_config": json.dumps(preprocessing.make_custom_config(features)), "routing": json.dumps(dataclasses.asdict(policy)),
-         "k_out": 7, "max_candidates": 900, "model_name": "ranker", "data_root": e2e_data,
-         "regression_tolerance": 0.01})
+        {"custom_config": json.dumps(preprocessing.make_custom_config(features)),
+         "settings": json.dumps(to_plain(tree.cascade)), "model_name": "ranker", "data_root": e2e_data,
+         "hap_settings": tree.to_json()})
 
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.listdir(blessing.uri) == [executor.NOT_BLESSED_FILE]
@@ -61,8 +63,11 @@ def test_a_cascade_of_an_unblessed_model_is_written_but_not_blessed(inputs, e2e_
     assert os.path.isfile(os.path.join(serving, "saved_model.pb"))
     with open(os.path.join(serving, "assets.extra", cascade.INFO_FILE)) as f:
         info = json.load(f)
-    assert info["settings"] == {"routing": dataclasses.asdict(policy), "k_out": 7, "max_candidates": 900}
+    assert info["settings"] == to_plain(settings)
     assert cascade.CascadeSettings(**info["settings"]) == settings
+    # Provenance: the whole effective tree and the commit of the code that assembled it.
+    assert hap_settings.HapSettings.from_json(json.dumps(info["hap_settings"])) == tree
+    assert info["source_commit"] == executor.source_commit() and len(info["source_commit"] or "x" * 40) == 40
     assert [f["name"] for f in info["features"]] == list(features.names)
     parts = info["flops"]
     # The second stage (the heavy architecture narrowed, hap/defaults.yaml, heavy.trainer.model_config) is the
@@ -92,16 +97,20 @@ def test_a_failed_assembly_leaves_nothing_in_place(inputs, e2e_data, tmp_path, m
 def test_the_component_passes_its_settings_to_the_executor():
     from tfx.types import Channel
 
+    tree = hap_settings.override(hap_settings.defaults(), {
+        "cascade.routing.fraction": 0.2, "cascade.k_out": 50, "cascade.tolerance": 0.02, "serving.model_name": "ranker"})
     assembler = component.CascadeAssembler(
         transform_graph=Channel(type=standard_artifacts.TransformGraph),
         light_model=Channel(type=standard_artifacts.Model), heavy_model=Channel(type=standard_artifacts.Model),
         light_blessing=Channel(type=standard_artifacts.ModelBlessing),
         heavy_blessing=Channel(type=standard_artifacts.ModelBlessing),
-        custom_config={"features": []}, data_root="/data", settings=cascade.CascadeSettings(
-            routing.RoutingPolicy(fraction=0.2), k_out=50), model_name="ranker", regression_tolerance=0.02)
+        custom_config={"features": []}, data_root="/data", settings=tree)
     params = assembler.exec_properties
-    assert (json.loads(params["routing"])["fraction"], params["k_out"], params["model_name"]) == (0.2, 50, "ranker")
-    assert (params["data_root"], params["regression_tolerance"]) == ("/data", 0.02)
+    # Its subtree as one JSON property, parsed by the same class the tree is made of.
+    assert parse(cascade.CascadeSettings, json.loads(params["settings"])) == tree.cascade
+    assert (tree.cascade.routing.fraction, tree.cascade.k_out, tree.cascade.tolerance) == (0.2, 50, 0.02)
+    assert (params["model_name"], params["data_root"]) == ("ranker", "/data")
+    assert hap_settings.HapSettings.from_json(params["hap_settings"]) == tree
     assert json.loads(params["custom_config"]) == {"features": []}
     assert set(assembler.outputs) == {"model", "blessing"}
 
