@@ -124,7 +124,9 @@ def _machine_text(machine) -> str:
 def provenance(result: dict) -> str:
     """One line: where a result's numbers come from."""
     date = str(result["date"])[:10]
-    return (f"`{result['command']}` at {str(result['commit'])[:7]}, {date}, "
+    commit = str(result["commit"])
+    commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    return (f"`{result['command']}` at {commit}, {date}, "
             f"{_machine_text(result['machine'])}.")
 
 
