@@ -6,7 +6,7 @@ positions >= -1, day >= 0, one value per categorical or numeric feature. It cann
 particular to a dataset (the content types it uses, the ranges of its numeric features, how
 long its sequences are); the curated `schema.pbtxt` beside this module adds those for the
 default feature set, and a team adopting HAP on its own logs curates its derived schema the
-same way (see README, "Schemas").
+same way (docs/data.md, "Schemas").
 """
 from __future__ import annotations
 

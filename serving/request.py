@@ -198,7 +198,7 @@ def numeric_problem(name: str, values) -> str | None:
     The bound is far above any magnitude a feature of the contract takes (counts, prices,
     durations, microsecond timestamps: about 1.8e15) and its square still fits a float32
     (3.4e38). It is not an outlier test: a finite value far outside the training data but within
-    the bound is served as it is (serving/README.md has what that does to this model's scores)."""
+    the bound is served as it is (docs/serving.md, "Numerics: the contract's bound")."""
     x = np.asarray(values, np.float64)
     bad = np.flatnonzero(np.abs(x) > MAX_ABS_NUMERIC)  # NaN compares False: a missing value
     if not bad.size:

@@ -21,7 +21,7 @@ API (serving/rest.py, on its own port), and TF Serving's Prometheus metrics (ser
   back-off, then given up until its folder changes, and GetModelStatus reports it (END, with
   the error) while the served versions keep serving;
 - every malformed request is answered with the status code TF Serving 2.16 answers it with
-  (the table in serving/README.md, from TF Serving's source) and a message naming the request
+  (the table in docs/serving.md, "Status codes", from TF Serving's source) and a message naming the request
   field or input at fault, without a traceback in the log: INVALID_ARGUMENT for a missing
   model_spec, an unknown version label, output_filter key or input, a wrong dtype, shape or
   value, and whatever the graph rejects (N = 0, N over the limit); FAILED_PRECONDITION for an
@@ -30,7 +30,7 @@ API (serving/rest.py, on its own port), and TF Serving's Prometheus metrics (ser
   does not hold exactly the values sent (TF Serving repeats the last value or drops the extra
   ones) and a numeric beyond the data contract's bound (request.numeric_problem).
 
-It is for development and tests. Production uses TF Serving (see serving/README.md): this
+It is for development and tests. Production uses TF Serving (docs/serving.md): this
 server runs the model in one Python process and has no server-side batching.
 """
 from __future__ import annotations
