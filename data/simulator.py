@@ -83,14 +83,17 @@ byte for byte under the same seed.
 `REGIMES` names sets of them; `config_for_regime` and `hap data simulate --regime` apply one:
 
 - `default`: the generative model above; the heavy model has cross and history effects to win on.
-- `sparse_noisy`: like real logs, clicks about three times rarer (`click_sparsity` 1.5) and one
+- `sparse_noisy`: like real logs, clicks several times rarer (`click_sparsity` 1.5) and one
   exposed label in ten a coin flip (`click_noise` 0.1): the negatives' share of the signal grows.
-- `very_sparse_noisy`: clicks as rare as in a real feed, about a thirteenth of the default's
-  (1.1% of exposed items against 14.4%: `click_sparsity` 3), and three exposed labels in ten a
-  coin flip (`click_noise` 0.3): the clicks alone say little, the logged negatives much more.
+- `very_sparse_noisy`: clicks as rare as in a real feed, about one exposed item in a hundred
+  (`click_sparsity` 3), and three exposed labels in ten a coin flip (`click_noise` 0.3): the
+  clicks alone say little, the logged negatives much more.
 - `rare_clicks`: a real feed's click rate as in `very_sparse_noisy` (`click_sparsity` 3), with
   `sparse_noisy`'s one label in ten a coin flip (`click_noise` 0.1): rare clicks that are mostly
   right. Named before it was measured, as the second real-feed regime of the loss comparison.
+
+The click rate each regime gives is measured, not set: results/legacy/simulator_regimes.json
+(docs/data.md, "Regimes").
 - `light_enough`: cross and history terms at a tenth (0.1 each), so a two-tower model is nearly
   enough and routing to the heavy model should gain little. `base_logit` goes from -5 to -3.5 to
   make up for what the two terms add on average to the exposed items' logits, keeping the click

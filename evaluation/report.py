@@ -20,7 +20,7 @@ PER_SOURCE = tuple(contrast_metric(g) for g in c.NEGATIVE_GROUPS)
 
 def pyplot():
     # Here, not at module level: the CLI imports this module (through evaluate.py) to build its
-    # parser, which should not pay pyplot's import (0.2 to 0.4 s here), and selecting the Agg
+    # parser, which should not pay pyplot's import, and selecting the Agg
     # backend only when a report is drawn leaves the backend of a notebook importing hap alone.
     import matplotlib
 

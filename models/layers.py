@@ -22,14 +22,7 @@ _MASKED_SCORE = -1e9
 # at the zero vector and moves only as it is trained on, so an id never trained on adds nothing
 # to a score where a random start adds a random term; the MLPs' positive bias (RELU_BIAS) lets the
 # gradient through while the embeddings are zero. "uniform": Keras' default, U(-0.05, 0.05).
-# Chosen by `hap benchmark --variants losses` against "uniform" (README, "Loss comparison":
-# zero-initialised embeddings): on eight simulated datasets from 14% to 0.9% clicks, 3 seeds, the
-# light model's mean per-source AUC moved by -0.0023 to +0.0330, rising in 22 of the 24
-# (dataset, loss) cases; GHCL's rose on 7 datasets and its funnel Recall@100 on 6. Where
-# pooled_infonce scattered most over the seeds (+-0.013 to +-0.032) its spread fell to +-0.002
-# to +-0.009; where it was narrow it widened a little (to +-0.002 to +-0.008). It helps the pooled
-# softmax more than GHCL, whose lead over it narrows. A near-zero random start, N(0, 1e-4),
-# tried on one of those datasets, did not narrow the spread.
+# Why zeros: docs/decisions/0008-zero-embedding-init.md.
 EMBEDDING_INITS = ("zeros", "uniform")
 EMBEDDING_INIT = "zeros"
 

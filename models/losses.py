@@ -29,8 +29,8 @@ baselines read the same samples: `mixed_bce` is BCE alone over every group the m
 negatives of the contrast groups, without harmonising, so it differs from GHCL only in pooling
 the sources.
 
-Harmonising rules (`GHCLLoss(harmonize=...)`, `HARMONIZE_RULES`; the default is "ema", see the
-README's "Losses" section for the benchmark that chose it). Each answers "how much does each
+Harmonising rules (`GHCLLoss(harmonize=...)`, `HARMONIZE_RULES`; the default is "ema", chosen by
+measurement: docs/decisions/0002-ghcl-default-loss.md). Each answers "how much does each
 source's InfoNCE term steer the shared scorer", at a different level:
 
 - "ema" (default, `LossHarmonizer` above): loss-scale equalisation, w_g = sg(mean_k ema_k / ema_g).
@@ -61,42 +61,20 @@ source's InfoNCE term steer the shared scorer", at a different level:
   when G_g . G_h < 0, G_g <- G_g - (G_g . G_h / ||G_h||^2) G_h, always against the *original*
   G_h; the projected gradients are summed. Non-conflicting gradients pass unchanged. The order
   is fixed, not random per step as in the paper, so that a seed reproduces a training; with two
-  sources (the heavy model's EN and RN) the order does not matter, and with more it matters
+  sources (the paper's heavy model: EN and RN) the order does not matter, and with more it matters
   only when a gradient conflicts with two others at once. It removes exactly the component of
   one source's update that undoes another's. `pcgrad_project` is the formula.
 
-Default "ema", kept by the evidence (issue 13; README, "Loss comparison"): `hap benchmark
---variants losses`, 3 seeds, on seven simulated datasets from 14% to 1.1% clicks. GHCL's gain
-over pooled_infonce grows as clicks get rarer and noisier: for the light model's mean
-per-source AUC, -0.0004 at 14%, +0.0058 to +0.0174 at 1.1-1.2%. Its gain over mixed_bce depends
-on how many clicks there are: +0.0179 on rare_clicks (1.2%, 320 clicks), +0.0033 with three times
-the requests. No other rule adds to "ema" on every dataset: "gradnorm" +0.0065 (paired) at 1.1%
-with three labels in ten coin flips, -0.0035 on rare_clicks at 3x; "ghm" and "pcgrad" +0.004 on
-rare_clicks and +0.0005 at 3x; "gradnorm" and "pcgrad" cost about twice "ema"'s step time
-(light) and four to eight times (heavy). So "ema" stays; "gradnorm" is the measured choice
-only for logs as noisy as very_sparse_noisy. No rule and no sampling setting meets the issue's
-bar (above pooled_infonce by two standard deviations and above mixed_bce by 1.5 points) on two
-datasets. Where clicks are common the rules have little to act on: the light model's
-per-source gradient norms are close (gradnorm's weights 0.77 to 1.38), its per-source cosines
-are mostly positive (EN against PRN or GN negative in 3 to 14% of the probes, early), and
-validation keeps the first epoch, before the easy sources saturate enough for the sampling to
-drop many of their negatives. Those numbers are with Keras' uniform embedding start; with the
-models' zero start (models/layers.py) "ema" GHCL meets the bar on two datasets (rare_clicks and
-very_sparse_noisy drawn with simulator seed 11) and misses it on four other draws at about 1%
-clicks, where it still leads both baselines on the mean: there the bar depends on
-pooled_infonce's spread over the seeds, which differs up to sixfold between draws of one regime.
-With the zero start the rules were run again on those six draws (README, "Loss comparison"):
-mean gain over pooled_infonce "ema" +0.0113, "gradnorm" +0.0114, "sampled" +0.0113, "ghm"
-+0.0097, "bce" +0.0088, the bar holding on the same two draws for each, so "ema" stays. What
-decides GHCL's lead over mixed_bce is how many clicks the model trains on: it falls as they
-grow (rare_clicks, 183 to 280 training clicks: +3.1 to -0.7 points; very_sparse_noisy with one
-inversion), and two draws
-with 1.3-1.4% clicks (seed 13, named before their runs) have mixed_bce ahead by 0.7 and 1.1
-points. GHCL's gain is on the easier sources (RN, PRN, GN); on EP vs EN, ranked across requests,
-mixed_bce leads on 8 of 10 datasets: a softmax within one request cannot learn what differs
-between requests (a user's or a context's propensity to click), which BCE learns the better the
-more clicks it sees, and the harmoniser scales down the largest InfoNCE term, EN's, most. GHCL
-stays the default for the funnel: its Recall@100 is above mixed_bce's on 9 of the 10 datasets.
+Default "ema" (docs/decisions/0002-ghcl-default-loss.md, which has the measurements and their
+result files): no other rule, and no sampling setting, added to it on every dataset, and
+"gradnorm" and "pcgrad" cost several times its step (benchmarks/loss_rules.py). Where the light
+model's per-source gradients hardly conflict, their norms are close and validation keeps an
+early epoch, the rules have little to act on. GHCL itself leads mixed_bce where the model trains
+on few clicks and trails it, on EP vs EN above all, as the clicks grow: a softmax within one
+request cannot learn what differs between requests (a user's or a context's propensity to
+click), which only BCE learns, the better the more clicks it sees, and the harmoniser scales
+down the largest InfoNCE term, EN's, most. It stays the default for the funnel, whose recall of
+the oracle's top items it keeps ahead of mixed_bce's.
 
 "gradnorm" and "pcgrad" need one parameter gradient per source: with them the loss reports the
 unit-weighted terms and `RoutedTrainer.train_step` (models/training.py) computes the gradient
@@ -127,31 +105,24 @@ sum_g w_g * InfoNCE_g. Why it might help: each InfoNCE term compares a positive 
 own request's negatives, so it is blind to anything all of a request's candidates share (the
 user's and the context's click propensity), while the per-source AUCs are taken over all
 requests at once, and only BCE learns those effects. Unharmonised, BCE is a small share of the
-total: on the default data the light Trainer logged BCE 0.28, 0.14 and 0.13 against a loss of
-5.98, 4.34 and 3.41 in its three epochs, 20 to 29 times less than the weighted InfoNCE terms
-(`benchmarks/pipeline_scale.py`'s 1x run). As one more path it weighs as much as each source.
-Where `mixed_bce` leads every contrastive loss, on EP vs EN (README, "Loss comparison"), this is
-the term that should carry it. A hypothesis formed after those results, so it was judged on three datasets not seen
-before (README, "Loss comparison", 3 seeds): it lifts EP vs EN by 0.002 to 0.005 but loses 0.006
-and 0.007 of the light model's mean per-source AUC on the two with about 1% clicks, and gains
-0.002 on the third (3.7% clicks). So it is off by default.
+total (TensorBoard's `bce` against the weighted `infonce_<source>` terms); as one more path it
+weighs as much as each source. Where `mixed_bce` leads every contrastive loss, on EP vs EN, this
+is the term that should carry it. Judged on datasets not seen before, it lifts EP vs EN a little
+and loses more on the other sources where clicks are rare, so it is off by default
+(docs/decisions/0002-ghcl-default-loss.md).
 
 Batch-wide contrasts (`GHCLLoss(batch_contrasts=("EN",))`, "ghcl_batch_en"; default none): the
 named groups' InfoNCE sets each positive against the negatives of that group in every request of
 the batch, not only its own request's. Why it might help: EP vs EN is ranked across requests,
-and a softmax within one request cannot learn what differs between requests. Judged after the
-click-count reading (README, "Loss comparison"), on the eight draws at about 1% clicks, 3 seeds:
-the light model's mean per-source AUC +0.0019 to +0.0055 over "ghcl" on six, equal on two,
-EP vs EN up to +0.021, but Recall@100 down 0.027 to 0.047 on three (the funnel ranks within
-one request, which the per-request softmax trains for), and the issue's bar holds on the same
-two draws as for "ghcl". So it is off by default. Sampling is per request, so it needs
+and a softmax within one request cannot learn what differs between requests. Measured, it raises
+the mean per-source AUC on most sparse draws but costs funnel Recall@100 on some (the funnel
+ranks within one request, which the per-request softmax trains for), so it is off by default
+(docs/decisions/0002-ghcl-default-loss.md). Sampling is per request, so it needs
 sampling="fixed".
 
 The temperature divides the logits in the InfoNCE terms only; BCE sees the raw logits, which
-therefore stay calibrated click logits. Default 1.0: on the default data (3 seeds, light model,
-as `hap benchmark` variant c trains it) temperature 0.1 made GHCL unstable across seeds and worse than
-mixed_bce (mean per-source AUC 0.815 +- 0.014 against 0.834 +- 0.001), while 1.0 gave
-0.838 +- 0.002.
+therefore stay calibrated click logits. Default 1.0: 0.1 made GHCL unstable across seeds
+(docs/decisions/0012-ghcl-temperature.md).
 """
 from __future__ import annotations
 

@@ -20,10 +20,9 @@ candidate.
 
 Why not TF Serving's `ExampleListWithContext` (tensorflow_serving/apis/input.proto, which TF
 Ranking reads too, and which this module wrote until it was measured): it holds a whole Example
-per candidate, each with every feature's name, so a request of the simulator's weighs 18.3 kB
-against 3.0 kB here (1.8 against 1.3 kB gzipped), and parsing a Trainer's batch of 31 requests
-cost 3.0 against 0.8 ms of CPU (at 10x the default data; SequenceExample, TF Ranking's other
-format, 2.0 ms; benchmarks/record_formats.py, README "Training"). The shuffle buffer holds
+per candidate, each with every feature's name, so it is several times the bytes and the parsing
+of this form, and so is TF Ranking's other format, SequenceExample
+(docs/decisions/0013-request-records.md; benchmarks/record_formats.py). The shuffle buffer holds
 serialized records, so its memory shrinks by the same factor. TF Serving clients may still send
 `ExampleListWithContext` to the served model (serving/ accepts it); the request Example is only
 the Trainers' input.
@@ -99,9 +98,10 @@ _VALUE_LISTS = {"bytes_list": tf.string, "float_list": tf.float32, "int64_list":
 def request_records(requests: list[tuple[bytes, list[bytes]]], context: tuple[str, ...]) -> list[example_pb2.Example]:
     """`request_record` of each (request key, serialized examples), the batch parsed at once.
 
-    Building records sample by sample and feature by feature in Python cost about 90 us per
-    sample (RequestGrouper 109 s at 10x the default data); here one `tf.io.parse_example` reads
-    the whole batch and each column is cut per request from its flat values. The checks of
+    Building records sample by sample and feature by feature in Python was the RequestGrouper's
+    cost (docs/decisions/0013-request-records.md; benchmarks/record_building.py); here one
+    `tf.io.parse_example` reads the whole batch and each column is cut per request from its flat
+    values. The checks of
     `request_record` are made on the parsed columns (a candidate feature's number of values, a
     context feature's values, the same within a request; a type that differs fails the parse);
     when one fails, the batch is built by `request_record`, which raises naming the request and
@@ -235,8 +235,8 @@ class RequestRecords:
     def parse(self):
         """A batch of serialized records [k] -> the features of all their candidates, [n, ...],
         each request's candidates contiguous. Traced once per records object: a Trainer maps it
-        in several passes (each epoch's validation, the probe, the router), and tracing it took
-        0.2 to 0.5 s each time (benchmarks/training_steps.py's data)."""
+        in several passes (each epoch's validation, the probe, the router), and would otherwise
+        trace it again for each."""
         return tf.function(self._parse, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
     def _parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:

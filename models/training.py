@@ -16,9 +16,8 @@ term. Two callbacks write what a recommender engineer wants to see in TensorBoar
 
 Every graph function here is traced without AutoGraph (`tf.function(autograph=False)`, and
 `do_not_convert` on the Keras steps): the models and losses branch only on Python values, and
-AutoGraph's source-to-source conversion of them, the Keras layers and the optimizer made the
-light train step's first trace in a fresh process 9.0 s instead of 1.8 s at 10x the default data
-(benchmarks/trace_cost.py; README, "Training").
+AutoGraph's source-to-source conversion of them, the Keras layers and the optimizer was most of
+each trace in a fresh process (benchmarks/trace_cost.py measures it; results/legacy/trace_cost.json).
 """
 from __future__ import annotations
 
@@ -66,8 +65,8 @@ class RoutedTrainer(tf.keras.Model):
         """Creates, on a batch `features`, every variable a training step would otherwise create in
         its first trace: the scorer's weights, the optimizer's slots and a Mean per logged term.
         TensorFlow traces a function whose first trace created variables once more (its rule:
-        variables are created only on a first call), which cost the light model's first fit call
-        0.9 s of a 3.4 s trace at 10x the default data, for 0.3 s here."""
+        variables are created only on a first call); making them here first costs less than that
+        second trace (benchmarks/trace_cost.py)."""
         with self.distribute_strategy.scope():
             names = list(self._terms(features, training=False))
             if self.losses:
@@ -97,12 +96,11 @@ class RoutedTrainer(tf.keras.Model):
 
         Keras writes its multi-step loop (`steps_per_execution` > 1) as `for _ in tf.range(n):
         outputs = step(...)`, and AutoGraph traces that body once more to learn the structure of
-        `outputs`, undefined before the loop. The light model's step takes 1.8 s to trace at 10x
-        the default data (benchmarks/trace_cost.py). Here the step is one `tf.function`, traced
-        once, whose output structure gives the `tf.while_loop` its initial values (zeros): the
-        graph holds one call of the step, which Grappler then optimises once (a first step
-        before the loop, the other way to define the outputs, made the light model's first fit
-        call 0.7 s slower). Keras' `steps_per_execution` variable still bounds the loop, as its
+        `outputs`, undefined before the loop, and a trace of the step is seconds
+        (benchmarks/trace_cost.py). Here the step is one `tf.function`, traced once, whose output
+        structure gives the `tf.while_loop` its initial values (zeros): the graph holds one call
+        of the step, which Grappler then optimises once (a first step before the loop, the other
+        way to define the outputs, puts two copies of the step in the graph and was slower). Keras' `steps_per_execution` variable still bounds the loop, as its
         data handler shortens an epoch's last call through it. Under several replicas, XLA or
         eager running, Keras' own function is used."""
         if self.train_function is not None and not force:

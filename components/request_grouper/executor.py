@@ -34,12 +34,11 @@ from tfx.types import artifact_utils
 from hap.models import preprocessing, request_records, transformed
 
 _FILE_PREFIX = "requests"
-# Records per output file; a worker holds one shard in memory to order it (about 30 MB at the
-# simulator's 3 kB per request record).
+# Records per output file; a worker holds one shard in memory to order it, so a shard's size
+# bounds its memory.
 RECORDS_PER_SHARD = 10_000
-# Requests whose records are built together (request_records.request_records): on 60,000 samples
-# of the 10x data, batches of 64 / 256 / 1024 took 17 / 16 / 25 us per sample against 94 one by
-# one (benchmarks/record_building.py).
+# Requests whose records are built together (request_records.request_records); measured with
+# benchmarks/record_building.py: docs/decisions/0013-request-records.md.
 REQUESTS_PER_BATCH = 256
 
 
