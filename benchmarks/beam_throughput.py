@@ -21,6 +21,7 @@ from tfx import v1 as tfx
 
 from hap import settings as hap_settings
 from hap.pipeline import local_runner, run_report
+from results import command_line, table, write_result
 
 
 def modes(workers: int) -> dict[str, list[str]]:
@@ -55,15 +56,19 @@ def main() -> None:
             beam_nodes = [c.id for c in pipeline.components if hasattr(c.executor_spec, "beam_pipeline_args")]
 
     first, second = list(seconds)
-    print(f"\n| component | {first} s | {second} s | {second} / {first} |")
-    print("|---|---|---|---|")
-    for node in beam_nodes:
-        a, b = seconds[first][node], seconds[second][node]
-        print(f"| {node} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    columns = ["component", f"{first} s", f"{second} s", f"{second} / {first}"]
+    rows = [[node, f"{seconds[first][node]:.1f}", f"{seconds[second][node]:.1f}",
+             f"{seconds[second][node] / seconds[first][node]:.2f}"] for node in beam_nodes]
     total = {name: sum(s.values()) for name, s in seconds.items()}
-    print(f"| whole pipeline | {total[first]:.0f} | {total[second]:.0f} | {total[second] / total[first]:.2f} |")
-    print(f"\nload average (1 min) at the start of each run: "
-          + ", ".join(f"{name} {load:.2f}" for name, load in loads.items()))
+    rows.append(["whole pipeline", f"{total[first]:.0f}", f"{total[second]:.0f}", f"{total[second] / total[first]:.2f}"])
+    print("\n| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    load_line = ", ".join(f"{name} {load:.2f}" for name, load in loads.items())
+    print(f"\nload average (1 min) at the start of each run: {load_line}")
+    write_result("beam_throughput", command_line(), table(columns, rows),
+                 notes=f"load average (1 min) at the start of each run: {load_line}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import hap  # noqa: F401  (Keras 2 before TensorFlow)
 
 from hap.data import contract as c
 from hap.data import reader
+from results import command_line, table, write_result
 
 CSV_EXAMPLE_GEN, CONTRACT_EXAMPLE_GEN = "CsvExampleGen", "ContractExampleGen"
 BEAM_CONFIGS = (("in_memory", 1), ("multi_processing", 2))
@@ -142,9 +143,9 @@ def main() -> None:
                 if generator == CSV_EXAMPLE_GEN}
     size = sum(os.path.getsize(p) for p in files)
     print(f"\n{len(files)} CSV files, {size / 1e6:.1f} MB\n")
-    print("| ExampleGen | Beam mode | workers | byte ranges | examples | seconds | ratio to CsvExampleGen "
-          "| load avg (1 min) at start |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ["ExampleGen", "Beam mode", "workers", "byte ranges", "examples", "seconds", "ratio to CsvExampleGen",
+               "load avg (1 min) at start"]
+    rows = []
     for generator, mode, workers, range_bytes, load, result in results:
         if range_bytes:
             count = sum(len(reader.file_ranges(p, range_bytes)) for p in files)
@@ -152,12 +153,18 @@ def main() -> None:
         else:
             ranges = f"{len(files)} (one per file)"
         if "error" in result:
-            print(f"| {generator} | {mode} | {workers} | {ranges} | | {result['error']} | | {load:.2f} |")
+            rows.append([generator, mode, workers, ranges, "", result["error"], "", f"{load:.2f}"])
             continue
         base = baseline[(mode, workers)]
         ratio = f"{result['seconds'] / base:.2f}" if base else ""
-        print(f"| {generator} | {mode} | {workers} | {ranges} | {result['examples']:,} | {result['seconds']:.1f} "
-              f"| {ratio} | {load:.2f} |")
+        rows.append([generator, mode, workers, ranges, f"{result['examples']:,}", f"{result['seconds']:.1f}", ratio,
+                     f"{load:.2f}"])
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    write_result("example_gen", command_line(), table(columns, rows),
+                 notes=f"{len(files)} CSV files, {size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 from hap.data import contract, reader
 from hap.data.sample_routing import MEAN_AUC
 from hap.evaluation import benchmark, report
+from results import command_line, table, write_result
 
 
 def train_clicks(data: str, eval_day: int) -> tuple[int, int]:
@@ -81,14 +82,16 @@ def main(argv=None):
                      "recall_over_mixed": paired(result, "c", "a", benchmark.LOSS_RECALL) if result["funnel"] else None,
                      "holds": {k: c["holds"] for k, c in claims.items() if c["holds"] is not None}})
     rows.sort(key=lambda r: r["clicks"])
-    print("| dataset | training clicks | (c) minus (a), paired | (c) minus (b), paired | Recall@100, (c) minus (a) "
-          "| bar holds for |")
+    columns = ["dataset", "training clicks", "(c) minus (a), paired", "(c) minus (b), paired",
+               "Recall@100, (c) minus (a)", "bar holds for"]
+    cells = [[r["name"], f"{r['clicks']} ({100 * r['rate']:.2f}%)", _plus_minus(r["over_mixed"], 4),
+              _plus_minus(r["over_pooled"], 4), _plus_minus(r["recall_over_mixed"], 3),
+              ", ".join(f"({k})" for k, ok in r["holds"].items() if ok) or "none"] for r in rows]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        held = ", ".join(f"({k})" for k, ok in r["holds"].items() if ok) or "none"
-        print(f"| {r['name']} | {r['clicks']} ({100 * r['rate']:.2f}%) | {r['over_mixed'][0]:+.4f} ± {r['over_mixed'][1]:.4f} "
-              f"| {r['over_pooled'][0]:+.4f} ± {r['over_pooled'][1]:.4f} | {_plus_minus(r['recall_over_mixed'], 3)} "
-              f"| {held} |")
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+    write_result("loss_gain_by_clicks", command_line(), table(columns, cells))
 
     plt = report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)

@@ -22,6 +22,7 @@ import tensorflow as tf
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.evaluation import benchmark
 from hap.models import trainer_module
+from results import command_line, table, write_result
 
 LOSSES = ("mixed_bce", "pooled_infonce", "ghcl", "ghcl_none", "ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad",
           "ghcl_sampled")
@@ -58,14 +59,19 @@ def main() -> None:
     args = parser.parse_args()
     inputs = benchmark.load_inputs(args.data, args.run)
     result = {model: measure(inputs, model, args.steps, args.rounds) for model in (LIGHT, HEAVY)}
-    print(f"| loss | {LIGHT} ms/step | ratio to {REFERENCE} | {HEAVY} ms/step | ratio to {REFERENCE} |")
+    columns = ["loss", f"{LIGHT} ms/step", f"ratio to {REFERENCE}", f"{HEAVY} ms/step", f"ratio to {REFERENCE}"]
+    rows = []
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for loss in LOSSES:
         cells = []
         for model in (LIGHT, HEAVY):
             ms = statistics.median(result[model][loss])
             cells += [f"{ms:.1f}", f"{ms / statistics.median(result[model][REFERENCE]):.2f}x"]
+        rows.append([loss] + cells)
         print(f"| {loss} | " + " | ".join(cells) + " |")
+    write_result("loss_rules", command_line(), table(columns, rows),
+                 notes=f"median of {args.rounds} rounds of {args.steps} steps per loss, one batch held in memory")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

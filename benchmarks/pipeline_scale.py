@@ -22,6 +22,7 @@ import time
 
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 from hap.data import simulator
+import results as result_files
 
 BASE_REQUESTS = simulator.SimulationConfig().requests
 HAP = [sys.executable, "-m", "hap.cli"]
@@ -169,6 +170,8 @@ def main() -> None:
         with open(os.path.join(args.work, "scale.json"), "w") as f:
             json.dump(results, f, indent=1)
     print(table(results))
+    result_files.write_result("pipeline_scale", result_files.command_line(), result_files.from_markdown(table(results)),
+                              notes=f"every number of every scale: {os.path.join(args.work, 'scale.json')}")
     plot(results, args.plot)
     print(f"plot: {args.plot}")
 

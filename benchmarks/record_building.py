@@ -23,6 +23,7 @@ import tensorflow as tf
 from hap.components.request_grouper import executor
 from hap.models import preprocessing, request_records
 from hap.pipeline import run_report
+from results import command_line, table, write_result
 
 BATCHES = (64, 256, 1024)
 
@@ -55,8 +56,11 @@ def main() -> None:
     samples = sum(len(examples) for _, examples in requests)
     print(f"{samples} samples of {len(requests)} requests ({args.run})\n")
     print("| records built | seconds | us per sample |\n|---|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} | {1e6 * seconds / samples:.1f} |")
+    cells = [[name, f"{seconds:.2f}", f"{1e6 * seconds / samples:.1f}"] for name, seconds in rows]
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+    write_result("record_building", command_line(), table(["records built", "seconds", "us per sample"], cells),
+                 notes=f"{samples} samples of {len(requests)} requests ({args.run})")
 
 
 if __name__ == "__main__":

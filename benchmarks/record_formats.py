@@ -38,6 +38,7 @@ from tensorflow_serving.apis import input_pb2
 
 from hap.models import preprocessing, request_records, trainer_module, transformed
 from hap.pipeline import run_report
+from results import command_line, table, write_result
 
 _ELWC = input_pb2.ExampleListWithContext.DESCRIPTOR.full_name
 
@@ -150,15 +151,20 @@ def main() -> None:
                                  sequence_example_parser(spec, context))}
     want = records.parse(tf.constant(native[:requests_per_batch]))
     print(f"{len(native):,} train records of {records_uri}, {requests_per_batch} requests per batch\n")
-    print("| form | bytes/request | gzipped bytes/request | parse ms/batch (wall) | parse ms/batch (CPU) |")
+    columns = ["form", "bytes/request", "gzipped bytes/request", "parse ms/batch (wall)", "parse ms/batch (CPU)"]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
+    rows = []
     for name, (serialized, parse) in forms.items():
         got = parse(tf.constant(serialized[:requests_per_batch]))
         for feature, value in want.items():
             np.testing.assert_array_equal(got[feature].numpy(), value.numpy(), err_msg=f"{name}: {feature}")
         wall, cpu = _parse_ms(serialized, parse, requests_per_batch)
-        print(f"| {name} | {np.mean([len(s) for s in serialized]):,.0f} | "
-              f"{len(gzip.compress(b''.join(serialized))) / len(serialized):,.0f} | {wall:.2f} | {cpu:.2f} |")
+        rows.append([name, f"{np.mean([len(s) for s in serialized]):,.0f}",
+                     f"{len(gzip.compress(b''.join(serialized))) / len(serialized):,.0f}", f"{wall:.2f}", f"{cpu:.2f}"])
+        print("| " + " | ".join(rows[-1]) + " |")
+    write_result("record_formats", command_line(), table(columns, rows),
+                 notes=f"{len(native):,} train records of {records_uri}, {requests_per_batch} requests per batch")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,18 @@ def table(columns: list, rows: list) -> dict:
     return {"columns": columns, "rows": rows}
 
 
+def from_markdown(text: str) -> dict:
+    """The first markdown table in `text` (as a script prints it) as a `table`; bold marks dropped."""
+    lines = [line.strip() for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        block.append([cell.strip().replace("**", "") for cell in line.strip("|").split("|")])
+    return table(block[0], [row for row in block[2:]])
+
+
 def is_table(value) -> bool:
     return isinstance(value, dict) and set(value) == {"columns", "rows"}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as result_files  # noqa: E402
 from serving_latency import build_requests  # noqa: E402  (a sibling script)
 
 from hap.data import contract as c  # noqa: E402
@@ -459,7 +461,14 @@ def main() -> int:
         results["tracebacks_in_log"] = log.count("Traceback")
     finally:
         server.stop()
-    report(results)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        report(results)
+    print(printed.getvalue(), end="")
+    scenarios, bad_inputs = printed.getvalue().split("tracebacks in the server log over the whole run.")
+    command = result_files.command_line()
+    result_files.write_result("serving_faults", command, result_files.from_markdown(scenarios),
+                              notes=f"{results['tracebacks_in_log']} tracebacks in the server log over the whole run")
+    result_files.write_result("serving_faults_bad_inputs", command, result_files.from_markdown(bad_inputs))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "serving_faults.json"), "w") as f:

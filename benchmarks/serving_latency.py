@@ -32,6 +32,7 @@ from hap.data import contract as c
 from hap.data import reader
 from hap.serving import cascade, client, flops, model_versions
 from hap.serving import request as rq
+from results import command_line, table, write_result
 
 
 def build_requests(data_dir: str, features: c.FeatureSet, n: int, count: int) -> list[dict]:
@@ -132,16 +133,21 @@ def main() -> None:
     with open(os.path.join(out, "serving_latency.json"), "w") as f:
         json.dump(results, f, indent=1)
 
-    print(f"\n| N = {args.n}, K = {k:g} | p50 ms | p99 ms | requests/s | MFLOPs per request |")
-    print("|---|---|---|---|---|")
-    rows = (("(a) cascade, in-process", "cascade_in_process", "cascade"),
-            ("(b) cascade, gRPC via `hap serve`", "cascade_grpc", "cascade"),
-            ("(c) heavy model on all N, in-process", "heavy_all_in_process", "heavy_all"))
-    for label, key, cost in rows:
+    columns = [f"N = {args.n}, K = {k:g}", "p50 ms", "p99 ms", "requests/s", "MFLOPs per request"]
+    rows = []
+    for label, key, cost in (("(a) cascade, in-process", "cascade_in_process", "cascade"),
+                             ("(b) cascade, gRPC via `hap serve`", "cascade_grpc", "cascade"),
+                             ("(c) heavy model on all N, in-process", "heavy_all_in_process", "heavy_all")):
         r = results[key]
-        print(f"| {label} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_s']:.1f} | "
-              f"{results['flops'][cost] / 1e6:.1f} |")
-    print(f"| light model alone (FLOPs only) | | | | {results['flops']['light_only'] / 1e6:.1f} |")
+        rows.append([label, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['requests_per_s']:.1f}",
+                     f"{results['flops'][cost] / 1e6:.1f}"])
+    rows.append(["light model alone (FLOPs only)", "", "", "", f"{results['flops']['light_only'] / 1e6:.1f}"])
+    print("\n| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    write_result("serving_latency", command_line(), table(columns, rows),
+                 notes=f"routing {policy.label}; {args.requests} timed requests per row; model {version_dir}")
 
 
 if __name__ == "__main__":

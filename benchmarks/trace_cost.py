@@ -89,7 +89,11 @@ def main() -> None:
         model, measurement, variant = args.child
         print(json.dumps(_child(args.run, args.records, model, measurement, variant)))
         return
-    print("| model | measurement | " + " | ".join(f"{variant} s" for variant in VARIANTS) + " |")
+    from results import command_line, table, write_result  # not in --child: it reads and prints only its number
+
+    columns = ["model", "measurement"] + [f"{variant} s" for variant in VARIANTS]
+    rows = []
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))
     for model in ("light", "heavy"):
         for measurement in MEASUREMENTS:
@@ -102,7 +106,10 @@ def main() -> None:
                            variant] + (["--records", args.records] if args.records else [])
                 result = subprocess.run(command, check=True, capture_output=True, text=True)
                 cells.append(f"{float(result.stdout.strip().splitlines()[-1]):.2f}")
+            rows.append([model, measurement] + cells)
             print(f"| {model} | {measurement} | " + " | ".join(cells) + " |", flush=True)
+    write_result("trace_cost", command_line(), table(columns, rows),
+                 notes="each measurement in a fresh process of its own")
 
 
 if __name__ == "__main__":

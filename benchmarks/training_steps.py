@@ -36,6 +36,8 @@ the data grows) and reported apart from the probe's cost.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -48,6 +50,7 @@ import tensorflow_transform as tft
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import distribute, preprocessing, request_records, trainer_module, transformed
 from hap.pipeline import run_report
+from results import command_line, from_markdown, write_result
 
 
 class _EpochTimer(tf.keras.callbacks.Callback):
@@ -180,23 +183,28 @@ def main() -> None:
         regroup(args.run, args.regroup)
     records_uri = args.regroup or None
     rows = [measure(args.run, m, args.epochs, records_uri) for m in (LIGHT, HEAVY)]
-    print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
-          "input alone ms/step (CPU) | streamed floor ms/step | streamed ms/step (ratio) | epochs (chosen) | trained s | "
-          "pure compute s | trained / pure | of which steps s | eval s | "
-          "probe s (probes) | probe tracing s | step tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure | "
-          "router fit s | export s |")
-    print("|---" * 24 + "|")
-    for r in rows:
-        print(f"| {r['model']} | {r['files']} | {r['shuffle_requests']:,} | {r['fill_s']:.2f} | "
-              f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
-              f"{r['input_ms']:.1f} ({r['input_cpu_ms']:.1f}) | "
-              f"{max(r['pure_ms'], (r['pure_cpu_ms'] + r['input_cpu_ms']) / r['cores']):.1f} | "
-              f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} ({r['chosen_epoch']}) | "
-              f"{r['trained_s']:.1f} | "
-              f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
-              f"{r['probe_s']:.2f} ({r['probes']}) | "
-              f"{r['probe_trace_s']:.1f} | {r['step_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
-              f"{r['trained_cpu_s'] / r['pure_cpu_s']:.2f}x | {r['router_s']:.1f} | {r['export_s']:.1f} |")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        print("| model | files | buffer (requests) | pass fill s | steps/epoch | samples/step | pure compute ms/step | "
+              "input alone ms/step (CPU) | streamed floor ms/step | streamed ms/step (ratio) | epochs (chosen) | trained s | "
+              "pure compute s | trained / pure | of which steps s | eval s | "
+              "probe s (probes) | probe tracing s | step tracing s | CPU: pure ms/step | CPU: trained s | CPU: trained / pure | "
+              "router fit s | export s |")
+        print("|---" * 24 + "|")
+        for r in rows:
+            print(f"| {r['model']} | {r['files']} | {r['shuffle_requests']:,} | {r['fill_s']:.2f} | "
+                  f"{r['steps_per_epoch']} | {r['samples_per_step']} | {r['pure_ms']:.1f} | "
+                  f"{r['input_ms']:.1f} ({r['input_cpu_ms']:.1f}) | "
+                  f"{max(r['pure_ms'], (r['pure_cpu_ms'] + r['input_cpu_ms']) / r['cores']):.1f} | "
+                  f"{r['streamed_ms']:.1f} ({r['streamed_ms'] / r['pure_ms']:.2f}x) | {r['epochs']} ({r['chosen_epoch']}) | "
+                  f"{r['trained_s']:.1f} | "
+                  f"{r['pure_s']:.1f} | {r['trained_s'] / r['pure_s']:.2f}x | {r['steps_s']:.1f} | {r['eval_s']:.1f} | "
+                  f"{r['probe_s']:.2f} ({r['probes']}) | "
+                  f"{r['probe_trace_s']:.1f} | {r['step_trace_s']:.1f} | {r['pure_cpu_ms']:.1f} | {r['trained_cpu_s']:.1f} | "
+                  f"{r['trained_cpu_s'] / r['pure_cpu_s']:.2f}x | {r['router_s']:.1f} | {r['export_s']:.1f} |")
+    print(printed.getvalue(), end="")
+    epochs = "as the Trainer's validation runs them" if args.epochs is None else f"{args.epochs} epochs"
+    write_result("training_steps" if args.epochs else "training_steps_trainer", command_line(),
+                 from_markdown(printed.getvalue()), notes=f"{epochs}; rows of {args.run}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

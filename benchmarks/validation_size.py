@@ -20,7 +20,8 @@ import tempfile
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 from scipy import stats
-from training_steps import trainer_inputs  # this script's folder is first on sys.path
+from results import command_line, table, write_result  # this script's folder is first on sys.path
+from training_steps import trainer_inputs
 
 from hap.data import contract as c
 from hap.models import trainer_module, training, transformed
@@ -94,7 +95,10 @@ def main() -> None:
     pick = chosen_epoch(whole, patience)
     print(f"{args.model} model, {requests:,} eval requests, {per_request:.2f} positives a request; mean AUC by epoch on "
           f"the whole split {np.round(whole, 4).tolist()}: it picks epoch {pick + 1}\n")
-    print("| positives (requests) | same epoch | regret mean | regret max | mean AUC sd | epoch-to-epoch difference sd |")
+    columns = ["positives (requests)", "same epoch", "regret mean", "regret max", "mean AUC sd",
+               "epoch-to-epoch difference sd"]
+    table_rows = []
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for positives in args.positives:
@@ -110,8 +114,13 @@ def main() -> None:
             regrets.append(whole[pick] - whole[draw_pick])
             curves.append(curve)
         curves = np.array(curves)
-        print(f"| {positives:,} ({size:,}) | {same}/{args.draws} | {np.mean(regrets):+.4f} | {np.max(regrets):+.4f} | "
-              f"{curves.std(0).mean():.4f} | {np.diff(curves, axis=1).std(0).mean():.4f} |")
+        table_rows.append([f"{positives:,} ({size:,})", f"{same}/{args.draws}", f"{np.mean(regrets):+.4f}",
+                           f"{np.max(regrets):+.4f}", f"{curves.std(0).mean():.4f}",
+                           f"{np.diff(curves, axis=1).std(0).mean():.4f}"])
+        print("| " + " | ".join(table_rows[-1]) + " |")
+    write_result(f"validation_size_{args.model}", command_line(), table(columns, table_rows),
+                 notes=f"{args.model} model, {requests:,} eval requests, {per_request:.2f} positives a request; mean AUC "
+                       f"by epoch on the whole split {np.round(whole, 4).tolist()}: it picks epoch {pick + 1}")
 
 
 if __name__ == "__main__":
