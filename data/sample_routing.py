@@ -20,11 +20,8 @@ so it must see them all. The heavy model is the second stage (hap/defaults.yaml,
 the routing policy (serving/routing.py) hands it half of each request's candidates, most of
 which are neither exposed nor ranking candidates, so it is trained on candidates like those it
 re-scores. The paper trains it on the exposed and ranking samples only (`HARD_GROUPS`); that
-routing is kept as `HARD_ONLY` for `hap benchmark`, which measured both (README, "Routing"):
-on three simulator regimes the cascade recovered the same share of the light-to-heavy gap
-with either (65-72% with the full-size heavy model), and on a foreign dataset with sparse
-clicks, the hard-only model's scores placed above the light model's made the cascade worse
-than the light model alone as more candidates were routed to it.
+routing is kept as `HARD_ONLY` for `hap benchmark`, which measured both: why every group,
+docs/decisions/0001-second-stage.md.
 To change what a model trains on, or to add a negative source, edit this table (and the
 contract for a new source).
 """

@@ -114,8 +114,8 @@ NARROW_HEAVY = {
 
 # GHCL's other harmonising rules, its conflict-sensitive sampling, BCE as a path and the batch-wide
 # EN contrast (models/losses.py), in the "losses" set: each on the light model, and on the heavy
-# model the one a one-seed pilot of the light models on the default data ranked first (README,
-# "Loss comparison"), which is also among the cheapest per step (benchmarks/loss_rules.py): the
+# model the one a one-seed pilot of the light models on the default data ranked first
+# (docs/decisions/0002-ghcl-default-loss.md), which is also among the cheapest per step (benchmarks/loss_rules.py): the
 # heavy step with gradnorm or pcgrad costs several times GHCL's, more than the benchmark's time
 # allows.
 LIGHT_RULES = ("ghcl_gradnorm", "ghcl_ghm", "ghcl_pcgrad", "ghcl_sampled", "ghcl_bce", "ghcl_batch_en")
@@ -343,7 +343,7 @@ def train_model(name: str, seed: int, max_epochs: int | None, inputs: Inputs, lo
 def warm_up(inputs: Inputs, log_dir: str, requests: int = 32) -> None:
     """One short, untimed training on a few requests: the first training in a process pays
     TensorFlow's one-off set-up (kernels, tracing machinery), which would otherwise be billed to
-    whichever model is timed first (measured: about 15 s on 2 cores, doubling a light model's time)."""
+    whichever model is timed first."""
     subset = dataclasses.replace(inputs.eval, requests=requests)
     trainer_module.train(trainer_module.TrainerSettings(model=LIGHT, loss="mixed_bce", max_epochs=1), inputs.model_inputs,
                          subset, subset, os.path.join(log_dir, "warm_up"))

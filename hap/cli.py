@@ -271,7 +271,7 @@ def _serve(args) -> int:
     else:
         rest = f", REST on {args.host}:{running.rest_port} (no metrics page; --monitoring-config-file adds it)"
     print(f"hap serve: model {config.name!r} version(s) {versions}: gRPC on {args.host}:{running.port}{rest}. "
-          "TF Serving's APIs; a development server: production uses TF Serving, see serving/README.md. "
+          "TF Serving's APIs; a development server: production uses TF Serving, see docs/serving.md. "
           "Ctrl-C or SIGTERM stops it.", flush=True)
 
     def drain(signum, frame):
@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output directory (artifacts, ML Metadata, pushed models)")
     # The names live in models/losses.py (LOSS_NAMES), which imports TensorFlow: the Trainer
     # settings refuse an unknown one, naming the valid ones, before any component runs.
-    loss_help = "ghcl (default), mixed_bce, pooled_infonce or a GHCL rule such as ghcl_pcgrad (README, \"Loss comparison\")"
+    loss_help = ("ghcl (default), mixed_bce, pooled_infonce or a GHCL rule such as ghcl_pcgrad "
+                 "(docs/decisions/0002-ghcl-default-loss.md)")
     run.add_argument("--light-loss", metavar="LOSS", help=loss_help)
     run.add_argument("--heavy-loss", metavar="LOSS", help=loss_help)
     run.add_argument("--max-epochs", type=int,

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import json
 import os
 import re
 import sys
@@ -30,7 +31,9 @@ class SettingsError(ValueError):
 @functools.cache
 def defaults_tree() -> dict:
     with open(DEFAULTS_FILE, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        # Through JSON: YAML anchors (`*floors`, `<<: *trainer`) load as one shared object, and
+        # a change to one model's copy would change the other's.
+        return json.loads(json.dumps(yaml.safe_load(f)))
 
 
 def default_value(path: str):

@@ -29,45 +29,40 @@ from hap.models import (difficulty_router, distribute, heavy, light, losses, pre
 @dataclasses.dataclass(frozen=True)
 @defaults_from("light.trainer")
 class TrainerSettings:
-    """model: which model to train, "light" or "heavy".
+    """One Trainer's settings: the `light.trainer` / `heavy.trainer` subtree of the settings tree,
+    whose keys docs/settings.md describes and hap/defaults.yaml sets.
+
+    model: which model to train, "light" or "heavy".
     sample_routing: the `SampleRouting` to train it with, a model's name or one of
     `sample_routing.ALTERNATIVE_ROUTING` (default: its own), e.g. "hard_only", the paper's
     heavy model, which `hap benchmark` compares with the pipeline's.
     max_epochs, patience: the epoch is chosen by validation. After each epoch the eval split's
     mean per-source AUC (over the model's contrasts) is measured; training stops once it has not
-    improved for `patience` epochs, or after `max_epochs`, and the best epoch's weights are kept.
-    No dataset-specific epoch count: the simulator's models peak after 1-3 epochs, sparser data
-    needs more (README, "Training").
+    improved for `patience` epochs, or after `max_epochs`, and the best epoch's weights are kept
+    (docs/decisions/0003-epochs-by-validation.md).
     batch_size: samples per batch on average, filled with whole requests.
     shuffle_requests: the shuffle buffer, in requests; it bounds the input's memory. It refills at
     the start of every pass (a batch never spans two passes), overlapping the pass before's last
-    batches in the Trainer's endless input; a fresh input's first batch waits for it (README,
-    "Training"; benchmarks/training_steps.py's "pass fill"), so it is kept small.
-    The grouper writes the records in the order of a hash of the request key, so a small buffer
-    still mixes days.
+    batches in the Trainer's endless input; a fresh input's first batch waits for it, so it is
+    kept small (docs/decisions/0007-shuffle-buffer.md). The grouper writes the records in the
+    order of a hash of the request key, so a small buffer still mixes days.
     conflict_budget: the share of training time the gradient-conflict probe may take.
     eval_positives, eval_requests: the per-epoch validation reads the first eval requests in the
     records' order (which the grouper makes random), as many as hold about `eval_positives`
     exposed positives at the split's rate, and at most `eval_requests` (`validation_requests`).
-    An AUC's precision is set by its positives, so clicks decide how much validation is
-    enough: at 10x the default data (1.5 positives a request), in 60 random draws of eval requests
-    holding about 2,000 positives, the epoch chosen was at most 0.0005 (light) and 0.0012 (heavy)
-    mean AUC worse than the whole eval split's choice (about 1,000 positives: 0.0038 and 0.0012;
-    README, "Training"). The cap bounds the cost where clicks are rare: 5,000 requests are about
-    160,000 samples at the contract's request sizes, while a whole eval day at production scale
-    would cost more than the epoch it checks. The Evaluators still judge the model on the whole
-    eval split.
+    An AUC's precision is set by its positives, so clicks decide how much validation is enough;
+    the cap bounds the cost where clicks are rare (docs/decisions/0004-validation-size.md). The
+    Evaluators still judge the model on the whole eval split.
     router_requests: the light model's difficulty router (models/difficulty_router.py) is fit
     after it on at most this many training requests.
-    steps_per_execution: training steps Keras runs per call of its compiled train function. A
-    pre-ranking step is small (about 11 ms of CPU for the light model on 1,000 samples), so the
-    Python work between calls (the fit loop, the callbacks' batch hooks) would otherwise add
-    about as much again (benchmarks/training_steps.py; README, "Training"). Callbacks' batch
-    hooks then run once per call; epoch-level work (validation, early stopping) is unchanged.
-    Under several replicas it is 1 (see `compiled_trainer`).
+    steps_per_execution: training steps Keras runs per call of its compiled train function: a
+    pre-ranking step is small, so the Python work between calls would otherwise cost about as
+    much as the step (docs/decisions/0009-steps-per-execution.md). Callbacks' batch hooks then
+    run once per call; epoch-level work (validation, early stopping) is unchanged. Under several
+    replicas it is 1 (see `compiled_trainer`).
     model_config: hyper-parameters of the model's config dataclass (`light.LightConfig`,
     `heavy.HeavyConfig`) that differ from its defaults: the pipeline's heavy model is the
-    architecture narrowed (hap/defaults.yaml, `heavy.trainer.model_config`)."""
+    architecture narrowed (docs/decisions/0001-second-stage.md)."""
 
     model: str
     loss: str

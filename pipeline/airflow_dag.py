@@ -17,7 +17,7 @@ the scheduler and the workers:
 The DAG's schedule is the setting `airflow.schedule`; with `retention.keep_runs` N a last task,
 Prune, deletes the artifacts that only older runs used once every other task succeeded.
 
-Day by day (README, "Day by day"): each scheduled DagRun runs the pipeline once over HAP_DATA as
+Day by day (docs/operating.md): each scheduled DagRun runs the pipeline once over HAP_DATA as
 it is then; whatever appends the day's samples to HAP_DATA before the run makes it the new day.
 
 Every component runs as one Airflow task, in the worker's process; the data-parallel ones

@@ -67,8 +67,8 @@ def with_worker_dependency(beam_pipeline_args: list[str], setup_file: Optional[s
     if setup_file is None:
         logging.warning("The Beam arguments name no worker dependency and HAP is not installed from a source tree, "
                         "so TFX builds a 52 MB package of itself in the temp directory on every Beam component run, "
-                        "and leaves it there: pass --sdk_container_image or --extra_package (README, 'Deploying "
-                        "and scaling out').")
+                        "and leaves it there: pass --sdk_container_image or --extra_package (docs/deploying.md, "
+                        "'Beam runners').")
         return list(beam_pipeline_args)
     return [*beam_pipeline_args, f"--setup_file={setup_file}"]
 

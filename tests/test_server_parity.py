@@ -1,8 +1,8 @@
-"""Status-code parity with TF Serving: one case per row of the table in serving/README.md ("Status
+"""Status-code parity with TF Serving: one case per row of the table in docs/serving.md ("Status
 codes"), each a request class sent to `hap serve` over gRPC or REST, checked for the code the
 table gives ours and for a message naming the field or input at fault; none may log a traceback.
-TF Serving's column comes from its 2.16.1 source (the files the README table cites); where it
-differs from ours the README says why (ours refuses what TF Serving lets through).
+TF Serving's column comes from its 2.16.1 source (the files the docs table cites); where it
+differs from ours the docs say why (ours refuses what TF Serving lets through).
 
 Also: the data contract's bound on numerics (closed form, then served), and a model config
 reloaded over ModelService.HandleReloadConfigRequest."""
@@ -356,8 +356,8 @@ def test_each_request_class_gets_tf_servings_code_and_a_message_naming_the_input
         len(good_request["item_id"])
 
 
-def test_the_readme_table_lists_every_case():
-    with open(os.path.join(os.path.dirname(__file__), "..", "serving", "README.md"), encoding="utf-8") as f:
+def test_the_docs_table_lists_every_case():
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md"), encoding="utf-8") as f:
         readme = f.read()
     missing = [case for case in CASES if f"| {case} |" not in readme]
     assert not missing, missing

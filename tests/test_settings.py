@@ -72,8 +72,12 @@ def test_mappings_merge_and_an_empty_one_replaces():
     assert s.heavy.trainer.model_config == {**settings.defaults().heavy.trainer.model_config, "embedding_dim": 4}
     s = settings.load(sets=["heavy.trainer.model_config={}", "drift.comparators={}"], env=NO_ENV).settings
     assert s.heavy.trainer.model_config == {} and s.drift.comparators == {}
-    s = settings.load(sets=["light.auc_floors.EN=0.5"], env=NO_ENV).settings
+    loaded = settings.load(sets=["light.auc_floors.EN=0.5", "light.trainer.model_config.embedding_dim=4"], env=NO_ENV)
+    s = loaded.settings
     assert s.light.auc_floors == {**settings.defaults().light.auc_floors, "EN": 0.5}
+    # The file shares the floors and the trainer between the models (YAML anchors), not the values.
+    assert s.heavy.auc_floors == settings.defaults().heavy.auc_floors and loaded.source_of("heavy.auc_floors") == "default"
+    assert s.heavy.trainer.model_config == settings.defaults().heavy.trainer.model_config
 
 
 @pytest.mark.parametrize("pair, message", [
@@ -151,3 +155,38 @@ def test_no_front_end_writes_a_default_of_its_own():
     from hap.pipeline import pipeline
 
     assert len(inspect.signature(pipeline.create_pipeline).parameters) <= 5
+
+
+def test_a_routed_share_set_on_the_command_line_is_the_pushed_cascades_own(pipeline_run, e2e_data, e2e_requests,
+                                                                          tmp_path):
+    """`hap run --set cascade.routing.fraction=0.3` pushes a cascade whose graph routes 30% of each
+    request, and which records the whole effective tree and the source commit. The run continues
+    the session's pipeline run (its ML Metadata copied), so only the cascade is assembled anew."""
+    import math
+    import shutil
+
+    import tensorflow as tf
+
+    from conftest import quick_keys
+    from hap import cli
+    from hap.components.cascade_assembler import executor
+    from hap.serving import cascade, model_versions
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(os.path.join(pipeline_run, "metadata.sqlite"), out / "metadata.sqlite")
+    sets = [f"{key}={json.dumps(value)}" for key, value in quick_keys(0.0).items()]
+    sets += ["cascade.routing.fraction=0.3", "cascade.tolerance=1"]
+    assert cli.main(["run", "--data", e2e_data, "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 0
+    version = model_versions.newest_complete_version(str(out / "serving" / "hap"))
+    model = tf.saved_model.load(version)
+    for request in e2e_requests:
+        n = int(tf.shape(request["item_id"])[0])
+        routed = model.signatures["cascade"](**request)["routed"]
+        assert int(tf.reduce_sum(tf.cast(routed, tf.int32))) == math.ceil(0.3 * n), n
+    with open(os.path.join(version, "assets.extra", cascade.INFO_FILE)) as f:
+        info = json.load(f)
+    assert info["settings"]["routing"]["fraction"] == 0.3
+    recorded = settings.HapSettings.from_json(json.dumps(info["hap_settings"]))
+    assert recorded.cascade.routing.fraction == 0.3 and recorded.light.trainer.max_epochs == 2
+    assert info["source_commit"] == executor.source_commit()
