@@ -488,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the TFX pipeline on a contract dataset (LocalDagRunner)")
     run.add_argument("--data", required=True, help="contract dataset directory")
     run.add_argument("--out", required=True, help="output directory (artifacts, ML Metadata, pushed models)")
-    # The names live in models/losses.py (LOSS_NAMES), which imports TensorFlow: the Trainer
-    # settings refuse an unknown one, naming the valid ones, before any component runs.
+    # The names live in models/loss_names.py (LOSS_NAMES): the settings refuse an unknown one,
+    # naming the valid ones, before TensorFlow loads.
     loss_help = ("ghcl (default), mixed_bce, pooled_infonce or a GHCL rule such as ghcl_pcgrad "
                  "(docs/decisions/0002-ghcl-default-loss.md)")
     run.add_argument("--light-loss", metavar="LOSS", help=loss_help)

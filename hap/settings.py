@@ -25,8 +25,8 @@ import typing
 import yaml
 
 from hap.data.sample_routing import MODELS
-from hap.models.trainer_module import TrainerSettings
-from hap.serving.cascade import CascadeSettings
+from hap.models.trainer_settings import TrainerSettings
+from hap.serving.policy import CascadeSettings
 from hap.tree import (SettingsError, defaults_from, defaults_tree, fields_of, key_comments, parse, to_plain,
                       unknown_key_error)
 

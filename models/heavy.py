@@ -6,42 +6,14 @@ to the user's histories, and explicit crosses between all feature embeddings.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from hap.models import layers
 from hap.models import transformed
+from hap.models.hparams import HeavyConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class HeavyConfig:
-    """Hyper-parameters of the heavy model.
-
-    embedding_dim: width of every embedding table.
-    attention_units: hidden layer widths of each target attention's scoring MLP.
-    cross_layers: number of DCN-v2 Cross layers over the concatenated features.
-    cross_projection_dim: rank of each Cross layer's weight matrix; None for full rank (the
-        default input is ~300 wide, so a full-rank matrix is still cheap).
-    deep_units: the N hidden layer widths of the MLP after the crosses (N = len(deep_units));
-        N must exceed the light head's M, or the heavy model is not the stronger scorer.
-    embedding_init: how every embedding table starts, "zeros" (default) or "uniform"
-        (`layers.EMBEDDING_INIT` says why and what chose it).
-    """
-
-    embedding_dim: int = 16
-    attention_units: tuple[int, ...] = (32,)
-    cross_layers: int = 2
-    cross_projection_dim: int | None = None
-    deep_units: tuple[int, ...] = (256, 128, 64, 32)
-    embedding_init: str = layers.EMBEDDING_INIT
-
-    def __post_init__(self):
-        widths = (self.embedding_dim, self.cross_layers) + self.attention_units + self.deep_units
-        if min(widths) < 1 or (self.cross_projection_dim is not None and self.cross_projection_dim < 1):
-            raise ValueError(f"every width and the number of cross layers must be positive: {self}")
-        layers.check_embedding_init(self.embedding_init)
 
 
 @tf.keras.utils.register_keras_serializable(package="hap")

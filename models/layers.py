@@ -12,24 +12,12 @@ import tensorflow as tf
 
 from hap.data import contract as c
 from hap.models import transformed
+# How an id's embedding starts: models/hparams.py.
+from hap.models.hparams import EMBEDDING_INIT, EMBEDDING_INITS, check_embedding_init  # noqa: F401  (tests read them here)
 
 # Keeps masked attention scores finite: an all-padding row then softmaxes to a uniform (later
 # zeroed) distribution instead of the NaN that -inf everywhere would give.
 _MASKED_SCORE = -1e9
-
-
-# How an id's embedding starts. "zeros" (the default of both models' configs): every id starts
-# at the zero vector and moves only as it is trained on, so an id never trained on adds nothing
-# to a score where a random start adds a random term; the MLPs' positive bias (RELU_BIAS) lets the
-# gradient through while the embeddings are zero. "uniform": Keras' default, U(-0.05, 0.05).
-# Why zeros: docs/decisions/0008-zero-embedding-init.md.
-EMBEDDING_INITS = ("zeros", "uniform")
-EMBEDDING_INIT = "zeros"
-
-
-def check_embedding_init(name: str) -> None:
-    if name not in EMBEDDING_INITS:
-        raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {name!r}")
 
 
 def embedding_tables(model_inputs: transformed.ModelInputs, features, dim: int,

@@ -8,37 +8,13 @@ the heavy model is for, so the light model uses neither: it mean-pools every seq
 """
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
 from hap.models import layers
 from hap.models import transformed
+from hap.models.hparams import LightConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class LightConfig:
-    """Hyper-parameters of the light model.
-
-    embedding_dim: width of every embedding table (shared by the two towers).
-    tower_units: hidden layer widths of each tower's MLP.
-    output_dim: D, the width of the user and item embeddings the towers end in.
-    head_units: the head's M hidden layer widths over [u, v, u * v] (M = len(head_units)); the
-        heavy model's MLP must be deeper.
-    embedding_init: how every embedding table starts, "zeros" (default) or "uniform"
-        (`layers.EMBEDDING_INIT` says why and what chose it).
-    """
-
-    embedding_dim: int = 16
-    tower_units: tuple[int, ...] = (64,)
-    output_dim: int = 32
-    head_units: tuple[int, ...] = (32, 16)
-    embedding_init: str = layers.EMBEDDING_INIT
-
-    def __post_init__(self):
-        if min((self.embedding_dim, self.output_dim) + self.tower_units + self.head_units) < 1:
-            raise ValueError(f"every width must be positive: {self}")
-        layers.check_embedding_init(self.embedding_init)
 
 
 class Tower(tf.keras.layers.Layer):

@@ -132,26 +132,9 @@ from hap.data import contract as c
 from hap.data.sample_routing import SampleRouting
 from hap.models import transformed
 
-HARMONIZE_RULES = ("ema", "none", "gradnorm", "ghm", "pcgrad")
-# The rules that combine per-source parameter gradients in the train step (not in the loss).
-GRADIENT_RULES = ("gradnorm", "pcgrad")
-SAMPLING_MODES = ("fixed", "saturation")
-DEFAULT_HARMONIZE = "ema"
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_MOMENTUM = 0.99
-DEFAULT_GHM_BINS = 10
-DEFAULT_MIN_KEEP = 0.25
-# GHCL's settings by loss name, so that a rule or the sampling can be chosen wherever a loss is
-# named (TrainerSettings.loss, `hap run --light-loss`, the benchmark's models): "ghcl" is the
-# default configuration.
-GHCL_VARIANTS = {
-    "ghcl": {},
-    **{f"ghcl_{rule}": {"harmonize": rule} for rule in HARMONIZE_RULES if rule != DEFAULT_HARMONIZE},
-    "ghcl_sampled": {"sampling": "saturation"},
-    "ghcl_bce": {"bce_path": True},
-    "ghcl_batch_en": {"batch_contrasts": (c.EN,)},
-}
-LOSS_NAMES = (*GHCL_VARIANTS, "mixed_bce", "pooled_infonce")
+from hap.models.loss_names import (DEFAULT_GHM_BINS, DEFAULT_HARMONIZE, DEFAULT_MIN_KEEP,  # noqa: E402,F401
+                                   DEFAULT_MOMENTUM, DEFAULT_TEMPERATURE, GHCL_VARIANTS, GRADIENT_RULES,
+                                   HARMONIZE_RULES, LOSS_NAMES, SAMPLING_MODES)
 # The harmoniser's name for the BCE term when it is harmonised as one more path (`bce_path`).
 BCE_PATH = "BCE"
 # A perfectly separated group's loss can underflow to 0; the floor keeps its weight finite.

@@ -27,14 +27,12 @@ INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
 from hap.data import contract as c
-from hap.tree import defaults_from
 from hap.serving import request as rq
 from hap.serving import routing
+from hap.serving.policy import CascadeSettings  # noqa: F401  (this module's API too)
 
 
 # The signatures by what they take: a request, the item features alone, or serialized tf.Examples.
@@ -45,33 +43,6 @@ EXAMPLE_SIGNATURES = ("score_examples", "transform_features")
 # Written beside the warm-up requests: the settings, the feature set and the per-part FLOPs
 # (serving/flops.py) of the assembled model, for benchmarks and evaluation.
 INFO_FILE = "hap_cascade.json"
-
-
-@dataclasses.dataclass(frozen=True)
-@defaults_from("cascade")
-class CascadeSettings:
-    """routing: which candidates the heavy model re-scores and how the scores combine
-    (serving/routing.py).
-    k_out: how many candidate indices `top_indices` returns (at most N).
-    max_candidates: the largest N a call may carry.
-    tolerance, blessing_requests: the CascadeAssembler blesses a cascade whose blessing metric is
-    at most `tolerance` below the last blessed cascade's, on at most `blessing_requests` eval
-    requests (components/cascade_assembler)."""
-
-    routing: routing.RoutingPolicy
-    k_out: int
-    max_candidates: int
-    tolerance: float
-    blessing_requests: int
-
-    def __post_init__(self):
-        if isinstance(self.routing, dict):  # as read back from JSON
-            object.__setattr__(self, "routing", routing.RoutingPolicy(**self.routing))
-        for name in ("k_out", "max_candidates", "blessing_requests"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not self.tolerance >= 0:
-            raise ValueError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
 
 
 def _present(x: tf.Tensor, kind: str) -> tf.Tensor:

@@ -38,58 +38,13 @@ probability; the light and heavy probabilities are returned beside it.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import numpy as np
 import tensorflow as tf
 
-from hap.tree import defaults_from
 
-TOP_K, BAND, ADAPTIVE, LEARNED = "top_k", "band", "adaptive", "learned"
-POLICIES = (TOP_K, BAND, ADAPTIVE, LEARNED)
-IN_PLACE, ROUTED_FIRST = "in_place", "routed_first"
-COMBINATIONS = (IN_PLACE, ROUTED_FIRST)
-
-
-@dataclasses.dataclass(frozen=True)
-@defaults_from("cascade.routing")
-class RoutingPolicy:
-    """kind: one of POLICIES. fraction: the share of candidates routed (exactly ceil(fraction N)
-    for top_k and band; the mean over requests for adaptive). cutoff: how many candidates the
-    stage passes on (band and adaptive centre on it). margin: adaptive only, in light logits
-    (from `calibrate_margin`). combine: one of COMBINATIONS.
-
-    The default (hap/defaults.yaml, `cascade.routing`) goes with the pipeline's narrowed second
-    stage: docs/decisions/0001-second-stage.md. With K above the output size, the heavy model
-    decides which candidates are passed on."""
-
-    kind: str
-    fraction: float
-    cutoff: int
-    margin: float | None
-    combine: str
-
-    def __post_init__(self):
-        if self.kind not in POLICIES:
-            raise ValueError(f"routing policy must be one of {POLICIES}, got {self.kind!r}")
-        if self.combine not in COMBINATIONS:
-            raise ValueError(f"score combination must be one of {COMBINATIONS}, got {self.combine!r}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"route fraction must be in (0, 1], got {self.fraction}")
-        if self.cutoff < 1:
-            raise ValueError(f"cutoff must be >= 1, got {self.cutoff}")
-        if self.kind == ADAPTIVE and (self.margin is None or not self.margin >= 0.0):
-            raise ValueError("the adaptive policy needs a margin >= 0 (calibrate_margin finds one)")
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.fraction:.0%}" + ("" if self.combine == IN_PLACE else f", {self.combine}")
-
-
-def routed_count(n: int, fraction: float) -> int:
-    """K of the top_k and band policies for a request of N candidates."""
-    return min(max(math.ceil(fraction * n), 1), n)
+from hap.serving.policy import (ADAPTIVE, BAND, COMBINATIONS, IN_PLACE, LEARNED, POLICIES,  # noqa: F401
+                                ROUTED_FIRST, TOP_K, RoutingPolicy, routed_count)
 
 
 def routed_count_in_graph(n: tf.Tensor, fraction: float) -> tf.Tensor:

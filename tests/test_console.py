@@ -31,8 +31,12 @@ def _hap(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     (["run", "--help"], 0, ""),
     (["tensorboard", "{run}"], 0, ""),
     (["data", "validate", "{data}"], 0, ""),
+    (["config", "show", "--set", "cascade.routing.fraction=0.3"], 0, ""),
+    (["run", "--data", "{data}", "--out", "{run}/new", "--set", "cascade.routing.fractoin=0.3"], 2,
+     "hap: error: --set: unknown setting 'cascade.routing.fractoin'"),
     # Refused before the console takes the terminal, so anything imported by then writes to it.
-    (["run", "--data", "{data}", "--out", "{run}/new", "--keep-runs", "0"], 2, "hap: error: --keep-runs must be a whole number >= 1"),
+    (["run", "--data", "{data}", "--out", "{run}/new", "--keep-runs", "0"], 2,
+     "hap: error: --keep-runs must be a whole number >= 1"),
 ])
 def test_commands_that_need_no_tensorflow_do_not_import_it(argv, rc, stderr, tiny_csv, tmp_path):
     run = tmp_path / "run"
