@@ -8,7 +8,7 @@ DEMO_DIR ?= demo
 
 AIRFLOW_VENV := .venv-airflow
 
-.PHONY: setup demo test airflow-env clean
+.PHONY: setup demo test test-quick airflow-env clean
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,16 @@ $(AIRFLOW_VENV)/.installed: constraints-airflow.txt setup.py pyproject.toml
 demo: setup
 	$(BIN)/hap demo --out $(DEMO_DIR)
 
+# Two pytest workers, one per core: most tests keep one core busy. The tests that read the
+# session's pipeline run stay on one worker (conftest.py), which runs the pipeline once.
+PYTEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+# The edit-test loop: everything but the marked tests (pytest.ini), within 3 minutes.
+test-quick: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e and not airflow and not cluster"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

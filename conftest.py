@@ -112,3 +112,19 @@ def e2e_requests(e2e_data, e2e_features):
         by_request.setdefault(row["request_id"], []).append(row)
     largest = sorted(by_request.values(), key=len, reverse=True)[:3]
     return [request.RequestLayout(e2e_features).from_rows(rows) for rows in largest]
+
+
+# Tests that read the session's pipeline run share one xdist worker, so that `make test`'s two
+# workers run the pipeline once; the Airflow DAG tests share one for their DagBag loads.
+PIPELINE_FIXTURES = {"pipeline_run", "run_pipeline"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & PIPELINE_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if "pipeline_run" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("pipeline_run"))
+        elif item.get_closest_marker("airflow"):
+            item.add_marker(pytest.mark.xdist_group("airflow"))

@@ -42,7 +42,8 @@ setup(
         "kfp-pipeline-spec>=0.7,<0.8",
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        # pytest-xdist: `make test` runs two workers, one per core (Makefile).
+        "dev": ["pytest>=8", "pytest-xdist>=3"],
         # The GPU pipeline image: TensorFlow with its CUDA libraries as pip wheels.
         "gpu": ["tensorflow[and-cuda]==2.16.2"],
         # Airflow 2 needs older Werkzeug, OpenTelemetry, importlib-metadata, rich and wrapt than the

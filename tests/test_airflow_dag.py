@@ -23,9 +23,9 @@ AIRFLOW_PYTHON = os.path.join(REPO, ".venv-airflow", "bin", "python")
 DAG_FILE = os.path.join(REPO, "pipeline", "airflow_dag.py")
 BEAM = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.airflow, pytest.mark.skipif(
     not os.path.exists(AIRFLOW_PYTHON),
-    reason="no .venv-airflow: Airflow 2 needs its own environment (`make airflow-env`), its pins clash with TFX's")
+    reason="no .venv-airflow: Airflow 2 needs its own environment (`make airflow-env`), its pins clash with TFX's")]
 
 # Airflow's import is most of a DagBag load's time, so one process loads the DAG file once per
 # environment (argv[2], a JSON list of HAP_ settings): the DAG reads its settings when it is built.

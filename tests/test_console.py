@@ -165,6 +165,7 @@ def _component_lines(stdout: str) -> dict[str, str]:
     return found
 
 
+@pytest.mark.e2e
 def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(e2e_data, tmp_path):
     """Two `hap run`s into one folder on the tests' smallest pipeline data, as a user runs them:
     a clean first run, then one whose light model misses a floor raised to 1."""

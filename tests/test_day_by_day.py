@@ -95,6 +95,7 @@ def _pushed(out):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+@pytest.mark.e2e
 def test_day_after_day_warm_starts_pushes_and_stops_on_drift(tmp_path):
     from hap.components.contract_example_gen import executor
     from hap.pipeline import local_runner, run_report

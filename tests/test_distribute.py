@@ -15,6 +15,9 @@ import tensorflow as tf
 import replica_checks
 from hap.models import distribute, transformed
 
+# Seconds each: servers in subprocesses, subprocess training, or TensorFlow Transform runs.
+pytestmark = pytest.mark.slow
+
 CHECKS = os.path.join(os.path.dirname(__file__), "replica_checks.py")
 
 

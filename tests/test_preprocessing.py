@@ -15,6 +15,9 @@ from hap.data import contract as c
 from hap.models import preprocessing, transformed
 from hap.schema import derive
 
+# Seconds each: servers in subprocesses, subprocess training, or TensorFlow Transform runs.
+pytestmark = pytest.mark.slow
+
 FEATURES = c.parse_features({"version": 1, "features": [
     {"name": "u_segment", "role": "user", "kind": "categorical"},
     {"name": "i_category", "role": "item", "kind": "categorical"},

@@ -23,6 +23,9 @@ from hap.serving import request as rq
 
 import test_server
 
+# Seconds each: servers in subprocesses, subprocess training, or TensorFlow Transform runs.
+pytestmark = pytest.mark.slow
+
 # tests/test_server.py's fixtures: the e2e cascade in a base path of its own, and its largest request.
 base_path = test_server.base_path
 good_request = test_server.good_request

@@ -23,6 +23,9 @@ from hap.data import contract as c
 from hap.serving import client, server
 from hap.serving import request as rq
 
+# Seconds each: servers in subprocesses, subprocess training, or TensorFlow Transform runs.
+pytestmark = pytest.mark.slow
+
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 TF_SERVING = shutil.which("tensorflow_model_server")
 

@@ -29,6 +29,9 @@ from hap.serving import server
 
 import test_server
 
+# Seconds each: servers in subprocesses, subprocess training, or TensorFlow Transform runs.
+pytestmark = pytest.mark.slow
+
 base_path = test_server.base_path
 good_request = test_server.good_request
 
