@@ -661,7 +661,7 @@ def benchmark(data_dir: str, out_dir: str, run_dir: str | None = None, seeds=DEF
         per_seed, latency = [], None
         warm_up(inputs, log_dir)
         with tqdm(total=len(seeds) * len(needed), desc="benchmark trainings", unit="model",
-                  disable=not progress) as bar:
+                  disable=not progress, file=ev.progress_stream(progress)) as bar:
             for seed in seeds:
                 seed_result = run_seed(seed, max_epochs, inputs, tft_layer, chosen, ks, log_dir, bar)
                 keras = seed_result.pop("keras")

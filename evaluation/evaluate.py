@@ -76,6 +76,12 @@ def resolve_model(path: str) -> str:
     return model_versions.newest_complete_version(path)
 
 
+def progress_stream(progress):
+    """Where a progress bar goes: `progress` itself when it is a stream (the command line's
+    terminal while library output goes to the log), else standard error; False: no bar."""
+    return progress if hasattr(progress, "write") else None
+
+
 @dataclasses.dataclass(frozen=True)
 class CascadeInfo:
     """What the assembler stored beside the model (serving/cascade.py INFO_FILE)."""
@@ -320,7 +326,7 @@ def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: C
     layout = rq.RequestLayout(info.features)
     first = True
     for request_id, rows in tqdm(requests.items(), desc=f"scoring {part} requests", unit="req",
-                                 disable=not progress, mininterval=0.5):
+                                 disable=not progress, mininterval=0.5, file=progress_stream(progress)):
         n = len(rows)
         if n > int(info.settings.get("max_candidates", n)):
             raise ValueError(f"{part} request {request_id}: {n} candidates, more than the model's "

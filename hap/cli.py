@@ -314,47 +314,60 @@ def _query(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from hap.evaluation import evaluate
+    from hap.pipeline import console
 
-    start = time.time()
     settings = _settings(args).settings
-    result = evaluate.evaluate(args.model_base_path, args.data, args.out, ks=args.k or settings.evaluation.ks,
-                               overwrite=args.overwrite, progress=not args.quiet)
-    print(f"evaluated {result['model']} on {result['logged']['requests']} logged requests"
-          + ("" if "skipped" in result["funnel"] else f" and {result['funnel']['requests']} funnel requests")
-          + f" in {time.time() - start:.0f}s: {os.path.join(args.out, 'report.md')}")
+    # Beside the report folder, which is written whole or not at all.
+    log = f"{os.path.normpath(args.out)}.log"
+    start = time.time()
+    with console.quiet_console(log) as out:
+        out.line(f"hap evaluate: {args.model_base_path} on {args.data} into {args.out}; every library's messages "
+                 f"go to {log}")
+        with out.step("loading TensorFlow"):
+            from hap.evaluation import evaluate
+        result = evaluate.evaluate(args.model_base_path, args.data, args.out, ks=args.k or settings.evaluation.ks,
+                                   overwrite=args.overwrite, progress=False if args.quiet else out.err)
+        out.line(f"evaluated {result['model']} on {result['logged']['requests']} logged requests"
+                 + ("" if "skipped" in result["funnel"] else f" and {result['funnel']['requests']} funnel requests")
+                 + f" in {time.time() - start:.0f}s: {os.path.join(args.out, 'report.md')}")
     return 0
 
 
 def _benchmark(args) -> int:
-    from hap.evaluation import benchmark, report
+    from hap.pipeline import console
 
     if args.run and len(args.data) > 1:
         raise ValueError("--run reuses one dataset's pipeline run: give one --data with it")
-    tree = _settings(args).settings
-    settings = dict(seeds=args.seeds or tree.benchmark.seeds, max_epochs=args.max_epochs,
-                    route_fractions=args.route_fractions or tree.benchmark.route_fractions,
-                    ks=args.k or tree.evaluation.ks, which=args.variants, only=args.only,
-                    latency_requests=args.latency_requests or tree.benchmark.latency_requests,
-                    overwrite=args.overwrite, progress=not args.quiet, settings=tree)
-    if len(args.data) == 1:
-        result = benchmark.benchmark(args.data[0], args.out, run_dir=args.run, **settings)
-        print(report.benchmark_table(result))
-        print(report.claims_table(result))
-        print(f"benchmark finished in {result['seconds']['total']:.0f}s: "
-              f"{os.path.join(args.out, 'report', 'benchmark.md')}")
-        return 0
     names = [os.path.basename(os.path.normpath(d)) for d in args.data]
     if len(set(names)) != len(names):
         raise ValueError(f"the datasets' folder names must differ (they name the outputs): {names}")
-    results = {}
-    for name, data in zip(names, args.data):
-        print(f"== {name}: {data}")
-        results[name] = benchmark.benchmark(data, os.path.join(args.out, name), **settings)
-        print(report.claims_table(results[name]))
-    summary = os.path.join(args.out, "summary.md")
-    report.write_benchmark_summary(results, summary)
-    print(f"benchmark of {len(results)} datasets finished: {summary}")
+    tree = _settings(args).settings
+    # Beside OUT, as `hap evaluate`'s: a refused option leaves nothing in OUT.
+    log = f"{os.path.normpath(args.out)}.log"
+    with console.quiet_console(log) as out:
+        out.line(f"hap benchmark: {', '.join(args.data)} into {args.out}; every library's messages go to {log}")
+        with out.step("loading TFX and TensorFlow"):
+            from hap.evaluation import benchmark, report
+        settings = dict(seeds=args.seeds or tree.benchmark.seeds, max_epochs=args.max_epochs,
+                        route_fractions=args.route_fractions or tree.benchmark.route_fractions,
+                        ks=args.k or tree.evaluation.ks, which=args.variants, only=args.only,
+                        latency_requests=args.latency_requests or tree.benchmark.latency_requests,
+                        overwrite=args.overwrite, progress=False if args.quiet else out.err, settings=tree)
+        if len(args.data) == 1:
+            result = benchmark.benchmark(args.data[0], args.out, run_dir=args.run, **settings)
+            out.line(report.benchmark_table(result))
+            out.line(report.claims_table(result))
+            out.line(f"benchmark finished in {result['seconds']['total']:.0f}s: "
+                     f"{os.path.join(args.out, 'report', 'benchmark.md')}")
+            return 0
+        results = {}
+        for name, data in zip(names, args.data):
+            out.line(f"== {name}: {data}")
+            results[name] = benchmark.benchmark(data, os.path.join(args.out, name), **settings)
+            out.line(report.claims_table(results[name]))
+        summary = os.path.join(args.out, "summary.md")
+        report.write_benchmark_summary(results, summary)
+        out.line(f"benchmark of {len(results)} datasets finished: {summary}")
     return 0
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import sys
-import types
 import typing
 
 import yaml
@@ -28,7 +27,7 @@ from hap.data.sample_routing import MODELS
 from hap.models.trainer_settings import TrainerSettings
 from hap.serving.policy import CascadeSettings
 from hap.tree import (SettingsError, defaults_from, defaults_tree, fields_of, key_comments, parse, to_plain,
-                      unknown_key_error)
+                      type_text, unknown_key_error)
 
 DRIFT_COMPARATORS = ("infinity_norm", "jensen_shannon_divergence")
 METADATA_BACKENDS = ("sqlite", "mysql")
@@ -438,20 +437,6 @@ def show_lines(loaded: Loaded) -> list[str]:
     return [f"{k}: {v}".ljust(width) + f"  # {src}" for k, v, src in rows]
 
 
-def _type_name(kind) -> str:
-    """A key's type as the reference shows it: int, list of str, mapping of str to float, ..."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-    if origin in (list, tuple):
-        return f"list of {_type_name(args[0])}"
-    if origin is dict or kind is dict:
-        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
-    if dataclasses.is_dataclass(kind):
-        return "{" + ", ".join(fields_of(kind)) + "}"
-    return kind.__name__
-
-
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "settings.md")
 
 
@@ -479,7 +464,7 @@ def reference_markdown() -> str:
         meaning = comments.get(key) or (comments.get("light." + key.split(".", 1)[1], "")
                                         if key.startswith("heavy.") else "")
         shown = json.dumps(value).replace("|", "\\|")
-        lines.append(f"| `{key}` | {_type_name(kinds[key])} | `{shown}` | {meaning.replace('|', '/')} |")
+        lines.append(f"| `{key}` | {type_text(kinds[key], plain=True)} | `{shown}` | {meaning.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

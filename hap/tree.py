@@ -71,17 +71,27 @@ def defaults_from(section: str):
     return decorate
 
 
-def _describe(kind) -> str:
+_TYPE_WORDS = {int: ("an integer", "int"), float: ("a number", "float"), bool: ("true or false", "bool"),
+               str: ("a string", "str")}
+
+
+def type_text(kind, plain: bool = False) -> str:
+    """A setting's type in words, as an error says it ("an integer or null") or, `plain`, as the
+    reference lists it ("int or null", "mapping of str to float")."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else type_text(a, plain) for a in args)
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0])}"
+        return f"{'' if plain else 'a '}list of {type_text(args[0], plain)}"
     if origin in (dict, typing.Mapping) or kind is dict:
-        return f"a mapping of {_describe(args[1])}" if args else "a mapping"
+        if not args:
+            return "mapping" if plain else "a mapping"
+        return f"mapping of {type_text(args[0], True)} to {type_text(args[1], True)}" if plain else \
+            f"a mapping of {type_text(args[1])}"
     if dataclasses.is_dataclass(kind):
-        return "a mapping of settings"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
+        return "{" + ", ".join(f.name for f in dataclasses.fields(kind)) + "}" if plain else "a mapping of settings"
+    words = _TYPE_WORDS.get(kind)
+    return (words[1] if plain else words[0]) if words else getattr(kind, "__name__", str(kind))
 
 
 def parse_value(kind, value, key: str):
@@ -95,17 +105,17 @@ def parse_value(kind, value, key: str):
                 return parse_value(arg, value, key)
             except SettingsError:
                 pass
-        raise SettingsError(f"setting {key}: {value!r} is not {_describe(kind)}")
+        raise SettingsError(f"setting {key}: {value!r} is not {type_text(kind)}")
     if dataclasses.is_dataclass(kind):
         return parse(kind, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise SettingsError(f"setting {key}: {value!r} is not {_describe(kind)}")
+            raise SettingsError(f"setting {key}: {value!r} is not {type_text(kind)}")
         items = [parse_value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin in (dict, typing.Mapping) or kind is dict:
         if not isinstance(value, dict):
-            raise SettingsError(f"setting {key}: {value!r} is not {_describe(kind)}")
+            raise SettingsError(f"setting {key}: {value!r} is not {type_text(kind)}")
         if not args:
             return copy.deepcopy(value)
         return {str(k): parse_value(args[1], v, f"{key}.{k}") for k, v in value.items()}
@@ -113,7 +123,7 @@ def parse_value(kind, value, key: str):
         return float(value)
     if kind is typing.Any or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
         return value
-    raise SettingsError(f"setting {key}: {value!r} is not {_describe(kind)}")
+    raise SettingsError(f"setting {key}: {value!r} is not {type_text(kind)}")
 
 
 def fields_of(cls) -> dict:

@@ -232,3 +232,17 @@ def test_demo_sets_the_cascade_between_the_light_and_the_heavy_model(pipeline_ru
     summary = (demo / "summary.md").read_text()
     assert "|  | light alone | HAP cascade | heavy on all |" in summary
     assert "(evaluation/report.md)" in summary
+
+
+def test_evaluate_prints_as_hap_run_does(cascade_model, e2e_data, tmp_path):
+    """`hap evaluate`: our lines on the terminal, every library's output in OUT.log beside OUT."""
+    out = tmp_path / "evaluation"
+    done = _hap("evaluate", "--model_base_path", cascade_model, "--data", e2e_data, "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == "", done.stderr
+    assert [line for line in done.stdout.splitlines() if _THIRD_PARTY.search(line)] == []
+    assert done.stdout.startswith(f"hap evaluate: {cascade_model} on {e2e_data} into {out}; every library's "
+                                  f"messages go to {out}.log")
+    assert re.search(rf"^evaluated .* logged requests in \d+s: {re.escape(str(out / 'report.md'))}$", done.stdout, re.M)
+    log = (tmp_path / "evaluation.log").read_text()
+    assert "WARNING" in log or "Warning" in log, "the libraries' output went to the log"
