@@ -119,6 +119,7 @@ def e2e_requests(e2e_data, e2e_features):
 PIPELINE_FIXTURES = {"pipeline_run", "run_pipeline"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
