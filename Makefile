@@ -8,7 +8,7 @@ DEMO_DIR ?= demo
 
 AIRFLOW_VENV := .venv-airflow
 
-.PHONY: setup demo test test-quick airflow-env clean
+.PHONY: setup demo test test-quick airflow-env cluster-up cluster-down clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,17 @@ test: setup
 # The edit-test loop: everything but the marked tests (pytest.ini), within 3 minutes.
 test-quick: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e and not airflow and not cluster"
+
+# The one-host rehearsal of a cluster's shared services, on loopback (hap/cluster.py,
+# docs/deploying.md): so far ML Metadata in MariaDB (Debian's mariadb-server). Its password is
+# $HAP_MYSQL_PASSWORD; then `hap run ... --set metadata.backend=mysql`.
+CLUSTER_DIR ?= .cluster
+
+cluster-up: setup
+	$(BIN)/python -m hap.cluster up --state-dir $(CLUSTER_DIR)
+
+cluster-down: setup
+	$(BIN)/python -m hap.cluster down --state-dir $(CLUSTER_DIR)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

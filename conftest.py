@@ -115,7 +115,8 @@ def e2e_requests(e2e_data, e2e_features):
 
 
 # Tests that read the session's pipeline run share one xdist worker, so that `make test`'s two
-# workers run the pipeline once; the Airflow DAG tests share one for their DagBag loads.
+# workers run the pipeline once; the Airflow DAG tests share one for their DagBag loads, the
+# cluster tests one for their database server.
 PIPELINE_FIXTURES = {"pipeline_run", "run_pipeline"}
 
 
@@ -129,3 +130,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("pipeline_run"))
         elif item.get_closest_marker("airflow"):
             item.add_marker(pytest.mark.xdist_group("airflow"))
+        elif item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))

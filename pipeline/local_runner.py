@@ -2,7 +2,8 @@
 output directory, so a re-run with unchanged inputs is served from cache.
 
 Layout of an output directory:
-    OUT/metadata.sqlite          ML Metadata
+    OUT/metadata.sqlite          ML Metadata (or OUT/metadata.json: the MySQL server that holds it,
+                                 with `metadata.backend: mysql`)
     OUT/pipeline_root/...        every component's artifacts (Trainer_light/model_run/... holds
                                  the TensorBoard logs)
     OUT/schema/schema.pbtxt      the schema derived for a dataset whose features.yaml is not the
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 
 import absl.logging
 from tfx import v1 as tfx
@@ -25,6 +25,7 @@ from tfx import v1 as tfx
 from hap import schema as default_schema
 from hap.data import contract as c
 from hap.pipeline import console as run_console
+from hap.pipeline import run_report
 from hap.pipeline.console import tensorboard_logdirs  # noqa: F401  (the run layout's, here too)
 from hap.pipeline.pipeline import PipelinePaths, create_pipeline, source_setup_file
 from hap.schema import derive
@@ -76,19 +77,11 @@ def sample_bytes(data_root: str) -> int:
 
 def metadata_connection(settings: HapSettings, out_dir: str):
     """ML Metadata's connection: SQLite in OUT/metadata.sqlite, or the MySQL server of
-    `metadata.mysql` after checking that it answers (a refused or unreachable server is one error
-    naming host and port, before any component runs)."""
+    `metadata.mysql` after checking that it answers and takes the login (a refused or unreachable
+    server is one error naming host and port, before any component runs)."""
     if settings.metadata.backend == "sqlite":
         return tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.join(out_dir, "metadata.sqlite"))
-    mysql = settings.metadata.mysql
-    try:
-        socket.create_connection((mysql.host, mysql.port), timeout=5).close()
-    except OSError as e:
-        raise ConnectionError(f"ML Metadata: no MySQL server answers at {mysql.host}:{mysql.port} "
-                              f"(metadata.mysql.host/port): {e}") from None
-    return tfx.orchestration.metadata.mysql_metadata_connection_config(
-        host=mysql.host, port=mysql.port, database=mysql.database, username=mysql.user,
-        password=os.environ.get(mysql.password_env, ""))
+    return run_report.mysql_connection(settings.metadata.mysql)
 
 
 def resolved(settings: HapSettings, data_root: str) -> HapSettings:
@@ -107,6 +100,8 @@ def build(data_root: str, out_dir: str, settings: HapSettings | None = None) -> 
     features = c.load_features(data_root)
     connection = metadata_connection(settings, out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    if settings.metadata.backend == "mysql":
+        run_report.record_metadata_server(out_dir, settings.metadata.mysql)
     paths = PipelinePaths(data_root=data_root, pipeline_root=os.path.join(out_dir, "pipeline_root"),
                           serving_model_dir=os.path.join(out_dir, "serving"),
                           schema_path=schema_for(features, out_dir), beam_setup_file=source_setup_file())

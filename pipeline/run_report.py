@@ -15,8 +15,52 @@ from hap.pipeline import console
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
+SQLITE_FILE, SERVER_FILE = "metadata.sqlite", "metadata.json"
+
+
+def mysql_connection(mysql):
+    """The connection config of the MySQL or MariaDB server `mysql` (settings' `metadata.mysql`),
+    its password from the environment variable it names, after checking that the server answers
+    and takes the login: ML Metadata's own error names neither host nor port."""
+    import socket
+
+    config = metadata.mysql_metadata_connection_config(
+        host=mysql.host, port=mysql.port, database=mysql.database, username=mysql.user,
+        password=os.environ.get(mysql.password_env, ""))
+    try:
+        socket.create_connection((mysql.host, mysql.port), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"ML Metadata: no MySQL server answers at {mysql.host}:{mysql.port} "
+                              f"(metadata.mysql.host/port): {e}") from None
+    try:
+        metadata_store.MetadataStore(config)
+    except RuntimeError as e:
+        raise ConnectionError(f"ML Metadata: the MySQL server at {mysql.host}:{mysql.port} refused user {mysql.user!r} "
+                              f"on database {mysql.database!r} (password from ${mysql.password_env}): {e}") from None
+    return config
+
+
+def record_metadata_server(out_dir: str, mysql) -> None:
+    """OUT/metadata.json: which server holds the run's ML Metadata, for the commands that read a
+    run directory later (`hap prune`, `hap benchmark --run`, the run's summary). No password."""
+    import dataclasses
+
+    path = os.path.join(out_dir, SERVER_FILE)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump({"backend": "mysql", **dataclasses.asdict(mysql)}, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
 def open_store(out_dir: str) -> metadata_store.MetadataStore:
-    path = os.path.join(out_dir, "metadata.sqlite")
+    path, server = os.path.join(out_dir, SQLITE_FILE), os.path.join(out_dir, SERVER_FILE)
+    if os.path.isfile(server):
+        from hap.settings import MySQLSettings
+        from hap.tree import parse
+
+        with open(server, encoding="utf-8") as f:
+            recorded = json.load(f)
+        recorded.pop("backend", None)
+        return metadata_store.MetadataStore(mysql_connection(parse(MySQLSettings, recorded, "metadata.mysql")))
     # Checked first: opening a missing SQLite store would create an empty one.
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{out_dir}: no metadata.sqlite, so not the output directory of a pipeline run")
