@@ -132,3 +132,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("airflow"))
         elif item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+# The history channels HAP's resolvers read (pipeline/resolvers.py) with the default settings.
+RESOLVED_ROLES = ("Trainer_light.model", "Trainer_heavy.model", "Evaluator_light.blessing", "Evaluator_heavy.blessing",
+                  "CascadeAssembler.model", "CascadeAssembler.blessing")
+
+
+def role_mismatches(out_dir: str, roles=RESOLVED_ROLES) -> dict:
+    """For each role whose tagged artifacts (the custom property a Kubeflow query filters on) are
+    not exactly those its component output under its key (what LocalDagRunner's and Airflow's
+    channels select): {role: (tagged ids, output ids)}. Empty when both selections agree."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from hap.pipeline import resolvers, run_report
+
+    store = run_report.open_store(out_dir)
+    tagged = {}
+    for artifact in store.get_artifacts():
+        if resolvers.ROLE in artifact.custom_properties:
+            tagged.setdefault(artifact.custom_properties[resolvers.ROLE].string_value, set()).add(artifact.id)
+    out = {}
+    for role in roles:
+        node, key = role.split(".")
+        context = run_report._node_context(store, node)  # noqa: SLF001
+        executions = [e.id for e in store.get_executions_by_context(context.id)] if context else []
+        output = {e.artifact_id for e in store.get_events_by_execution_ids(executions)
+                  if e.type == metadata_store_pb2.Event.OUTPUT and e.path.steps[0].key == key} if executions else set()
+        if not output or tagged.get(role, set()) != output:
+            out[role] = (tagged.get(role, set()), output)
+    return out

@@ -197,14 +197,11 @@ def _compile_kubeflow(args) -> int:
         ("kubeflow.gpu_type", args.gpu_type, "--gpu-type"), ("kubeflow.gpus", args.gpus, "--gpus"),
         ("kubeflow.beam_args", args.kubeflow_beam_arg, "--beam-arg")) if value is not None]
     settings = _settings(args, options).settings
-    _, notes = kubeflow_runner.cluster_settings(settings)
     pipeline = kubeflow_runner.build(args.data_root, args.pipeline_root, settings, serving_model_dir=args.serving_dir,
                                      features_path=args.features, schema_path=args.schema,
                                      gpu=args.gpu_image is not None)
     job = kubeflow_runner.compile_pipeline(pipeline, args.out, image=args.image, gpu_image=args.gpu_image)
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-    for note in notes:
-        print(f"note: {note}")
     print(f"wrote {args.out}: pipeline {job['displayName']!r}, {len(tasks)} tasks")
     return 0
 

@@ -3,10 +3,14 @@
 The Trainer's `custom_config` says which model to train and how (`TrainerSettings`); the feature
 set travels in it too, so the same module serves any contract dataset. Which samples the model
 trains on, and how its loss reads them, comes from its `SampleRouting`
-(data/sample_routing.py). The exported Keras SavedModel has one signature, `transformed`:
-serialized transformed tf.Examples -> {"score"}, what the Evaluator (TFMA) reads, so evaluation
-slices on Transform's routing features without re-running Transform. Serving goes through the
-cascade SavedModel (serving/cascade.py), which rebuilds the Keras model and adds Transform.
+(data/sample_routing.py). The exported Keras SavedModel carries its own Transform, so the
+Evaluator (TFMA) scores the raw examples through each model's own vocabularies: a baseline trained
+on another day's data is scored as it would serve (docs/decisions/0014-baselines-on-raw-examples.md).
+Its signatures, what TFMA reads:
+- `score_examples`: serialized raw tf.Examples -> {"score"};
+- `transform_features`: serialized raw tf.Examples -> the label and the contrast groups, TFMA's
+  preprocessing function for the label and the per-source slices.
+Serving goes through the cascade SavedModel (serving/cascade.py), which rebuilds the Keras model.
 """
 from __future__ import annotations
 
@@ -108,19 +112,31 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
 
 
 def export(scorer: tf.keras.Model, tft_output, export_dir: str) -> None:
-    transformed_spec = tft_output.transformed_feature_spec()
+    raw_spec = tft_output.raw_feature_spec()
+    # Tracked by the model, so the SavedModel holds Transform's graph and vocabularies.
+    scorer.tft_layer = tft_output.transform_features_layer()
+    examples = [tf.TensorSpec([None], tf.string, name="examples")]
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
-    def serve_transformed(serialized):
-        logit = scorer(tf.io.parse_example(serialized, transformed_spec), training=False)
-        return {"score": tf.sigmoid(logit)}
+    def transform(serialized):
+        return scorer.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+    @tf.function(input_signature=examples, autograph=False)
+    def score_examples(serialized):
+        return {"score": tf.sigmoid(scorer(transform(serialized), training=False))}
+
+    @tf.function(input_signature=examples, autograph=False)
+    def transform_features(serialized):
+        features = transform(serialized)
+        return {transformed.LABEL: features[transformed.LABEL],
+                transformed.CONTRAST: transformed.dense_contrast(features[transformed.CONTRAST])}
 
     # Keras' own save (not tf.saved_model.save) also writes the model's config, so the cascade
     # assembler can rebuild the model class with its methods (the light model's towers). Both
     # models are registered Keras classes rebuilt from that config, so the per-layer call traces
     # Keras would add (save_traces) are not needed: they were most of an export's time.
     scorer.save(export_dir, save_format="tf", save_traces=False,
-                signatures={"transformed": serve_transformed.get_concrete_function()})
+                signatures={"score_examples": score_examples.get_concrete_function(),
+                            "transform_features": transform_features.get_concrete_function()})
 
 
 def run_fn(fn_args) -> None:

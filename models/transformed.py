@@ -43,6 +43,14 @@ GROUP_INDEX = {g: i for i, g in enumerate(c.SAMPLE_GROUPS)}
 PAD = 0
 
 
+def dense_contrast(contrast: tf.SparseTensor) -> tf.Tensor:
+    """`contrast` as a dense string [B, G], each row padded with its own first group: a signature
+    returns dense tensors only, and a repeated group is one slice to TFMA, where an empty padding
+    string would make a slice of its own."""
+    dense = tf.sparse.to_dense(contrast, default_value="")
+    return tf.where(tf.equal(dense, ""), dense[:, :1], dense)
+
+
 def tensor_specs(features, batch: int | None = None) -> dict:
     """TensorSpecs of the model inputs of `features`, as described above."""
     specs = {}

@@ -32,7 +32,12 @@ use. Run for real, HAP's DAG failed twice there:
    other component's inputs do (BaseDriver.resolve_input_artifacts); a channel that names only a
    producer and a type (the history of models and blessings) keeps the whole pipeline's.
 
-All three are fixed in the launcher, where these records are made, rather than by renaming components
+4. **Output artifacts' custom properties.** The pre-IR driver drops an output channel's
+   `additional_custom_properties`, which LocalDagRunner's and KubeflowV2's compilers record on
+   each artifact. HAP's resolvers select by the role they carry (pipeline/resolvers.py), so here
+   each output artifact gets them as the portable layer gives them (outputs_utils).
+
+All four are fixed in the launcher, where these records are made, rather than by renaming components
 or output keys: the keys are the standard Trainer's and Evaluator's own, and any pipeline with two
 components of one kind, a baseline equal to its candidate, or a Resolver reading an upstream
 component's output, meets the same failures.
@@ -58,11 +63,22 @@ class _ComponentScopedNames:
 
     def _prepare_output_artifacts(self, *args: Any, **kwargs: Any) -> dict[str, list[types.Artifact]]:
         outputs = super()._prepare_output_artifacts(*args, **kwargs)
-        component_info = kwargs["component_info"]
+        component_info, output_dict = kwargs["component_info"], kwargs["output_dict"]
         for key, artifacts in outputs.items():
+            properties = getattr(output_dict[key], "additional_custom_properties", {})
             for index, artifact in enumerate(artifacts):
                 artifact.name = artifact_name(component_info, key, index)
+                for name, value in properties.items():
+                    _set_custom_property(artifact, name, value)
         return outputs
+
+
+def _set_custom_property(artifact: types.Artifact, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"custom property {name}={value!r}: only str, int and float are recorded")
+    setter = {str: artifact.set_string_custom_property, int: artifact.set_int_custom_property,
+              float: artifact.set_float_custom_property}[type(value)]
+    setter(name, value)
 
 
 def with_component_scoped_names(driver_class: type) -> type:

@@ -16,9 +16,12 @@ import tempfile
 
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.common import resolver
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from hap import schema as default_schema
 from hap.data import contract as c
+from hap.pipeline import resolvers
 from hap.pipeline.pipeline import TFX_RESOLVERS, PipelinePaths, create_pipeline
 from hap.schema import derive
 from hap.settings import HapSettings, defaults
@@ -39,17 +42,9 @@ def gpu_resources(gpu_type: str, count: int) -> _RESOURCES:
         type=gpu_type, count=count, resource_type=gpu_type, resource_count=str(count)))
 
 
-def cluster_settings(settings: HapSettings) -> tuple[HapSettings, list[str]]:
-    """`settings` as the cluster runs them, and a note for each change: Beam arguments from
-    `kubeflow.beam_args`; the drift gate and the warm start off, since their resolver strategies
-    do not compile for KubeflowV2 (docs/deploying.md, Kubeflow)."""
-    notes = []
-    if settings.drift.check:
-        notes.append("drift.check is off in the compiled pipeline: its resolver does not compile for Kubeflow")
-    if settings.warm_start:
-        notes.append("warm_start is off in the compiled pipeline: its resolver does not compile for Kubeflow")
-    return dataclasses.replace(settings, beam=dataclasses.replace(settings.beam, args=list(settings.kubeflow.beam_args)),
-                               drift=dataclasses.replace(settings.drift, check=False), warm_start=False), notes
+def cluster_settings(settings: HapSettings) -> HapSettings:
+    """`settings` as the cluster runs them: the Beam arguments are `kubeflow.beam_args`."""
+    return dataclasses.replace(settings, beam=dataclasses.replace(settings.beam, args=list(settings.kubeflow.beam_args)))
 
 
 def build(data_root: str, pipeline_root: str, settings: HapSettings | None = None,
@@ -59,7 +54,7 @@ def build(data_root: str, pipeline_root: str, settings: HapSettings | None = Non
     `features_path` (default: the default feature set), since Transform and the Trainers carry
     it in their configuration; a non-default one needs the `schema_path` of its curated schema.
     With `gpu`, the Trainers ask for `kubeflow.gpus` accelerators of `kubeflow.gpu_type`."""
-    settings, _ = cluster_settings(settings or defaults())
+    settings = cluster_settings(settings or defaults())
     features = _load_features(features_path or default_schema.DEFAULT_FEATURES)
     if schema_path is None:
         if features.listed != _load_features(default_schema.DEFAULT_FEATURES).listed:
@@ -102,6 +97,37 @@ def compile_pipeline(pipeline: tfx.dsl.Pipeline, out_file: str, image: str,
         runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
             config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=images),
             output_dir=tmp, output_filename=os.path.basename(out_file))
-        job = runner.run(pipeline)
-        os.replace(os.path.join(tmp, os.path.basename(out_file)), out_file)
+        job = runner.run(pipeline, write_out=False)
+        narrow_resolver_queries(job, pipeline)
+        staged = os.path.join(tmp, os.path.basename(out_file))
+        # TFX's own writer, so the file is what runner.run would write, with the queries narrowed.
+        kubeflow_v2_dag_runner._write_pipeline_spec_to_file(  # noqa: SLF001
+            job, f"HAP's pipeline, compiled by TFX {tfx.__version__}", staged)
+        os.replace(staged, out_file)
     return job
+
+
+# TFX's query pairs a blessing with its model by `current_model_id`, which a cascade's blessing
+# cannot know (pipeline/resolvers.py, LatestBlessedCascadeStrategy); every blessing, the
+# Evaluators' too, also names its model by URI, so the queries pair by that.
+_MODEL_BY_ID = 'name="{{$.inputs.artifacts[\'input\'].metadata[\'current_model_id\']}}"'
+_MODEL_BY_URI = 'uri="{{$.inputs.artifacts[\'input\'].metadata[\'%s\']}}"' % resolvers.CURRENT_MODEL_URI
+
+
+def narrow_resolver_queries(job: dict, pipeline: tfx.dsl.Pipeline) -> None:
+    """Adds to each compiled resolver query the role of the channel it resolves (the custom
+    property every such artifact carries, pipeline/resolvers.py), which the KubeflowV2 compiler
+    leaves out: without it a query takes the newest artifact of the type from any component."""
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    for node in pipeline.components:
+        if not isinstance(node, resolver.Resolver):
+            continue
+        labels = [label for label in executors if label == f"{node.id}_executor" or label.startswith(f"{node.id}-")]
+        for key, channel in node.raw_inputs.items():
+            role = resolvers.history_role(channel)
+            for label in labels:
+                query = executors[label].get("resolver", {}).get("outputArtifactQueries", {}).get(key)
+                if query is None:
+                    continue
+                query["filter"] = (query["filter"].replace(_MODEL_BY_ID, _MODEL_BY_URI)
+                                   + f' AND metadata.{resolvers.ROLE}.string_value="{role}"')

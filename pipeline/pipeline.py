@@ -14,7 +14,6 @@ from tfx import v1 as tfx
 from tfx.components.distribution_validator.component import DistributionValidator
 from tfx.dsl.components.base import base_beam_component
 from tfx.proto import distribution_validator_pb2
-from tfx.types import Channel
 from tfx.types.standard_artifacts import ExampleStatistics, Model, ModelBlessing
 
 from hap.components.anomaly_gate.component import AnomalyGate
@@ -27,7 +26,7 @@ from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
 from hap.pipeline.resolvers import (LatestArtifactOrNothingStrategy, LatestBlessedCascadeStrategy,
-                                    LatestBlessedModelOfOtherDataStrategy, LatestBlessedModelOfSameTransformStrategy)
+                                    LatestBlessedModelOfOtherDataStrategy, history, make_resolver, mark_roles)
 from hap.settings import DriftComparator, HapSettings
 from hap.tree import to_plain
 
@@ -84,13 +83,14 @@ def source_setup_file() -> str | None:
 
 
 def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
-    """Per-source AUC on the eval split, with a floor and a regression tolerance per source.
+    """Per-source AUC on the raw eval split, with a floor and a regression tolerance per source.
 
-    Transform gives every sample a `contrast` feature naming the contrast groups it belongs to
-    (an exposed positive belongs to all four, a negative to its source's), so the slice
-    `contrast: RN` holds exactly the exposed positives and the ranking negatives. Thresholds are
-    attached per slice: a threshold on the metric as a whole would also apply to slices with no
-    positives, where AUC is undefined.
+    Each model scores the raw examples through its own Transform (its `score_examples`
+    signature), and its `transform_features` gives the label and a `contrast` feature naming the
+    contrast groups a sample belongs to (an exposed positive belongs to all four, a negative to
+    its source's), so the slice `contrast: RN` holds exactly the exposed positives and the ranking
+    negatives. Thresholds are attached per slice: a threshold on the metric as a whole would also
+    apply to slices with no positives, where AUC is undefined.
     """
     thresholds = []
     for group, floor in auc_floors.items():
@@ -103,7 +103,8 @@ def eval_config(auc_floors: dict, tolerance: float) -> tfma.EvalConfig:
     # Thresholds live on the MetricConfig: MetricsSpec-level thresholds are keyed for in-graph
     # metrics and never match a post-export metric such as this AUC ("Metric not found").
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="transformed", label_key=transformed.LABEL)],
+        model_specs=[tfma.ModelSpec(signature_name="score_examples", preprocessing_function_names=["transform_features"],
+                                    label_key=transformed.LABEL)],
         slicing_specs=[tfma.SlicingSpec(feature_keys=[transformed.CONTRAST])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=thresholds),
@@ -146,6 +147,7 @@ class PipelinePaths:
 
 
 HAP_RESOLVERS, TFX_RESOLVERS = "hap", "tfx"
+DRIFT_GATE = "DriftGate"
 
 
 def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.FeatureSet,
@@ -157,19 +159,15 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
 
     Day by day: the Trainers learn from `data.window_days` days before the `data.eval_days`
     newest ones; with `warm_start` each starts from the last blessed model of its kind trained on
-    other data. The baselines come from HAP's resolver strategies (pipeline/resolvers.py): each
-    Evaluator's is the last blessed model of its kind trained on this run's Transform output, and
-    the CascadeAssembler's the last blessed cascade. With `drift.check`, the newest day's
-    statistics are compared with the last accepted day's and a drift stops the run before
-    Transform (components/drift_gate), unless `drift.accept`.
+    other data, which is also its Evaluator's baseline; the CascadeAssembler's is the last blessed
+    cascade. With `drift.check`, the newest day's statistics are compared with the last accepted
+    day's and a drift stops the run before Transform (components/drift_gate), unless
+    `drift.accept`.
 
-    `resolvers` "tfx": TFX's own LatestBlessedModelStrategy for the baselines, the only kind the
-    KubeflowV2 compiler knows; it cannot express the drift gate's or the warm start's, so those
-    settings must be off (pipeline/kubeflow_runner.py)."""
-    if resolvers == TFX_RESOLVERS and (settings.drift.check or settings.warm_start):
-        raise ValueError("drift.check and warm_start need HAP's resolver strategies, which the KubeflowV2 compiler "
-                         "cannot compile: set them false for this orchestrator")
-    hap_resolvers = resolvers == HAP_RESOLVERS
+    `resolvers` "hap": HAP's resolver strategies (pipeline/resolvers.py), as LocalDagRunner and
+    Airflow run them; "tfx": the TFX strategies they narrow, over the same history channels, the
+    form the KubeflowV2 compiler knows (pipeline/kubeflow_runner.py narrows their queries)."""
+    portable = resolvers == HAP_RESOLVERS
     data_root = paths.data_root
     model_config = {**preprocessing.make_custom_config(features, vocab_top_k=settings.data.vocab_top_k),
                     preprocessing.CODE_FINGERPRINT: code_fingerprint()}
@@ -189,17 +187,15 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         # statistics would double its run time for numbers nobody reads.
         disable_statistics=True)
     transform.add_upstream_node(gate)
-    # The Trainers stream whole requests; the Evaluators read Transform's per-sample examples.
+    # The Trainers stream whole requests; the Evaluators read the raw examples (eval_config).
     grouper = RequestGrouper(examples=transform.outputs["transformed_examples"], custom_config=model_config)
     components = [example_gen, statistics_gen, schema_gen, example_validator, gate]
     drift_comparators = drift_comparators_for(features, settings.drift.comparators) if settings.drift.check else {}
     if drift_comparators:
         # Today (the eval split: the newest day) against the last day the DriftGate accepted.
-        accepted = tfx.dsl.Resolver(
-            strategy_class=LatestArtifactOrNothingStrategy,
-            statistics=Channel(type=ExampleStatistics, producer_component_id="DriftGate",
-                               output_key="accepted_statistics"),
-        ).with_id("LastAcceptedStatistics")
+        accepted = make_resolver(
+            "LastAcceptedStatistics", LatestArtifactOrNothingStrategy,
+            {"statistics": history(ExampleStatistics, DRIFT_GATE, "accepted_statistics")}, {}, portable)
         baseline_statistics = accepted.outputs["statistics"].as_optional()
         split = example_gen_executor.EVAL
         drift_validator = DistributionValidator(
@@ -208,7 +204,8 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         drift_gate = DriftGate(anomalies=drift_validator.outputs["anomalies"],
                                statistics=statistics_gen.outputs["statistics"],
                                baseline_statistics=baseline_statistics,
-                               accept_drift=settings.drift.accept).with_id("DriftGate")
+                               accept_drift=settings.drift.accept).with_id(DRIFT_GATE)
+        mark_roles(drift_gate, "accepted_statistics")
         transform.add_upstream_node(drift_gate)
         components += [accepted, drift_validator, drift_gate]
     components += [transform, grouper]
@@ -217,14 +214,13 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
     for model in (LIGHT, HEAVY):
         trainer_config = {**model_config, **to_plain(settings.model(model).trainer)}
         trainer_id, evaluator_id = f"Trainer_{model}", f"Evaluator_{model}"
+        last_blessed = {"model": history(Model, trainer_id, "model"),
+                        "model_blessing": history(ModelBlessing, evaluator_id, "blessing")}
+        todays_examples = {"examples": grouper.outputs["request_examples"]}
         warm = {}
         if settings.warm_start:
-            base = tfx.dsl.Resolver(
-                strategy_class=LatestBlessedModelOfOtherDataStrategy,
-                model=Channel(type=Model, producer_component_id=trainer_id),
-                model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
-                examples=grouper.outputs["request_examples"],
-            ).with_id(f"WarmStartModel_{model}")
+            base = make_resolver(f"WarmStartModel_{model}", LatestBlessedModelOfOtherDataStrategy, last_blessed,
+                                 todays_examples, portable)
             components.append(base)
             warm = {"base_model": base.outputs["model"]}
         trainer = tfx.components.Trainer(
@@ -235,31 +231,24 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
             custom_config=trainer_config,
             **warm,
         ).with_id(trainer_id)
-        same_transform = {"transform_graph": transform.outputs["transform_graph"]} if hap_resolvers else {}
-        baseline = tfx.dsl.Resolver(
-            strategy_class=(LatestBlessedModelOfSameTransformStrategy if hap_resolvers
-                            else tfx.dsl.experimental.LatestBlessedModelStrategy),
-            model=Channel(type=Model, producer_component_id=trainer.id),
-            model_blessing=Channel(type=ModelBlessing, producer_component_id=evaluator_id),
-            **same_transform,
-        ).with_id(f"LatestBlessedModel_{model}")
+        mark_roles(trainer, "model")
+        baseline = make_resolver(f"LatestBlessedModel_{model}", LatestBlessedModelOfOtherDataStrategy, last_blessed,
+                                 todays_examples, portable)
         evaluator = tfx.components.Evaluator(
-            examples=transform.outputs["transformed_examples"],
+            examples=example_gen.outputs["examples"],
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["model"],
             eval_config=eval_config(settings.model(model).auc_floors, settings.evaluator.auc_tolerance),
         ).with_id(evaluator_id)
+        mark_roles(evaluator, "blessing")
         components += [trainer, baseline, evaluator]
         trained[model] = (trainer.outputs["model"], evaluator.outputs["blessing"])
 
     assembler_id = "CascadeAssembler"
-    todays_models = {"light_model": trained[LIGHT][0], "heavy_model": trained[HEAVY][0]} if hap_resolvers else {}
-    cascade_baseline = tfx.dsl.Resolver(
-        strategy_class=LatestBlessedCascadeStrategy if hap_resolvers else tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=Channel(type=Model, producer_component_id=assembler_id),
-        model_blessing=Channel(type=ModelBlessing, producer_component_id=assembler_id),
-        **todays_models,
-    ).with_id("LatestBlessedCascade")
+    cascade_baseline = make_resolver(
+        "LatestBlessedCascade", LatestBlessedCascadeStrategy,
+        {"model": history(Model, assembler_id, "model"), "model_blessing": history(ModelBlessing, assembler_id, "blessing")},
+        {"light_model": trained[LIGHT][0], "heavy_model": trained[HEAVY][0]}, portable)
     assembler = CascadeAssembler(
         transform_graph=transform.outputs["transform_graph"],
         light_model=trained[LIGHT][0], light_blessing=trained[LIGHT][1],
@@ -267,6 +256,7 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         custom_config=model_config, data_root=data_root, settings=settings,
         baseline_model=cascade_baseline.outputs["model"],
     ).with_id(assembler_id)
+    mark_roles(assembler, "model", "blessing")
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the
     # cascade only when both of its models were blessed and the cascade did not regress.
     pusher = tfx.components.Pusher(

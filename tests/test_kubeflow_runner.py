@@ -45,7 +45,7 @@ def _container(compiled, task_id):
 def _tasks_of(node, tasks):
     """Task ids of a pipeline node: a LatestBlessedModel resolver compiles to two tasks."""
     if isinstance(node, resolver.Resolver):
-        return {t for t in tasks if t.startswith(f"{node.id}-")}
+        return {t for t in tasks if t == node.id or t.startswith(f"{node.id}-")}
     return {node.id} & set(tasks)
 
 
@@ -171,25 +171,47 @@ def test_every_artifact_is_read_from_the_producer_the_pipeline_wired(compiled):
     assert edges >= 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TFX's KubeflowV2 compiler drops the Resolver's producer filter: both LatestBlessedModel "
-    "resolvers query the latest blessed ModelBlessing of any Evaluator, so from the second run on "
-    "an Evaluator's baseline can be the other model (docs/deploying.md, Kubeflow)"))
-def test_each_baseline_resolver_reads_only_its_own_evaluators_blessings(compiled):
-    executors = compiled["deployment"].executors
-    queries = {role: executors[f"LatestBlessedModel_{role}-model-blessing-resolver_executor"]
-               .resolver.output_artifact_queries["model_blessing"].filter for role in ("light", "heavy")}
-    assert queries["light"] != queries["heavy"]
+def _queries(compiled) -> dict:
+    """{(executor label, output key): filter} of every compiled resolver query."""
+    return {(label, key): query.filter for label, executor in compiled["deployment"].executors.items()
+            for key, query in executor.resolver.output_artifact_queries.items()}
 
 
-def test_settings_the_compiler_cannot_express_are_named(tmp_path, capsys):
-    """The drift gate's and the warm start's resolvers do not compile for KubeflowV2: the compiled
-    pipeline leaves them out, and the command says so."""
+def test_each_resolver_query_selects_the_role_its_local_channel_selects(compiled):
+    """KubeflowV2 compiles a resolver to queries by artifact type alone; each query also names the
+    role that LocalDagRunner's channel selects by producer and output key (pipeline/resolvers.py),
+    so an Evaluator's baseline is its own model's and the last accepted statistics the DriftGate's.
+    tests/test_pipeline_e2e.py checks that a local run tags exactly those artifacts with it."""
+    queries = _queries(compiled)
+    checked = 0
+    for node in compiled["pipeline"].components:
+        if not isinstance(node, resolver.Resolver):
+            continue
+        for key, channel in node.raw_inputs.items():
+            role = f'metadata.hap_role.string_value="{channel.producer_component_id}.{channel.output_key}"'
+            found = [f for (label, k), f in queries.items() if k == key and label.startswith(node.id)]
+            assert found and all(f.endswith(role) for f in found), (node.id, key, found)
+            checked += 1
+    assert checked >= 7
+    blessing = {m: queries[(f"LatestBlessedModel_{m}-model-blessing-resolver_executor", "model_blessing")]
+                for m in ("light", "heavy")}
+    assert blessing["light"] != blessing["heavy"] and "Evaluator_light.blessing" in blessing["light"]
+
+
+def test_the_compiled_pipeline_has_the_window_the_drift_gate_and_the_warm_start(tmp_path, capsys):
     argv = ["compile", "kubeflow", "--out", str(tmp_path / "hap.json"), "--image", CPU, "--data-root",
-            ROOTS["data_root"], "--pipeline-root", ROOTS["pipeline_root"], "--set", "warm_start=true"]
+            ROOTS["data_root"], "--pipeline-root", ROOTS["pipeline_root"], "--set", "warm_start=true",
+            "--set", "data.window_days=2"]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "drift.check is off" in out and "warm_start is off" in out
+    assert "wrote" in capsys.readouterr().out
     with open(tmp_path / "hap.json") as f:
-        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert not any(t.startswith(("DriftGate", "WarmStartModel", "LastAcceptedStatistics")) for t in tasks)
+        spec = json.load(f)["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"LastAcceptedStatistics", "DistributionValidator", "DriftGate"} <= set(tasks)
+    assert tasks["Transform"]["dependentTasks"] and "DriftGate" in tasks["Transform"]["dependentTasks"]
+    for model in ("light", "heavy"):
+        base = tasks[f"Trainer_{model}"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]
+        assert base["producerTask"] == f"WarmStartModel_{model}-model-resolver"
+    example_gen = tasks["ContractExampleGen"]["inputs"]["parameters"]["custom_config"]
+    assert json.loads(example_gen["runtimeValue"]["constantValue"]["stringValue"])["custom_config"]["value"][
+        "window_days"] == 2
