@@ -7,15 +7,16 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
 AIRFLOW_VENV := .venv-airflow
+S3_VENV := .venv-s3
 
-.PHONY: setup demo test test-quick airflow-env cluster-up cluster-down clean
+.PHONY: setup demo test test-quick airflow-env s3-env cluster-up cluster-down clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: constraints.txt setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade 'pip==24.2'
-	$(BIN)/pip install --progress-bar off --ignore-requires-python -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --ignore-requires-python -c constraints.txt -e '.[dev,s3]'
 	touch $@
 
 # Airflow 2's pins clash with the TFX set (constraints-airflow.txt says which), so it gets an
@@ -27,6 +28,16 @@ $(AIRFLOW_VENV)/.installed: constraints-airflow.txt setup.py pyproject.toml
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade 'pip==24.2'
 	$(AIRFLOW_VENV)/bin/pip install --progress-bar off --ignore-requires-python -c constraints-airflow.txt -e '.[airflow,dev]'
+	touch $@
+
+# The S3-compatible server of the cluster rehearsal (moto's; hap/cluster.py), a separate process
+# in an environment of its own; tests/test_object_store.py skips without it (CI builds it).
+s3-env: $(S3_VENV)/.installed
+
+$(S3_VENV)/.installed: constraints-s3.txt
+	test -x $(S3_VENV)/bin/python || $(PYTHON) -m venv $(S3_VENV)
+	$(S3_VENV)/bin/pip install --quiet --upgrade 'pip==24.2'
+	$(S3_VENV)/bin/pip install --progress-bar off -c constraints-s3.txt 'moto[server]'
 	touch $@
 
 demo: setup
@@ -44,11 +55,11 @@ test-quick: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e and not airflow and not cluster"
 
 # The one-host rehearsal of a cluster's shared services, on loopback (hap/cluster.py,
-# docs/deploying.md): so far ML Metadata in MariaDB (Debian's mariadb-server). Its password is
-# $HAP_MYSQL_PASSWORD; then `hap run ... --set metadata.backend=mysql`.
+# docs/deploying.md): ML Metadata in MariaDB (Debian's mariadb-server; its password is
+# $HAP_MYSQL_PASSWORD) and an S3 object store; `cluster-up` prints how to point `hap run` at both.
 CLUSTER_DIR ?= .cluster
 
-cluster-up: setup
+cluster-up: setup s3-env
 	$(BIN)/python -m hap.cluster up --state-dir $(CLUSTER_DIR)
 
 cluster-down: setup

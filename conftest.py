@@ -152,11 +152,17 @@ def role_mismatches(out_dir: str, roles=RESOLVED_ROLES) -> dict:
     for artifact in store.get_artifacts():
         if resolvers.ROLE in artifact.custom_properties:
             tagged.setdefault(artifact.custom_properties[resolvers.ROLE].string_value, set()).add(artifact.id)
+    # LocalDagRunner groups a component's executions in a `node` context, TFX's pre-IR launcher
+    # (Airflow) in one `component_run` context per run with the component's id as a property.
+    contexts = {}
+    for context in store.get_contexts_by_type("node"):
+        contexts.setdefault(context.name.split(".", 1)[-1], []).append(context.id)
+    for context in store.get_contexts_by_type("component_run"):
+        contexts.setdefault(context.properties["component_id"].string_value, []).append(context.id)
     out = {}
     for role in roles:
         node, key = role.split(".")
-        context = run_report._node_context(store, node)  # noqa: SLF001
-        executions = [e.id for e in store.get_executions_by_context(context.id)] if context else []
+        executions = [e.id for context in contexts.get(node, []) for e in store.get_executions_by_context(context)]
         output = {e.artifact_id for e in store.get_events_by_execution_ids(executions)
                   if e.type == metadata_store_pb2.Event.OUTPUT and e.path.steps[0].key == key} if executions else set()
         if not output or tagged.get(role, set()) != output:

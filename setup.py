@@ -50,6 +50,8 @@ setup(
         # TFX set pins, so it installs into its own environment with constraints-airflow.txt
         # (`make airflow-env`), never with constraints.txt.
         "airflow": ["apache-airflow==2.10.5", "apache-airflow-providers-fab==1.5.3"],
+        # Data and artifacts on S3 (hap/storage.py): TensorFlow's s3:// file system and Beam's.
+        "s3": ["tensorflow-io==0.37.1", "boto3>=1.34"],
     },
-    entry_points={"console_scripts": ["hap=hap.cli:main"]},
+    entry_points={"console_scripts": ["hap=hap.cli:run"]},
 )

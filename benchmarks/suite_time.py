@@ -42,11 +42,12 @@ def main() -> None:
     lines = done.stdout.splitlines()
     closing = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ passed", line)), "")
     slowest = [line.split(None, 2) for line in lines if re.match(r"^\d+\.\d+s (call|setup|teardown) ", line)][:10]
-    print(f"{args.tier}: {seconds / 60:.1f} min, rc {done.returncode}: {closing}")
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    print(f"{args.tier}: {seconds / 60:.1f} min, rc {done.returncode}: {closing}", *failed, sep="\n")
     write_result(f"suite_time_{args.tier}", command_line(), {
         "make target": f"make {TARGETS[args.tier]}", "minutes": round(seconds / 60, 1),
         "pytest's closing line": closing, "exit status": done.returncode},
-        notes="slowest: " + "; ".join(f"{test} {s} ({phase})" for s, phase, test in slowest[:5]))
+        notes="; ".join(failed + ["slowest: " + "; ".join(f"{test} {s} ({phase})" for s, phase, test in slowest[:5])]))
     sys.exit(done.returncode)
 
 

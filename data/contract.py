@@ -10,10 +10,11 @@ contract allows int64 or string ids, and a string is the one type both fit lossl
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterable
 
 import yaml
+
+from hap import storage
 
 FEATURES_FILE = "features.yaml"
 SAMPLES_DIR = "samples"
@@ -214,11 +215,11 @@ def parse_features(doc: object, where: str) -> FeatureSet:
 
 def load_features(dataset_dir: str) -> FeatureSet:
     """Reads and checks `<dataset_dir>/features.yaml`."""
-    path = os.path.join(dataset_dir, FEATURES_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(dataset_dir, FEATURES_FILE)
+    if not storage.isfile(path):
         raise ContractError([f"{path}: missing; every dataset needs a features.yaml"])
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path) as f:
             doc = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ContractError([f"{path}: not valid YAML: {e}"]) from None

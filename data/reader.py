@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
-import gzip
-import io
 import math
 import os
 import struct
@@ -22,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from hap import storage
 from hap.data import contract as c
 
 CSV, TFRECORD = "csv", "tfrecord"
@@ -43,9 +41,9 @@ def file_format(path: str) -> str | None:
 
 def data_files(directory: str) -> tuple[str, list[str]]:
     """The format and sorted data files of `samples/` or `funnel/`; ContractError if unusable."""
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise c.ContractError([f"{directory}: missing directory"])
-    files = sorted(p for p in glob.glob(os.path.join(directory, "*")) if file_format(p))
+    files = [p for p in storage.glob(storage.join(directory, "*")) if file_format(p)]
     if not files:
         raise c.ContractError([f"{directory}: no data files (*.csv, *.csv.gz or *.tfrecord.gz)"])
     formats = {file_format(p) for p in files}
@@ -55,7 +53,7 @@ def data_files(directory: str) -> tuple[str, list[str]]:
 
 
 def unknown_files(directory: str) -> list[str]:
-    return sorted(p for p in glob.glob(os.path.join(directory, "*")) if not file_format(p))
+    return [p for p in storage.glob(storage.join(directory, "*")) if not file_format(p)]
 
 
 @dataclasses.dataclass
@@ -67,14 +65,8 @@ class RawRow:
     problems: list[str]
 
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def csv_header(path: str) -> list[str]:
-    with _open_text(path) as f:
+    with storage.open(path) as f:
         return next(csv.reader(f), [])
 
 
@@ -86,7 +78,7 @@ def _csv_row(where: str, header: list[str], values: list[str]) -> RawRow:
 
 
 def iter_csv(path: str) -> Iterator[RawRow]:
-    with _open_text(path) as f:
+    with storage.open(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -99,7 +91,7 @@ def _tfrecord_payloads(path: str) -> Iterator[bytes]:
     """Records of a GZIP TFRecord file. The framing is read here rather than through tf.data,
     whose per-record eager overhead made validation several times slower; gzip's own CRC still
     catches corruption."""
-    with gzip.open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         while True:
             head = f.read(12)  # uint64 length + uint32 masked CRC of the length
             if not head:
@@ -276,7 +268,7 @@ def file_ranges(path: str, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[FileR
         raise ValueError(f"range_bytes must be >= 1, got {range_bytes}")
     if not path.endswith(".csv"):
         return [FileRange(path)]
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if size <= range_bytes or not _lines_are_records(path):
         return [FileRange(path)]
     header = tuple(csv_header(path))
@@ -286,7 +278,7 @@ def file_ranges(path: str, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[FileR
 
 def _lines_are_records(path: str) -> bool:
     """Whether the CSV file has no quote character and a line feed after every carriage return."""
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         while block := f.read(_SCAN_BYTES):
             if block.endswith(b"\r"):
                 block += f.read(1)  # a "\r\n" cut by the block boundary is not a lone "\r"
@@ -302,7 +294,7 @@ def range_rows(file_range: FileRange, kinds: dict[str, str]) -> Iterator[dict]:
         yield from file_rows(file_range.path, kinds)
         return
     path, header = file_range.path, list(file_range.header)
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         first = _first_line_start(f, file_range.start)
         records = csv.reader(_lines(f, first, file_range.end))
         for values in records:
@@ -340,7 +332,7 @@ def _lines(f, offset: int, end: int) -> Iterator[str]:
 def _line_number(path: str, offset: int) -> int:
     """The 1-based number of the line of `path` that starts at byte `offset`."""
     breaks = 0
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         while offset > 0 and (block := f.read(min(offset, _SCAN_BYTES))):
             breaks += block.count(b"\n")
             offset -= len(block)

@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from hap import storage
 from hap.data import contract as c
 from hap.data import reader
 from hap.data import writer
@@ -69,9 +70,9 @@ def resolve_model(path: str) -> str:
     """The version folder of a pushed model: `path` itself when it holds a SavedModel, else its
     newest complete version (the largest numeric subfolder with a saved_model.pb, which Pusher
     copies last)."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if storage.isfile(storage.join(path, "saved_model.pb")):
         return path
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"{path}: no such model folder (expected OUT/serving/hap or one of its versions)")
     return model_versions.newest_complete_version(path)
 
@@ -92,10 +93,10 @@ class CascadeInfo:
 
 
 def load_info(version_dir: str) -> CascadeInfo:
-    path = os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(version_dir, "assets.extra", cascade.INFO_FILE)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: missing; is {version_dir} a cascade pushed by the HAP pipeline?")
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path) as f:
         try:
             info = json.load(f)
         except json.JSONDecodeError as e:
@@ -194,7 +195,7 @@ def funnel_requests(data_dir: str, features: c.FeatureSet,
                     max_requests: int | None = None) -> dict[str, list[dict]] | None:
     """funnel/ rows grouped by request (with `max_requests`, a sample of them: `RequestSample`),
     or None when the dataset has no funnel/."""
-    if not os.path.isdir(os.path.join(data_dir, c.FUNNEL_DIR)):
+    if not storage.isdir(storage.join(data_dir, c.FUNNEL_DIR)):
         return None
     requests = RequestSample(max_requests).read(data_dir, c.FUNNEL_DIR, features)
     for request_id, rows in requests.items():

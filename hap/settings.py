@@ -138,6 +138,12 @@ class MetadataSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+@defaults_from("storage")
+class StorageSettings:
+    artifacts_root: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 @defaults_from("retention")
 class RetentionSettings:
     keep_runs: int | None
@@ -222,6 +228,7 @@ class HapSettings:
     cascade: CascadeSettings
     beam: BeamSettings
     metadata: MetadataSettings
+    storage: StorageSettings
     retention: RetentionSettings
     serving: ServingSettings
     evaluation: EvaluationSettings

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import os
 import sys
 import time
 import traceback
 
+from hap import storage
 from hap.data.sample_routing import MODELS
 
 LOG_DIR, LOG_FILE = "logs", "run.log"
@@ -44,14 +46,34 @@ def log_path(out_dir: str) -> str:
     return os.path.join(out_dir, LOG_DIR, LOG_FILE)
 
 
+# Where a run directory's artifacts live when `storage.artifacts_root` put them elsewhere.
+ARTIFACTS_FILE = "artifacts.json"
+
+
+def record_artifacts_root(out_dir: str, root: str) -> None:
+    """Notes in the run directory where its artifacts and pushed models are, so that the summary,
+    `hap serve` hints and TensorBoard find them; nothing when they are in the run directory."""
+    path = os.path.join(out_dir, ARTIFACTS_FILE)
+    if os.path.abspath(root) == os.path.abspath(out_dir):
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    storage.write_text(path, json.dumps({"artifacts_root": root}))
+
+
+def artifacts_root(out_dir: str) -> str:
+    path = os.path.join(out_dir, ARTIFACTS_FILE)
+    return json.loads(storage.read_text(path))["artifacts_root"] if os.path.isfile(path) else out_dir
+
+
 def serving_base(out_dir: str) -> str:
     """The TF Serving model base path the Pusher writes versions to."""
-    return os.path.join(out_dir, "serving", MODEL_NAME)
+    return storage.join(artifacts_root(out_dir), "serving", MODEL_NAME)
 
 
 def tensorboard_logdirs(out_dir: str) -> dict[str, str]:
-    root = os.path.join(out_dir, "pipeline_root")
-    return {model: os.path.join(root, f"Trainer_{model}", "model_run") for model in MODELS}
+    root = storage.join(artifacts_root(out_dir), "pipeline_root")
+    return {model: storage.join(root, f"Trainer_{model}", "model_run") for model in MODELS}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Layout of an output directory:
     OUT/metadata.sqlite          ML Metadata (or OUT/metadata.json: the MySQL server that holds it,
                                  with `metadata.backend: mysql`)
     OUT/pipeline_root/...        every component's artifacts (Trainer_light/model_run/... holds
-                                 the TensorBoard logs)
+                                 the TensorBoard logs); under `storage.artifacts_root` when set
+                                 (a directory or an object store URI), with serving/ beside it
     OUT/schema/schema.pbtxt      the schema derived for a dataset whose features.yaml is not the
                                  default one
     OUT/serving/hap/<version>/   the cascade SavedModel, pushed when both models were blessed
@@ -23,6 +24,7 @@ import absl.logging
 from tfx import v1 as tfx
 
 from hap import schema as default_schema
+from hap import storage
 from hap.data import contract as c
 from hap.pipeline import console as run_console
 from hap.pipeline import run_report
@@ -71,8 +73,8 @@ def show_component_progress() -> None:
 
 
 def sample_bytes(data_root: str) -> int:
-    samples = os.path.join(data_root, c.SAMPLES_DIR)
-    return sum(os.path.getsize(os.path.join(samples, name)) for name in os.listdir(samples))
+    samples = storage.join(data_root, c.SAMPLES_DIR)
+    return sum(storage.size(storage.join(samples, name)) for name in storage.listdir(samples))
 
 
 def metadata_connection(settings: HapSettings, out_dir: str):
@@ -86,8 +88,11 @@ def metadata_connection(settings: HapSettings, out_dir: str):
 
 def resolved(settings: HapSettings, data_root: str) -> HapSettings:
     """`settings` with what the local front ends choose for the data: per-component Beam
-    arguments by its size (BeamSettings.component_args_for)."""
-    beam = dataclasses.replace(settings.beam, component_args=settings.beam.component_args_for(sample_bytes(data_root)))
+    arguments by its size (BeamSettings.component_args_for), and Beam's S3 options where the
+    data or the artifacts are on S3 (hap/storage.py)."""
+    s3_args = storage.beam_args([data_root, settings.storage.artifacts_root or ""])
+    beam = dataclasses.replace(settings.beam, args=[*settings.beam.args, *s3_args],
+                               component_args=settings.beam.component_args_for(sample_bytes(data_root)))
     return dataclasses.replace(settings, beam=beam)
 
 
@@ -95,15 +100,21 @@ def build(data_root: str, out_dir: str, settings: HapSettings | None = None) -> 
     """The pipeline over a dataset on this machine's file system, with the layout above and
     `settings` (default: hap/defaults.yaml); the Airflow DAG (pipeline/airflow_dag.py) runs the
     same one."""
-    data_root, out_dir = os.path.abspath(data_root), os.path.abspath(out_dir)
-    settings = resolved(settings or defaults(), data_root)
+    data_root, out_dir = storage.absolute(data_root), os.path.abspath(out_dir)
+    settings = settings or defaults()
+    artifacts_root = storage.absolute(settings.storage.artifacts_root or out_dir)
+    # Before anything is written: a store that cannot be reached is one error naming its URI.
+    storage.check_reachable(data_root)
+    storage.check_reachable(artifacts_root)
+    settings = resolved(settings, data_root)
     features = c.load_features(data_root)
     connection = metadata_connection(settings, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if settings.metadata.backend == "mysql":
         run_report.record_metadata_server(out_dir, settings.metadata.mysql)
-    paths = PipelinePaths(data_root=data_root, pipeline_root=os.path.join(out_dir, "pipeline_root"),
-                          serving_model_dir=os.path.join(out_dir, "serving"),
+    run_console.record_artifacts_root(out_dir, artifacts_root)
+    paths = PipelinePaths(data_root=data_root, pipeline_root=storage.join(artifacts_root, "pipeline_root"),
+                          serving_model_dir=storage.join(artifacts_root, "serving"),
                           schema_path=schema_for(features, out_dir), beam_setup_file=source_setup_file())
     return create_pipeline(paths, settings, features, metadata_connection_config=connection)
 

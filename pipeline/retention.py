@@ -28,10 +28,11 @@ manage and are not touched.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 from ml_metadata.proto import metadata_store_pb2
+
+from hap import storage
+from hap.pipeline import console
 
 PIPELINE_ROOT = "pipeline_root"
 # A pipeline run's context type: LocalDagRunner's IR-based launcher writes "pipeline_run", the
@@ -58,9 +59,9 @@ class Pruned:
 
 
 def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    if storage.isfile(path):
+        return storage.size(path)
+    return sum(storage.size(storage.join(root, name)) for root, _, names in storage.walk(path) for name in names)
 
 
 def _runs(store) -> list[tuple]:
@@ -101,19 +102,19 @@ def prune(out_dir: str, keep_runs: int, dry_run: bool = False) -> Pruned:
                          f"{' or '.join(RUN_CONTEXT_TYPES)}), so nothing is pruned")
     executions = [e.id for _, run_executions in kept for e in run_executions]
     used = {event.artifact_id for event in store.get_events_by_execution_ids(executions)}
-    root = os.path.join(os.path.abspath(out_dir), PIPELINE_ROOT) + os.sep
+    root = storage.join(storage.absolute(console.artifacts_root(out_dir)), PIPELINE_ROOT) + "/"
     doomed = [a for a in store.get_artifacts() if a.state == _LIVE and a.id not in used
-              and os.path.abspath(a.uri).startswith(root)]
-    size = sum(_size(a.uri) for a in doomed if os.path.exists(a.uri))
+              and storage.absolute(a.uri).startswith(root)]
+    size = sum(_size(a.uri) for a in doomed if storage.exists(a.uri))
     if not dry_run and doomed:
         for artifact in doomed:
             artifact.state = _MARKED
         store.put_artifacts(doomed)
         for artifact in doomed:
-            if os.path.isdir(artifact.uri):
-                shutil.rmtree(artifact.uri)
-            elif os.path.exists(artifact.uri):
-                os.remove(artifact.uri)
+            if storage.isdir(artifact.uri):
+                storage.rmtree(artifact.uri)
+            elif storage.exists(artifact.uri):
+                storage.remove(artifact.uri)
             artifact.state = _DELETED
         store.put_artifacts(doomed)
     return Pruned(runs=len(runs), kept_runs=tuple(run.name for run, _ in kept),

@@ -9,6 +9,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
+from hap import storage
 from hap.data.sample_routing import MODELS, contrast_metric
 from hap.pipeline import console
 
@@ -137,8 +138,7 @@ def training_summary(out_dir: str) -> dict[str, dict]:
     summary = {}
     for model in MODELS:
         run_dir = latest_artifact(out_dir, f"Trainer_{model}", "ModelRun").uri
-        with open(os.path.join(run_dir, "training_history.json")) as f:
-            history = json.load(f)
+        history = json.loads(storage.read_text(storage.join(run_dir, "training_history.json")))
         blessing = latest_artifact(out_dir, f"Evaluator_{model}", "ModelBlessing")
         summary[model] = {"chosen_epoch": history["chosen_epoch"], "epochs_run": history["epochs_run"],
                           "auc": history["per_source_auc"][history["chosen_epoch"] - 1],
@@ -306,8 +306,7 @@ def cascade_info(version_dir: str) -> dict:
     FLOPs per part (serving/cascade.py INFO_FILE)."""
     from hap.serving import cascade
 
-    with open(os.path.join(version_dir, "assets.extra", cascade.INFO_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(storage.join(version_dir, "assets.extra", cascade.INFO_FILE)))
 
 
 # The request size the closing summary prices the cascade at: what retrieval hands pre-ranking in

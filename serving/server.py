@@ -56,6 +56,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      status_pb2)
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
+from hap import storage
 from hap.serving import request as rq
 from hap.serving.metrics import CLASSIFY, PREDICT, REGRESS, ServingMetrics
 from hap.serving.model_versions import complete_versions
@@ -102,10 +103,10 @@ class LoadedVersion:
 
     @classmethod
     def load(cls, base_path: str, version: int) -> "LoadedVersion":
-        path = os.path.join(base_path, str(version))
+        path = storage.join(base_path, str(version))
         model = tf.saved_model.load(path)
         saved = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        with storage.open(storage.join(path, "saved_model.pb"), "rb") as f:
             saved.ParseFromString(f.read())
         loaded = cls(version, path, model, dict(model.signatures), dict(saved.meta_graphs[0].signature_def))
         started = time.perf_counter()
@@ -116,8 +117,8 @@ class LoadedVersion:
     def warm_up(self) -> int | None:
         """Replays `assets.extra/tf_serving_warmup_requests` as TF Serving does, before the
         version is swapped in; returns the number of requests replayed, None without the file."""
-        path = os.path.join(self.path, "assets.extra", WARMUP_FILE)
-        if not os.path.isfile(path):
+        path = storage.join(self.path, "assets.extra", WARMUP_FILE)
+        if not storage.isfile(path):
             return None
         replayed = 0
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
@@ -259,7 +260,8 @@ def model_config(model: model_server_config_pb2.ModelConfig, path: str, base_dir
     unknown = {label: v for label, v in labels.items() if v not in set(policy.specific.versions)}
     if unknown:
         raise ValueError(f"{path}: version_labels {unknown} name versions the policy does not serve")
-    base = model.base_path if os.path.isabs(model.base_path) else os.path.join(base_dir, model.base_path)
+    base = (model.base_path if os.path.isabs(model.base_path) or storage.is_remote(model.base_path)
+            else os.path.join(base_dir, model.base_path))
     return ModelConfig(model.name, base, policy, labels)
 
 
@@ -282,7 +284,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
     def __init__(self, model_base_path: str, model_name: str, version_policy: VersionPolicy = LATEST_ONE,
                  version_labels: dict | None = None, max_load_retries: int = MAX_LOAD_RETRIES,
                  retry_seconds: float = RETRY_SECONDS):
-        self.base_path = os.path.abspath(model_base_path)
+        self.base_path = storage.absolute(model_base_path)
         self.model_name = model_name
         self.version_policy = version_policy
         self.version_labels = dict(version_labels or {})
@@ -571,7 +573,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
         """Serves `config`'s base path and version policy, loading what it selects now; then takes
         its labels if each names a version available, else raises FAILED_PRECONDITION."""
         with self._config_lock:
-            self.base_path = os.path.abspath(config.base_path)
+            self.base_path = storage.absolute(config.base_path)
             self.version_policy = config.version_policy
             self._poll_locked()
             unavailable = {label: v for label, v in config.version_labels.items() if v not in self._loaded}

@@ -7,12 +7,11 @@ needs no data at export time.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from hap import storage
 from hap.data import contract as c
 from hap.serving import cascade
 from hap.serving import request as rq
@@ -40,9 +39,9 @@ def warmup_logs(features: c.FeatureSet, model_name: str, sizes=WARMUP_SIZES) -> 
 
 
 def write_warmup(export_dir: str, features: c.FeatureSet, model_name: str, sizes=WARMUP_SIZES) -> str:
-    directory = os.path.join(export_dir, "assets.extra")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, WARMUP_FILE)
+    directory = storage.join(export_dir, "assets.extra")
+    storage.makedirs(directory)
+    path = storage.join(directory, WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
         for log in warmup_logs(features, model_name, sizes):
             writer.write(log.SerializeToString())

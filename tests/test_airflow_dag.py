@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import pytest
+from google.protobuf import json_format, message
 
 from conftest import RESOLVED_ROLES, quick_keys, role_mismatches
 from hap import settings
@@ -223,6 +224,20 @@ def _constant(parameter: dict) -> str:
     return str(value[kind]) if kind == "stringValue" else str(int(value[kind]))
 
 
+def _as_compiled(value) -> str:
+    """An execution property as KFP carries it: a proto message as JSON, a bool as 0 or 1."""
+    if isinstance(value, message.Message):
+        return json_format.MessageToJson(value)
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
+def _canonical(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        return text
+
+
 # Fields each front end resolves for its orchestrator (pipeline/kubeflow_runner.cluster_settings,
 # local_runner.resolved): the Beam arguments, and ExampleGen's paths and the Pusher's destination.
 RUNNER_SPECIFIC = {"beam"}
@@ -258,9 +273,10 @@ def test_one_settings_file_builds_the_same_pipeline_for_every_orchestrator(dagba
     assert {t for t in tasks if t not in resolvers and not t.startswith(tuple(resolvers))} == set(nodes) - resolvers
     assert all(any(t.startswith(r) for t in tasks) for r in resolvers)
     for node_id in set(nodes) - resolvers:
-        compiled = {k: _constant(v) for k, v in tasks[node_id].get("inputs", {}).get("parameters", {}).items()
+        compiled = {k: _canonical(_constant(v)) for k, v in tasks[node_id].get("inputs", {}).get("parameters", {}).items()
                     if "runtimeValue" in v}
-        given = {k: v for k, v in local_properties[node_id].items() if k in compiled and v != "None"}
+        given = {k: _canonical(_as_compiled(nodes[node_id].exec_properties[k])) for k, v in local_properties[node_id].items()
+                 if k in compiled and v != "None"}
         # Paths are the orchestrator's (the cluster's pipeline root); every setting is the same.
         paths = {"input_base", "data_root", "push_destination", "schema_file"}
         assert {k for k in local_properties[node_id] if local_properties[node_id][k] != "None"} - paths <= set(compiled), \

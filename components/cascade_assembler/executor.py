@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from typing import Any, Dict, List
 
 import tensorflow as tf
@@ -23,6 +22,7 @@ from tfx.components.util import model_utils
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from hap import storage
 from hap.data import contract as c
 from hap.evaluation import evaluate
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
@@ -62,15 +62,14 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
     module = cascade.CascadeModule(light_model, heavy_model, tft_output.transform_features_layer(),
                                    tft_output.raw_feature_spec(), features, settings)
     staging = f"{export_dir.rstrip('/')}.tmp"
-    if os.path.exists(staging):
-        shutil.rmtree(staging)
+    storage.rmtree(staging)
     module.save(staging)
     warmup.write_warmup(staging, features, model_name)
     info = {"settings": dataclasses.asdict(settings), "flops": flops.model_flops(light_model, heavy_model),
             "features": [f.to_yaml_dict() for f in features.features], **(provenance or {})}
-    with open(os.path.join(staging, "assets.extra", cascade.INFO_FILE), "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(staging, export_dir)
+    with storage.open(storage.join(staging, "assets.extra", cascade.INFO_FILE), "w") as f:
+        f.write(json.dumps(info, indent=1))
+    storage.replace(staging, export_dir)
 
 
 def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float,
