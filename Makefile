@@ -31,7 +31,7 @@ $(AIRFLOW_VENV)/.installed: constraints-airflow.txt setup.py pyproject.toml
 	touch $@
 
 # The S3-compatible server of the cluster rehearsal (moto's; hap/cluster.py), a separate process
-# in an environment of its own; tests/test_object_store.py skips without it (CI builds it).
+# in an environment of its own; tests/test_cluster.py skips its object store tests without it (CI builds it).
 s3-env: $(S3_VENV)/.installed
 
 $(S3_VENV)/.installed: constraints-s3.txt

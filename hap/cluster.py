@@ -248,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Point a run at both:")
     for name, value in s3.environment().items():
         print(f"  export {name}={value}")
-    print(f"  hap run --data {bucket}/data --out OUT --set metadata.backend=mysql "
-          f"--set storage.artifacts_root={bucket}/hap")
+    print(f"  hap run --data DATA --out OUT --set metadata.backend=mysql --set storage.artifacts_root={bucket}/run")
     return 0
 
 

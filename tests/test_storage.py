@@ -1,5 +1,5 @@
 """hap/storage.py, the one file-system layer for data and artifact paths: its calls on local paths
-(the object store's are tests/test_object_store.py's), and a check that the modules that read or
+(the object store's are tests/test_cluster.py's), and a check that the modules that read or
 write data and artifacts reach files through it only."""
 import ast
 import gzip
