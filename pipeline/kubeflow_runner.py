@@ -16,6 +16,7 @@ import tempfile
 
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.components.common import resolver
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
@@ -110,8 +111,10 @@ def compile_pipeline(pipeline: tfx.dsl.Pipeline, out_file: str, image: str,
 # TFX's query pairs a blessing with its model by `current_model_id`, which a cascade's blessing
 # cannot know (pipeline/resolvers.py, LatestBlessedCascadeStrategy); every blessing, the
 # Evaluators' too, also names its model by URI, so the queries pair by that.
-_MODEL_BY_ID = 'name="{{$.inputs.artifacts[\'input\'].metadata[\'current_model_id\']}}"'
-_MODEL_BY_URI = 'uri="{{$.inputs.artifacts[\'input\'].metadata[\'%s\']}}"' % resolvers.CURRENT_MODEL_URI
+_MODEL_BY_ID = 'name="{{$.inputs.artifacts[\'input\'].metadata[\'%s\']}}"' % (
+    evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY)
+_MODEL_BY_URI = 'uri="{{$.inputs.artifacts[\'input\'].metadata[\'%s\']}}"' % (
+    evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY)
 
 
 def narrow_resolver_queries(job: dict, pipeline: tfx.dsl.Pipeline) -> None:

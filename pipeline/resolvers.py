@@ -29,13 +29,12 @@ from typing import Dict, List, Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.components.common import resolver
 from tfx.types import Channel
 from tfx.dsl.input_resolution.strategies import latest_artifact_strategy, latest_blessed_model_strategy
 
 MODEL, BLESSING = "model", "model_blessing"
-# The blessing's custom property naming its model by URI (components/cascade_assembler).
-CURRENT_MODEL_URI = "current_model"
 # The custom property naming which component output an artifact is.
 ROLE = "hap_role"
 
@@ -106,10 +105,11 @@ class LatestBlessedModelOfOtherDataStrategy(resolver.ResolverStrategy):
         today = {a.id for key in today_keys for a in input_dict[key]}
         result = {MODEL: [], BLESSING: [], **{key: list(input_dict[key]) for key in today_keys}}
         blessed = [b for b in input_dict.get(BLESSING, [])
-                   if b.get_int_custom_property(latest_blessed_model_strategy._BLESSED) == 1]  # noqa: SLF001
-        by_id = {b.get_int_custom_property(latest_blessed_model_strategy._CURRENT_MODEL_ID): b  # noqa: SLF001
+                   if b.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
+                   == evaluator_constants.BLESSED_VALUE]
+        by_id = {b.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY): b
                  for b in blessed}
-        by_uri = {b.get_string_custom_property(CURRENT_MODEL_URI): b for b in blessed}
+        by_uri = {b.get_string_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY): b for b in blessed}
         for model in sorted(input_dict.get(MODEL, []), key=lambda a: a.id, reverse=True):
             blessing = by_id.get(model.id) or by_uri.get(model.uri)
             if blessing is not None and not today & _trained_on(store, model.id):

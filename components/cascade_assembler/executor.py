@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.components.base import base_executor
 from tfx.components.util import model_utils
 from tfx.types import artifact_utils
@@ -134,7 +135,7 @@ class Executor(base_executor.BaseExecutor):
         with tf.io.gfile.GFile(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "w") as f:
             f.write("")
         blessing.set_int_custom_property("blessed", int(blessed))
-        blessing.set_string_custom_property("current_model", model.uri)
-        blessing.set_int_custom_property("current_model_id", model.id)
+        blessing.set_string_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+        blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
         logging.info("CascadeAssembler: %s (%s)", "blessed" if blessed else "NOT blessed; Pusher will skip it",
                      blessing.get_string_custom_property("reason"))
