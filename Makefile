@@ -9,7 +9,7 @@ DEMO_DIR ?= demo
 AIRFLOW_VENV := .venv-airflow
 S3_VENV := .venv-s3
 
-.PHONY: setup demo test test-quick airflow-env s3-env cluster-up cluster-down clean
+.PHONY: setup demo test test-quick airflow-env s3-env cluster-up cluster-run cluster-down clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,7 @@ airflow-env: $(AIRFLOW_VENV)/.installed
 $(AIRFLOW_VENV)/.installed: constraints-airflow.txt setup.py pyproject.toml
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade 'pip==24.2'
-	$(AIRFLOW_VENV)/bin/pip install --progress-bar off --ignore-requires-python -c constraints-airflow.txt -e '.[airflow,dev]'
+	$(AIRFLOW_VENV)/bin/pip install --progress-bar off --ignore-requires-python -c constraints-airflow.txt -e '.[airflow,celery,s3,dev]'
 	touch $@
 
 # The S3-compatible server of the cluster rehearsal (moto's; hap/cluster.py), a separate process
@@ -54,13 +54,18 @@ test: setup
 test-quick: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e and not airflow and not cluster"
 
-# The one-host rehearsal of a cluster's shared services, on loopback (hap/cluster.py,
-# docs/deploying.md): ML Metadata in MariaDB (Debian's mariadb-server; its password is
-# $HAP_MYSQL_PASSWORD) and an S3 object store; `cluster-up` prints how to point `hap run` at both.
+# The one-host rehearsal of a cluster, on loopback (hap/cluster.py, docs/deploying.md): ML
+# Metadata in MariaDB (Debian's mariadb-server; its password is $HAP_MYSQL_PASSWORD), data and
+# artifacts on an S3 server, Airflow with the CeleryExecutor (PostgreSQL, Redis, a scheduler and
+# two workers). `cluster-up` starts it all, `cluster-run` runs one DagRun and follows it,
+# `cluster-down` stops it all.
 CLUSTER_DIR ?= .cluster
 
-cluster-up: setup s3-env
+cluster-up: setup s3-env airflow-env
 	$(BIN)/python -m hap.cluster up --state-dir $(CLUSTER_DIR)
+
+cluster-run: setup
+	$(BIN)/python -m hap.cluster run --state-dir $(CLUSTER_DIR)
 
 cluster-down: setup
 	$(BIN)/python -m hap.cluster down --state-dir $(CLUSTER_DIR)

@@ -50,6 +50,9 @@ setup(
         # TFX set pins, so it installs into its own environment with constraints-airflow.txt
         # (`make airflow-env`), never with constraints.txt.
         "airflow": ["apache-airflow==2.10.5", "apache-airflow-providers-fab==1.5.3"],
+        # Airflow as a cluster runs it (docs/deploying.md): Celery workers with a Redis broker,
+        # and Airflow's own database in PostgreSQL.
+        "celery": ["apache-airflow-providers-celery==3.13.1", "psycopg2-binary==2.9.13"],
         # Data and artifacts on S3 (hap/storage.py): TensorFlow's s3:// file system and Beam's.
         "s3": ["tensorflow-io==0.37.1", "boto3>=1.34"],
     },

@@ -199,7 +199,15 @@ class BenchmarkSettings:
 @dataclasses.dataclass(frozen=True)
 @defaults_from("airflow")
 class AirflowSettings:
-    schedule: str
+    schedule: str | None
+    retries: int
+    retry_delay_s: int
+
+    def __post_init__(self):
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.retry_delay_s < 0:
+            raise ValueError(f"retry_delay_s must be >= 0 seconds, got {self.retry_delay_s}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,16 +16,19 @@ command with its own exit status instead.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import posixpath
 import shutil
 import sys
+import types
 from typing import IO, Iterator
 
 REMOTE_SCHEMES = ("s3://", "gs://")
 _S3_USED = False
+_BEFORE_FORK = False
 
 
 class StorageError(OSError):
@@ -38,6 +41,8 @@ def is_remote(path: str) -> bool:
 
 def _gfile(path: str):
     global _S3_USED
+    if _BEFORE_FORK:
+        return _BeamReads(path)
     import tensorflow as tf
 
     if str(path).startswith("s3://") and not _S3_USED:
@@ -47,6 +52,63 @@ def _gfile(path: str):
             raise StorageError(f"{path}: s3:// needs tensorflow-io; install HAP with its `s3` extra") from e
         _S3_USED = True
     return tf.io.gfile
+
+
+@contextlib.contextmanager
+def before_fork() -> Iterator[None]:
+    """Within it, URIs are read through Beam's file systems instead of TensorFlow's, and nothing
+    remote is written: for a process that reads a pipeline's definition and then forks the
+    processes that run its components, as Airflow's task runner does with the DAG file.
+    tensorflow-io's S3 client runs threads that a fork does not copy, so a forked task that
+    used the client its parent had started waited for them forever (the DAG under Celery
+    workers, tests/test_cluster.py); Beam's clients (boto3, google-cloud-storage) start none."""
+    global _BEFORE_FORK
+    previous, _BEFORE_FORK = _BEFORE_FORK, True
+    try:
+        yield
+    finally:
+        _BEFORE_FORK = previous
+
+
+class _BeamReads:
+    """The part of tf.io.gfile that a pipeline's definition reads, through Beam's FileSystems."""
+
+    def __init__(self, path: str):
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions(beam_args([path])))
+        self._fs = FileSystems
+
+    def _under(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        (result,) = self._fs.match([prefix + "**"])
+        return [m.path[len(prefix):] for m in result.metadata_list]
+
+    def exists(self, path: str) -> bool:
+        return self._fs.exists(path) or self.isdir(path)
+
+    def isdir(self, path: str) -> bool:
+        return bool(self._under(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted({relative.split("/", 1)[0] for relative in self._under(path)})
+
+    def glob(self, pattern: str) -> list[str]:
+        (result,) = self._fs.match([pattern])
+        return [m.path for m in result.metadata_list]
+
+    def stat(self, path: str):
+        (result,) = self._fs.match([path])
+        return types.SimpleNamespace(length=result.metadata_list[0].size_in_bytes)
+
+    def GFile(self, path: str, mode: str):  # noqa: N802  (tf.io.gfile's name)
+        from apache_beam.io.filesystem import CompressionTypes
+
+        if "r" not in mode:
+            raise StorageError(f"{path}: nothing remote is written before a fork (storage.before_fork)")
+        raw = self._fs.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        return raw if "b" in mode else io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 
 def join(path: str, *parts: str) -> str:

@@ -14,7 +14,7 @@ the scheduler and the workers:
                 'data.window_days=7 warm_start=true' (`hap config show` with the same environment
                 prints the effective tree)
 
-The DAG's schedule is the setting `airflow.schedule`; with `retention.keep_runs` N a last task,
+The DAG's schedule is the setting `airflow.schedule`, each task's retries `airflow.retries`; with `retention.keep_runs` N a last task,
 Prune, deletes the artifacts that only older runs used once every other task succeeded.
 
 Day by day (docs/operating.md): each scheduled DagRun runs the pipeline once over HAP_DATA as
@@ -31,6 +31,7 @@ import logging
 import os
 
 from hap.pipeline import local_runner, retention  # hap first: it selects Keras 2 before TFX loads TensorFlow
+from hap import storage
 from hap.settings import load
 from hap.pipeline.airflow_launcher import AirflowComponentLauncher
 
@@ -59,9 +60,13 @@ def prune(out_dir: str, keep_runs: int) -> str:
 
 def build_dag(env=os.environ):
     settings = load(env=env).settings
-    pipeline = local_runner.build(_required(env, "HAP_DATA"), _required(env, "HAP_OUT"), settings)
+    # Airflow's task runner forks each task from the process that parsed this file.
+    with storage.before_fork():
+        pipeline = local_runner.build(_required(env, "HAP_DATA"), _required(env, "HAP_OUT"), settings)
     config = AirflowPipelineConfig(
-        airflow_dag_config={"schedule": settings.airflow.schedule, "start_date": START_DATE, "catchup": False},
+        airflow_dag_config={"schedule": settings.airflow.schedule, "start_date": START_DATE, "catchup": False,
+                            "default_args": {"retries": settings.airflow.retries,
+                                             "retry_delay": datetime.timedelta(seconds=settings.airflow.retry_delay_s)}},
         # TFX's own launcher fails on two Trainers and on a cached model that is its own baseline.
         supported_launcher_classes=[AirflowComponentLauncher])
     dag = AirflowDagRunner(config).run(pipeline)

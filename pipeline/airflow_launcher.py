@@ -37,7 +37,15 @@ use. Run for real, HAP's DAG failed twice there:
    each artifact. HAP's resolvers select by the role they carry (pipeline/resolvers.py), so here
    each output artifact gets them as the portable layer gives them (outputs_utils).
 
-All four are fixed in the launcher, where these records are made, rather than by renaming components
+5. **Empty artifacts on an object store.** The pre-IR driver checks that every input artifact's
+   URI exists (BaseDriver.verify_input_artifacts). An object store has no directories, only
+   objects under a prefix, so an artifact its component left empty does not "exist": under the
+   CeleryExecutor with artifacts on S3 the first DagRun failed at DriftGate with `Artifact uri
+   s3://.../DistributionValidator/anomalies/6 is missing` (no baseline yet, so no anomalies
+   file). The portable layer makes no such check; here a URI on an object store only has to be
+   set, as an artifact ML Metadata published.
+
+All five are fixed in the launcher, where these records are made, rather than by renaming components
 or output keys: the keys are the standard Trainer's and Evaluator's own, and any pipeline with two
 components of one kind, a baseline equal to its candidate, or a Resolver reading an upstream
 component's output, meets the same failures.
@@ -50,6 +58,8 @@ from tfx import types
 from tfx.dsl.components.common import resolver
 from tfx.orchestration import data_types, metadata
 from tfx.orchestration.launcher import in_process_component_launcher
+
+from hap import storage
 
 
 def artifact_name(component_info: data_types.ComponentInfo, output_key: str, index: int) -> str:
@@ -83,6 +93,23 @@ def _set_custom_property(artifact: types.Artifact, name: str, value) -> None:
 
 def with_component_scoped_names(driver_class: type) -> type:
     return type(f"ComponentScoped{driver_class.__name__}", (_ComponentScopedNames, driver_class), {})
+
+
+class _EmptyObjectStoreInputs:
+    """Mixed in before a component's own driver class: an input on an object store needs a URI,
+    not an object under it (see above)."""
+
+    def verify_input_artifacts(self, artifacts_dict: dict[str, list[types.Artifact]]) -> None:
+        local = {}
+        for key, artifacts in artifacts_dict.items():
+            if any(not artifact.uri for artifact in artifacts):
+                raise RuntimeError(f"input {key} has an artifact without a URI")
+            local[key] = [artifact for artifact in artifacts if not storage.is_remote(artifact.uri)]
+        super().verify_input_artifacts(local)
+
+
+def with_empty_object_store_inputs(driver_class: type) -> type:
+    return type(f"ObjectStore{driver_class.__name__}", (_EmptyObjectStoreInputs, driver_class), {})
 
 
 class _TodayFromThisRun:
@@ -122,12 +149,13 @@ class OneEventPerArtifact(metadata.Metadata):
 
 
 class AirflowComponentLauncher(in_process_component_launcher.InProcessComponentLauncher):
-    """InProcessComponentLauncher with per-component artifact names, one event per artifact, and
-    a Resolver's inputs from upstream components taken from this run."""
+    """InProcessComponentLauncher with per-component artifact names, one event per artifact, a
+    Resolver's inputs from upstream components taken from this run, and empty inputs on an
+    object store."""
 
     def __init__(self, component, *args: Any, **kwargs: Any):
         super().__init__(component, *args, **kwargs)
-        self._driver_class = with_component_scoped_names(self._driver_class)
+        self._driver_class = with_empty_object_store_inputs(with_component_scoped_names(self._driver_class))
         if isinstance(component, resolver.Resolver):
             self._driver_class = with_todays_inputs_from_this_run(self._driver_class)
         # The handle comes from AirflowDagRunner's operator; only its connection config is kept.

@@ -1,21 +1,19 @@
 """pipeline/airflow_dag.py under Airflow: it loads in Airflow's DagBag, as the scheduler loads it
 (no import errors, one task per pipeline component, wired as the pipeline is, with the Beam
-arguments given), and two daily DagRuns of it, day by day (a window of days, warm starts, the
-drift check, a day appended before the second), run every task to success and push a cascade each.
+arguments given), and one settings file builds the same pipeline for every orchestrator. Two
+daily DagRuns of it under the CeleryExecutor (a window of days, warm starts, the drift check, a
+day appended before the second, a worker killed) are tests/test_cluster.py's.
 
 Airflow 2's pins clash with the TFX set, so it lives in its own environment, .venv-airflow
 (`make airflow-env`, constraints-airflow.txt); Airflow runs there, in subprocesses. CI builds that
 environment (.ci/run); where it has not been built, these tests are skipped."""
 import json
 import os
-import shlex
-import shutil
 import subprocess
 
 import pytest
 from google.protobuf import json_format, message
 
-from conftest import RESOLVED_ROLES, quick_keys, role_mismatches
 from hap import settings
 from hap.pipeline import local_runner
 
@@ -132,80 +130,6 @@ def test_bad_settings_are_a_clear_import_error(case, dagbags):
     assert result["dags"] == {}
     (error,) = result["errors"].values()
     assert setting in error and message in error
-
-
-def _newest(out, component, key):
-    """The directory of `component`'s newest `key` artifact under the pipeline root."""
-    root = out / "pipeline_root" / component / key
-    return root / max(os.listdir(root), key=int)
-
-
-def test_daily_dag_runs_warm_start_check_drift_and_push(e2e_data, tmp_path):
-    """`airflow dags test` runs a DagRun in one process, task by task, as the scheduler would; one
-    per day, as README "Day by day" runs `hap run`, with a window of 2 days and warm starts. The
-    first day trains from scratch and pushes. Then a day is appended: the second DagRun trains on
-    days 1-2 from the blessed models, checks day 3's drift against day 2, pushes a second version
-    and prunes what only the first day used. Its Resolvers must see this run's inputs only
-    (pipeline/airflow_launcher.py): given every run's, it warm-started nothing and its Evaluators
-    compared with a model of another day's vocabularies and failed. (A day whose Trainers come from
-    cache, so that an Evaluator gets one model as candidate and as baseline, which TFX's own
-    launcher fails on, is tests/test_airflow_launcher.py's; a DagRun of it here cost a minute.)"""
-    from hap.components.contract_example_gen import executor
-    from hap.data import simulator
-    from hap.data.sample_routing import MODELS
-
-    data, out, dags = tmp_path / "data", tmp_path / "out", tmp_path / "dags"
-    shutil.copytree(e2e_data, data)
-    dags.mkdir()
-    shutil.copy(DAG_FILE, dags)
-    # Any model and cascade are good enough on the second day: on 50 requests a day their AUCs
-    # are a coin's toss.
-    keys = {**quick_keys(0.0), "data.window_days": 2, "warm_start": True, "cascade.tolerance": 1,
-            "evaluator.auc_tolerance": 1,
-            "retention.keep_runs": 1}
-    hap_set = " ".join(shlex.quote(f"{key}={json.dumps(value)}") for key, value in keys.items())
-    env = _airflow_env(tmp_path, HAP_DATA=str(data), HAP_OUT=str(out), HAP_SET=hap_set,
-                       AIRFLOW__CORE__DAGS_FOLDER=str(dags))
-    airflow = os.path.join(os.path.dirname(AIRFLOW_PYTHON), "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=600)
-    days = ("2026-11-30", "2026-12-01")
-    pushed, models = [], []
-    for day in days:
-        if day == days[1]:
-            simulator.append_day(str(data), progress=False)
-        done = subprocess.run([airflow, "dags", "test", "hap", day], env=env, capture_output=True, text=True,
-                              timeout=900, check=False)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-        base = out / "serving" / "hap"
-        pushed.append(sorted(os.listdir(base)))
-        assert all((base / version / "saved_model.pb").is_file() for version in pushed[-1])
-        models.append({m: str(_newest(out, f"Trainer_{m}", "model")) for m in MODELS})
-
-    runs = _python(env, RUN_STATES)
-    every_task = {node.id: "success" for node in local_runner.build(
-        str(data), str(tmp_path / "unused"), settings.load(env=env).settings).components} | {"Prune": "success"}
-    assert {"WarmStartModel_light", "DriftGate"} <= set(every_task)
-    assert runs == {f"manual__{day}T00:00:00+00:00": {"state": "success", "tasks": every_task} for day in days}
-    # Each day blessed and pushed a cascade of its own, keeping the earlier versions.
-    assert [len(p) for p in pushed] == [1, 2] and pushed[1][:1] == pushed[0]
-
-    assert executor.read_days(str(_newest(out, "ContractExampleGen", "examples"))) == {
-        "train": [1, 2], "eval": [3], "outside_window": [0]}
-    for model in MODELS:
-        with open(_newest(out, f"Trainer_{model}", "model_run") / "training_history.json") as f:
-            history = json.load(f)
-        assert history["warm_started_from"] == os.path.join(models[0][model], "Format-Serving"), model
-        assert history["settings"]["max_epochs"] == 2 and history["epochs_run"] <= 2, model
-    # Each DagRun's Prune kept what its own run used: the second day's Transform output and the
-    # models it warm-started from, not the first day's Transform output.
-    transformed = out / "pipeline_root" / "Transform" / "transformed_examples"
-    assert os.listdir(transformed) == [_newest(out, "Transform", "transformed_examples").name]
-    assert all(os.path.isdir(models[day][m]) for day in (0, 1) for m in MODELS)
-    # The drift check compared day 3 with day 2, the day accepted before.
-    anomalies = _newest(out, "DistributionValidator", "anomalies")
-    assert any(name.startswith("SplitPair-eval_eval") for name in os.listdir(anomalies)), os.listdir(anomalies)
-    # The artifacts the resolvers read carry the role a compiled Kubeflow query selects them by.
-    assert role_mismatches(str(out), RESOLVED_ROLES + ("DriftGate.accepted_statistics",)) == {}
 
 
 def _kubeflow_tasks(config: str, data_root: str, tmp_path) -> dict:

@@ -1,19 +1,23 @@
 """The one-host rehearsal of a cluster, with real servers on loopback started the way
-`make cluster-up` starts them (hap/cluster.py): ML Metadata in MariaDB, and an S3 server (moto's)
-that TensorFlow's S3 file system (tensorflow-io) and Beam's (boto3) reach through hap/storage.py.
-`hap run` reads its dataset from the store and writes every artifact and the pushed cascade
-there, with ML Metadata in the database server; `hap serve` serves the store's base path and
-swaps in a new version pushed there; a refused login and a bucket that does not exist are each one
-error before any component runs.
+`make cluster-up` starts them (hap/cluster.py): ML Metadata in MariaDB, an S3 server (moto's)
+that TensorFlow's S3 file system (tensorflow-io) and Beam's (boto3) reach through hap/storage.py,
+and Airflow with the CeleryExecutor (its database in PostgreSQL, a Redis broker, a scheduler and
+two workers). Two daily DagRuns keep ML Metadata in MariaDB and every artifact on the store,
+survive a worker killed mid-task, and push two versions that `hap serve` follows on the store;
+`hap run` (ML Metadata in SQLite) reads its dataset from the store and writes every artifact and
+the pushed cascade there; a refused login and a bucket that does not exist are each one error
+before any component runs.
 
-Every process that touches s3:// here is a `hap` subprocess: tensorflow-io aborts the process
-that used its S3 client at exit (hap/storage.py), which `hap` steps around and pytest would not.
-CI installs Debian's mariadb-server and builds .venv-s3 (.ci/run); where either is missing the
-tests that need it are skipped."""
+Every process that touches s3:// here is a `hap` subprocess or an Airflow process: tensorflow-io
+aborts the process that used its S3 client at exit (hap/storage.py), which `hap` steps around and
+pytest would not; this module reads the store with boto3. CI installs Debian's mariadb-server,
+redis-server and postgresql and builds .venv-s3 and .venv-airflow (.ci/run); where one is missing
+the tests that need it are skipped."""
 import csv
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,7 +27,7 @@ import time
 import pytest
 import yaml
 
-from conftest import quick_keys
+from conftest import RESOLVED_ROLES, quick_keys, role_mismatches
 from hap import cli, cluster, settings
 
 pytestmark = [pytest.mark.cluster]
@@ -137,6 +141,8 @@ def _with_small_features(dataset: str, out: str) -> str:
     names = {f["name"] for f in yaml.safe_load(SMALL_FEATURES)["features"]}
     keep = names | set(c.REQUIRED_COLUMNS) | set(c.LABEL_COLUMNS) | {c.ORACLE_COLUMN}
     for part in (c.SAMPLES_DIR, c.FUNNEL_DIR):
+        if not os.path.isdir(os.path.join(dataset, part)):
+            continue
         os.makedirs(os.path.join(out, part))
         for name in os.listdir(os.path.join(dataset, part)):
             with open(os.path.join(dataset, part, name), newline="") as f:
@@ -152,40 +158,30 @@ def _with_small_features(dataset: str, out: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def s3_run(mariadb, s3, tiny_csv, tmp_path_factory):
-    """One `hap run` as a cluster runs it: ML Metadata in MariaDB, the dataset, every artifact and
-    the pushed cascade on the S3 server."""
+def s3_run(s3, tiny_csv, tmp_path_factory):
+    """One `hap run` with the dataset, every artifact and the pushed cascade on the S3 server, ML
+    Metadata in SQLite (the DagRuns of `celery` keep it in MariaDB)."""
     data = _upload(s3, _with_small_features(tiny_csv, str(tmp_path_factory.mktemp("small") / "data")), "data")
     out = str(tmp_path_factory.mktemp("s3run") / "run")
-    done = _hap(s3, "run", "--data", data, "--out", out, *_s3_sets(**{
-        "storage.artifacts_root": f"s3://{BUCKET}/hap", "metadata.backend": "mysql",
-        "metadata.mysql.port": mariadb.settings.port}), env={"HAP_MYSQL_PASSWORD": PASSWORD})
+    done = _hap(s3, "run", "--data", data, "--out", out, *_s3_sets(**{"storage.artifacts_root": f"s3://{BUCKET}/hap"}))
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     return out, done.stdout
 
 
-def test_hap_run_keeps_ml_metadata_in_the_database_server_and_artifacts_on_the_object_store(mariadb, s3, s3_run,
-                                                                                             monkeypatch):
-    from ml_metadata.metadata_store import metadata_store
-
+def test_hap_run_keeps_every_artifact_on_the_object_store(s3, s3_run):
     from hap.pipeline import run_report
 
-    monkeypatch.setenv("HAP_MYSQL_PASSWORD", PASSWORD)
     out, stdout = s3_run
     pushed = [k for k in _keys(s3, "hap/serving/hap/") if k.endswith("/saved_model.pb")]
     assert len(pushed) == 1, _keys(s3, "hap/serving/")
     assert f"s3://{BUCKET}/hap/serving/hap/" in stdout
     assert not os.path.exists(os.path.join(out, "pipeline_root")) and not os.path.exists(os.path.join(out, "serving"))
-    assert not os.path.exists(os.path.join(out, run_report.SQLITE_FILE))
-    with open(os.path.join(out, run_report.SERVER_FILE)) as f:
-        recorded = json.load(f)
-    assert recorded["port"] == mariadb.settings.port and PASSWORD not in json.dumps(recorded)
-    store = metadata_store.MetadataStore(run_report.mysql_connection(mariadb.settings))
+    store = run_report.open_store(out)
     assert {"hap.Trainer_light", "hap.Trainer_heavy", "hap.CascadeAssembler", "hap.Pusher"} <= {
         ctx.name for ctx in store.get_contexts_by_type("node")}
     uris = [a.uri for a in store.get_artifacts() if a.uri]
     assert uris and all(uri.startswith(f"s3://{BUCKET}/") for uri in uris), [u for u in uris if not u.startswith("s3")]
-    # The run directory leads the readers to the server: the summary, retention, the benchmark.
+    # The run directory's readers (the summary, retention, the benchmark) find the store's artifacts.
     assert {e["state"] for e in run_report.executions(out) if e["node"].startswith("Trainer")} == {"COMPLETE"}
     assert run_report.latest_artifact(out, "Trainer_light", "Model").uri.startswith(f"s3://{BUCKET}/hap/")
 
@@ -199,46 +195,174 @@ def test_a_bucket_that_does_not_exist_is_one_error_before_any_component(s3, tmp_
     assert not os.path.exists(os.path.join(out, "metadata.sqlite")), "no component runs before the store answers"
 
 
-def test_hap_serve_follows_a_base_path_on_the_object_store(s3, s3_run):
+def _airflow_missing() -> str | None:
+    try:
+        cluster.airflow_binary()
+        cluster.redis_binary()
+        cluster.postgres_binary("initdb")
+    except cluster.ClusterError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="module")
+def celery(mariadb, s3, e2e_data, tmp_path_factory):
+    """Airflow as a cluster runs it, on loopback: its database in PostgreSQL, a Redis broker, the
+    scheduler and two Celery workers, each a process of its own; ML Metadata in MariaDB; the
+    dataset, every artifact and the pushed cascades on the S3 server. A worker that stops
+    heartbeating is declared dead after 20 s and its task retried at once."""
+    reason = _missing() or _airflow_missing()
+    if reason:
+        pytest.skip(reason)
+    state = tempfile.mkdtemp(prefix="hap-airflow-")  # PostgreSQL's user must reach it: not under pytest's
+    full = str(tmp_path_factory.mktemp("celery") / "data")
+    shutil.copytree(e2e_data, full)
+    data = _upload(s3, _with_small_features(full, str(tmp_path_factory.mktemp("celery") / "small")), "celery/data")
+    keys = {**quick_keys(0.0), "metadata.backend": "mysql", "metadata.mysql.port": mariadb.settings.port,
+            "storage.artifacts_root": f"s3://{BUCKET}/celery", "airflow.schedule": None, "airflow.retry_delay_s": 0,
+            "data.window_days": 2, "warm_start": True, "retention.keep_runs": 1,
+            # Any model and cascade are good enough on the second day: on 50 requests a day their
+            # AUCs are a coin's toss.
+            "cascade.tolerance": 1, "evaluator.auc_tolerance": 1}
+    hap_set = " ".join(shlex.quote(f"{key}={json.dumps(value)}") for key, value in keys.items())
+    env = cluster.airflow_environment(
+        state, cluster.start_postgres(state, cluster.free_port(), "airflow-test-password"),
+        cluster.start_redis(state, cluster.free_port()),
+        {"HAP_DATA": data, "HAP_OUT": os.path.join(state, "out"), "HAP_SET": hap_set,
+         "HAP_MYSQL_PASSWORD": PASSWORD, **s3.environment()}, zombie_threshold_s=20)
+    try:
+        workers = cluster.start_airflow(state, env)
+        yield state, env, workers, full
+    finally:
+        cluster.stop_airflow(state)
+        cluster.stop_named(state, "redis")
+        cluster.stop_named(state, cluster.POSTGRES_DIR)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _serve(s3, base: str):
+    """`hap serve` on `base`, and a function giving the versions it has available."""
     import grpc
     from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
 
-    (version_key,) = [k for k in _keys(s3, "hap/serving/hap/") if k.endswith("/saved_model.pb")]
-    version = int(version_key.split("/")[-2])
     port = cluster.free_port()
-    env = {**os.environ, **s3.environment()}
-    process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", f"s3://{BUCKET}/hap/serving/hap",
-                                "--port", str(port), "--file_system_poll_wait_seconds", "1"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", base, "--port", str(port),
+                                "--file_system_poll_wait_seconds", "1"], env={**os.environ, **s3.environment()},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
-    def available(timeout: float = 180.0) -> list[int]:
-        deadline = time.time() + timeout
+    def available(until: list[int], timeout: float = 180.0) -> list[int]:
+        """The available versions once they are `until`, or when `timeout` ran out."""
+        deadline, found = time.time() + timeout, []
         while time.time() < deadline and process.poll() is None:
             try:
                 status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
                     model_spec=model_pb2.ModelSpec(name="hap")), timeout=5)
                 found = [s.version for s in status.model_version_status
                          if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
-                if found:
-                    return found
+                if found == until:
+                    break
             except grpc.RpcError:
                 pass
             time.sleep(0.5)
-        return []
+        return found
 
+    return process, available
+
+
+def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3, mariadb, monkeypatch):
+    """Two daily DagRuns, a day appended to the store's dataset between them, as README "Day by
+    day" runs `hap run`, with a window of 2 days and warm starts. In the second, the worker that
+    runs Trainer_light is killed with every process it started, as when its machine dies:
+    Airflow fails the task when its heartbeat stops, retries it on the other worker, and the
+    DagRun succeeds, pushing once. `hap serve`, started on the store's serving path after the
+    first day, swaps to the second day's version."""
+    from ml_metadata.metadata_store import metadata_store
+
+    from hap.data import simulator
+    from hap.data.sample_routing import MODELS
+    from hap.pipeline import run_report
+
+    state, env, workers, full = celery
+    base = f"s3://{BUCKET}/celery/serving/hap"
+    days = ("2026-11-30", "2026-12-01")
+    runs = {days[0]: cluster.trigger(env, days[0])}
+    assert cluster.wait_for_run(env, runs[days[0]], timeout=900) == "success", cluster.task_instances(env, runs[days[0]])
+    (first,) = _versions(s3, "celery/serving/hap/")
+    server, available = _serve(s3, base)
     try:
-        assert available() == [version], process.stderr.read()[-3000:] if process.poll() is not None else ""
-        # A new version pushed to the store, the graph last as TFX's Pusher writes it: swapped in.
-        client = _client(s3)
-        keys = [k for k in _keys(s3, f"hap/serving/hap/{version}/")]
-        for key in sorted(keys, key=lambda k: k.endswith("saved_model.pb")):
-            client.copy_object(Bucket=BUCKET, Key=key.replace(f"/{version}/", f"/{version + 1}/"),
-                               CopySource={"Bucket": BUCKET, "Key": key})
-        deadline = time.time() + 120
-        while time.time() < deadline and available(10) != [version + 1]:
-            time.sleep(0.5)
-        assert available(10) == [version + 1]
+        assert available([first]) == [first], server.stderr.read()[-3000:] if server.poll() is not None else ""
+        simulator.append_day(full, progress=False)
+        _upload(s3, _with_small_features(full, tempfile.mkdtemp(prefix="hap-day2-")), "celery/data")
+        runs[days[1]] = cluster.trigger(env, days[1])
+        killed = {}
+
+        def kill_trainer_worker(tasks):
+            trainer = tasks.get("Trainer_light", {})
+            if not killed and trainer.get("state") == "running" and trainer.get("worker") in workers:
+                killed["worker"] = trainer["worker"]
+                killed["pids"] = cluster.kill_tree(cluster.worker_pid(state, trainer["worker"]))
+
+        assert cluster.wait_for_run(env, runs[days[1]], timeout=1200, progress=kill_trainer_worker) == "success", \
+            cluster.task_instances(env, runs[days[1]])
+        versions = _versions(s3, "celery/serving/hap/")
+        assert available(versions[-1:]) == versions[-1:]
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.terminate()
+        server.wait(timeout=60)
+
+    # Every task succeeded, each once in the first DagRun; both workers ran tasks.
+    tasks = {day: cluster.task_instances(env, run_id) for day, run_id in runs.items()}
+    assert {"WarmStartModel_light", "DriftGate", "Prune"} <= set(tasks[days[1]])
+    assert all(t["state"] == "success" for day in days for t in tasks[day].values()), tasks
+    assert {t["worker"] for day in days for t in tasks[day].values()} == set(workers)
+    assert all(t["try_number"] == 1 for t in tasks[days[0]].values())
+    # The killed task ran again on the other worker; no other task of the day was tried twice.
+    assert killed, "Trainer_light was never seen running"
+    retried = {task: t for task, t in tasks[days[1]].items() if t["try_number"] > 1}
+    assert set(retried) == {"Trainer_light"}, retried
+    assert retried["Trainer_light"]["worker"] != killed["worker"]
+    # One version pushed a day, nothing twice.
+    assert len(versions) == 2 and versions[0] == first
+
+    monkeypatch.setenv("HAP_MYSQL_PASSWORD", PASSWORD)
+    out = env["HAP_OUT"]
+    store = metadata_store.MetadataStore(run_report.mysql_connection(mariadb.settings))
+    uris = [a.uri for a in store.get_artifacts() if a.uri]
+    assert uris and all(uri.startswith(f"s3://{BUCKET}/celery/") for uri in uris), \
+        [u for u in uris if not u.startswith("s3://")]
+    # The killed try published nothing: each Trainer_light model in ML Metadata is a complete
+    # SavedModel, one a day.
+    models = [a for a in store.get_artifacts_by_type("Model")
+              if a.custom_properties["hap_role"].string_value == "Trainer_light.model"]
+    assert len(models) == 2
+    for model in models:
+        assert f"{model.uri[len(f's3://{BUCKET}/'):]}/Format-Serving/saved_model.pb" in _keys(s3, model.uri[len(
+            f"s3://{BUCKET}/"):])
+    # The second day trained on days 1-2 from the first day's blessed models, and checked day 3's
+    # drift against day 2.
+    for model in MODELS:
+        history = json.loads(_object(s3, f"{_newest(store, f'Trainer_{model}', 'model_run')}/training_history.json"))
+        assert history["warm_started_from"].startswith(f"s3://{BUCKET}/celery/pipeline_root/Trainer_{model}/model/")
+        assert history["warm_started_from"].endswith("/Format-Serving"), history["warm_started_from"]
+    examples = _newest(store, "ContractExampleGen", "examples")
+    assert json.loads(_object(s3, f"{examples}/days.json")) == {"train": [1, 2], "eval": [3], "outside_window": [0]}
+    anomalies = _newest(store, "DistributionValidator", "anomalies")
+    assert any("/SplitPair-eval_eval/" in key for key in _keys(s3, anomalies[len(f"s3://{BUCKET}/"):]))
+    # The artifacts the resolvers read carry the role a compiled Kubeflow query selects them by.
+    assert role_mismatches(out, RESOLVED_ROLES + ("DriftGate.accepted_statistics",)) == {}
+
+
+def _newest(store, component: str, key: str) -> str:
+    """The URI of `component`'s newest `key` artifact in ML Metadata."""
+    prefix = f"s3://{BUCKET}/celery/pipeline_root/{component}/{key}/"
+    return max((a for a in store.get_artifacts() if a.uri.startswith(prefix)), key=lambda a: a.id).uri
+
+
+def _versions(s3, prefix: str) -> list[int]:
+    return sorted({int(k[len(prefix):].split("/")[0]) for k in _keys(s3, prefix) if k.endswith("/saved_model.pb")})
+
+
+def _object(s3, uri: str) -> str:
+    key = uri[len(f"s3://{BUCKET}/"):]
+    return _client(s3).get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()

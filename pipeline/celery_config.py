@@ -1,0 +1,12 @@
+"""The Celery configuration of HAP's Airflow workers (`[celery] celery_config_options`, set by
+hap/cluster.py and docs/deploying.md): Airflow's own, after importing what every HAP task imports.
+
+A Celery worker imports this module once; each task then runs in a process forked from it, so
+TensorFlow and TFX are loaded already when the task parses the DAG file (about 15 s a task
+otherwise, measured in docs/deploying.md)."""
+from hap.pipeline import local_runner  # noqa: F401  (hap first: it selects Keras 2 before TFX loads TensorFlow)
+from tfx.orchestration.airflow import airflow_dag_runner  # noqa: F401
+
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+CELERY_CONFIG = DEFAULT_CELERY_CONFIG
