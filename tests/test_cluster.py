@@ -287,7 +287,7 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
     base = f"s3://{BUCKET}/celery/serving/hap"
     days = ("2026-11-30", "2026-12-01")
     runs = {days[0]: cluster.trigger(env, days[0])}
-    assert cluster.wait_for_run(env, runs[days[0]], timeout=900) == "success", cluster.task_instances(env, runs[days[0]])
+    assert cluster.wait_for_run(env, runs[days[0]], timeout=900) == "success", _why(state, env, runs[days[0]])
     (first,) = _versions(s3, "celery/serving/hap/")
     server, available = _serve(s3, base)
     try:
@@ -304,7 +304,7 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
                 killed["pids"] = cluster.kill_tree(cluster.worker_pid(state, trainer["worker"]))
 
         assert cluster.wait_for_run(env, runs[days[1]], timeout=1200, progress=kill_trainer_worker) == "success", \
-            cluster.task_instances(env, runs[days[1]])
+            _why(state, env, runs[days[1]])
         versions = _versions(s3, "celery/serving/hap/")
         assert available(versions[-1:]) == versions[-1:]
     finally:
@@ -351,6 +351,20 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
     assert any("/SplitPair-eval_eval/" in key for key in _keys(s3, anomalies[len(f"s3://{BUCKET}/"):]))
     # The artifacts the resolvers read carry the role a compiled Kubeflow query selects them by.
     assert role_mismatches(out, RESOLVED_ROLES + ("DriftGate.accepted_statistics",)) == {}
+
+
+def _why(state: str, env: dict, run_id: str) -> str:
+    """The DagRun's tasks that did not succeed, each with the end of its last try's log."""
+    lines = []
+    for task, t in sorted(cluster.task_instances(env, run_id).items()):
+        if t["state"] != "success":
+            lines.append(f"{task}: {t}")
+            log = os.path.join(env["AIRFLOW_HOME"], "logs", "dag_id=hap", f"run_id={run_id}", f"task_id={task}",
+                               f"attempt={max(t['try_number'], 1)}.log")
+            if os.path.exists(log):
+                with open(log) as f:
+                    lines += [line.rstrip() for line in f if "Warning" not in line][-25:]
+    return "\n".join(lines)
 
 
 def _newest(store, component: str, key: str) -> str:
