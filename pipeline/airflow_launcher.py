@@ -45,15 +45,27 @@ use. Run for real, HAP's DAG failed twice there:
    file). The portable layer makes no such check; here a URI on an object store only has to be
    set, as an artifact ML Metadata published.
 
-All five are fixed in the launcher, where these records are made, rather than by renaming components
+6. **A task's retry.** When a try fails after the driver registered its execution (a worker
+   killed mid-task, under the CeleryExecutor), TFX's metadata layer gives the next try the same
+   execution (one per component and run) and puts its input events again, which ML Metadata
+   refuses: the retry failed at once with `AlreadyExistsError: Given event already exists`, and
+   so did every later one; past that, it registered its outputs again under the names the
+   failed try had registered. Here a retry adds only the input events the execution lacks, takes
+   over the output artifacts the failed try registered, and empties the directories it may have
+   half-written (an output URI names its execution, so only an earlier try wrote there) before
+   the executor runs.
+
+All six are fixed in the launcher, where these records are made, rather than by renaming components
 or output keys: the keys are the standard Trainer's and Evaluator's own, and any pipeline with two
 components of one kind, a baseline equal to its candidate, or a Resolver reading an upstream
 component's output, meets the same failures.
 """
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
+from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx.dsl.components.common import resolver
 from tfx.orchestration import data_types, metadata
@@ -78,6 +90,10 @@ class _ComponentScopedNames:
             properties = getattr(output_dict[key], "additional_custom_properties", {})
             for index, artifact in enumerate(artifacts):
                 artifact.name = artifact_name(component_info, key, index)
+                earlier = self._metadata_handle.store.get_artifact_by_type_and_name(artifact.type_name, artifact.name)
+                if earlier is not None:  # registered by an earlier try of this execution
+                    artifact.id = earlier.id
+                    _empty_earlier_try(artifact)
                 for name, value in properties.items():
                     _set_custom_property(artifact, name, value)
         return outputs
@@ -89,6 +105,14 @@ def _set_custom_property(artifact: types.Artifact, name: str, value) -> None:
     setter = {str: artifact.set_string_custom_property, int: artifact.set_int_custom_property,
               float: artifact.set_float_custom_property}[type(value)]
     setter(name, value)
+
+
+def _empty_earlier_try(artifact: types.Artifact) -> None:
+    """Empties the output directory an earlier try of the execution may have half-written."""
+    directory = posixpath.dirname(artifact.uri) if isinstance(artifact, types.ValueArtifact) else artifact.uri
+    if storage.isdir(directory) and storage.listdir(directory):
+        storage.rmtree(directory)
+        storage.makedirs(directory)
 
 
 def with_component_scoped_names(driver_class: type) -> type:
@@ -133,7 +157,20 @@ def with_todays_inputs_from_this_run(driver_class: type) -> type:
 
 
 class OneEventPerArtifact(metadata.Metadata):
-    """The pre-IR metadata handle, writing one event per artifact and event type (see above)."""
+    """The pre-IR metadata handle, writing one event per artifact and event type, and a retry's
+    input events once (see above)."""
+
+    def register_execution(self, pipeline_info: data_types.PipelineInfo, component_info: data_types.ComponentInfo,
+                           contexts: list, exec_properties: dict | None = None,
+                           input_artifacts: dict[str, list[types.Artifact]] | None = None):
+        context = self.get_component_run_context(component_info)
+        if context is not None and input_artifacts:
+            recorded = {e.artifact_id for execution in self.store.get_executions_by_context(context.id)
+                        for e in self.store.get_events_by_execution_ids([execution.id])
+                        if e.type == metadata_store_pb2.Event.INPUT}
+            input_artifacts = {key: [a for a in artifacts if a.id not in recorded]
+                               for key, artifacts in input_artifacts.items()}
+        return super().register_execution(pipeline_info, component_info, contexts, exec_properties, input_artifacts)
 
     def _artifact_and_event_pairs(self, *args: Any, **kwargs: Any) -> list[tuple]:
         merged, event_of = [], {}

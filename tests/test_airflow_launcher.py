@@ -4,7 +4,8 @@ Metadata in SQLite, without Airflow: two components of one run with the same out
 model that is also the last blessed baseline). TFX's in-process launcher fails on each; ours
 records them as LocalDagRunner does, and downstream components read what they were wired to.
 A Resolver's input wired from a component of the run gets that run's output only, as under
-LocalDagRunner; TFX's launcher gives it every run's."""
+LocalDagRunner; TFX's launcher gives it every run's. A task retried after a failed try (a
+worker killed) completes here; under TFX's launcher every retry fails."""
 import os
 
 import pytest
@@ -132,3 +133,51 @@ def test_a_resolver_gets_todays_input_from_this_run_only(tmp_path):
 
 def test_tfx_own_launcher_gives_a_resolver_every_days_input(tmp_path):
     assert _resolver_inputs(TFX_LAUNCHER, tmp_path, history=False) == {"today": ["light day1", "light day2"]}
+
+
+@tfx.dsl.components.component
+def CopyModel(model: tfx.dsl.components.InputArtifact[Model], copy: tfx.dsl.components.OutputArtifact[Model],
+              fail_flag: tfx.dsl.components.Parameter[str]):
+    """Fails after writing part of its output while `fail_flag` exists, as a task whose worker is killed."""
+    if os.path.exists(fail_flag):
+        with open(os.path.join(copy.uri, "half-written"), "w") as f:
+            f.write("x")
+        os.remove(fail_flag)
+        raise RuntimeError("the worker died")
+    with open(os.path.join(model.uri, "tag")) as src, open(os.path.join(copy.uri, "tag"), "w") as dst:
+        dst.write(src.read())
+
+
+def _retried(launcher_class, tmp_path):
+    """Trainer_light, then CopyModel failing its first try and launched again in the same run."""
+    flag = tmp_path / "fail-once"
+    flag.write_text("")
+    light = WriteModel(tag="light").with_id("Trainer_light")
+    copy = CopyModel(model=light.outputs["model"], fail_flag=str(flag)).with_id("Copy")
+    _launch(launcher_class, light, tmp_path, "run1")
+    with pytest.raises(RuntimeError, match="the worker died"):
+        _launch(launcher_class, copy, tmp_path, "run1")
+    return copy
+
+
+def test_tfx_own_launcher_fails_every_retry_of_a_task(tmp_path):
+    copy = _retried(TFX_LAUNCHER, tmp_path)
+    with pytest.raises(mlmd_errors.AlreadyExistsError, match="Given event already exists"):
+        _launch(TFX_LAUNCHER, copy, tmp_path, "run1")
+
+
+def test_a_retry_completes_the_same_execution_in_an_emptied_output(tmp_path):
+    copy = _retried(AirflowComponentLauncher, tmp_path)
+    _launch(AirflowComponentLauncher, copy, tmp_path, "run1")
+    store = metadata.Metadata(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        str(tmp_path / "metadata.sqlite"))).__enter__().store
+    (execution,) = [e for e in store.get_executions() if "Copy" in e.properties["component_id"].string_value]
+    assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
+    events = store.get_events_by_execution_ids([execution.id])
+    assert sorted((e.type, e.path.steps[0].key) for e in events) == [
+        (metadata_store_pb2.Event.INPUT, "model"), (metadata_store_pb2.Event.OUTPUT, "copy")]
+    (output,) = store.get_artifacts_by_id([e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
+    assert output.state == metadata_store_pb2.Artifact.LIVE
+    assert sorted(os.listdir(output.uri)) == ["tag"], "the failed try's file is gone"
+    with open(os.path.join(output.uri, "tag")) as f:
+        assert f.read() == "light"
