@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/suite_time.py [--tier full|quick]
 
 Runs the tier's pytest command (the Makefile's, read from it so the two cannot differ), times it
-and writes results/suite_time_<tier>.json: the wall time, pytest's closing line and the five
+and writes results/suite_time_<tier>.json: the wall time, pytest's closing line and the ten
 slowest tests. Run it with nothing else running: the load average at the start is recorded.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     write_result(f"suite_time_{args.tier}", command_line(), {
         "make target": f"make {TARGETS[args.tier]}", "minutes": round(seconds / 60, 1),
         "pytest's closing line": closing, "exit status": done.returncode},
-        notes="; ".join(failed + ["slowest: " + "; ".join(f"{test} {s} ({phase})" for s, phase, test in slowest[:5])]))
+        notes="; ".join(failed + ["slowest: " + "; ".join(f"{test} {s} ({phase})" for s, phase, test in slowest)]))
     sys.exit(done.returncode)
 
 
