@@ -428,6 +428,7 @@ def airflow_environment(state_dir: str, database_url: str, broker_url: str, hap_
         # every task that import.
         "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "hap.pipeline.celery_config.CELERY_CONFIG",
         "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": str(zombie_threshold_s),
+        "AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL": str(max(1, min(10, zombie_threshold_s // 2))),
         # The DAG file changes only with a deployment: parse it at start, not every 30 s.
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "3600",
         "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",

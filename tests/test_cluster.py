@@ -5,8 +5,8 @@ and Airflow with the CeleryExecutor (its database in PostgreSQL, a Redis broker,
 two workers). Two daily DagRuns keep ML Metadata in MariaDB and every artifact on the store,
 survive a worker killed mid-task, and push two versions that `hap serve` follows on the store;
 `hap run` (ML Metadata in SQLite) reads its dataset from the store and writes every artifact and
-the pushed cascade there; a refused login and a bucket that does not exist are each one error
-before any component runs.
+the pushed cascades there, day by day: a window of days, warm starts, a drifted day stopped; a
+refused login and a bucket that does not exist are each one error before any component runs.
 
 Every process that touches s3:// here is a `hap` subprocess or an Airflow process: tensorflow-io
 aborts the process that used its S3 client at exit (hap/storage.py), which `hap` steps around and
@@ -17,6 +17,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -122,12 +123,13 @@ def _s3_sets(**more) -> list[str]:
     return [arg for key, value in keys.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
-# Five features: an object store answers each request in milliseconds, and Transform writes a
-# file per vocabulary, so a small feature set keeps the run short.
+# Six features: an object store answers each request in milliseconds, and Transform writes a
+# file per vocabulary, so a small feature set keeps the run short (c_network is the drift check's).
 SMALL_FEATURES = """version: 1
 features:
   - {name: u_click_seq, role: user, kind: sequence, max_len: 20, target: item_id}
   - {name: c_hour, role: context, kind: categorical}
+  - {name: c_network, role: context, kind: categorical}
   - {name: i_category, role: item, kind: categorical}
   - {name: i_age_hours, role: item, kind: numeric}
   - {name: x_user_cat_ctr, role: cross, kind: numeric}
@@ -158,32 +160,79 @@ def _with_small_features(dataset: str, out: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def s3_run(s3, tiny_csv, tmp_path_factory):
-    """One `hap run` with the dataset, every artifact and the pushed cascade on the S3 server, ML
-    Metadata in SQLite (the DagRuns of `celery` keep it in MariaDB)."""
-    data = _upload(s3, _with_small_features(tiny_csv, str(tmp_path_factory.mktemp("small") / "data")), "data")
-    out = str(tmp_path_factory.mktemp("s3run") / "run")
-    done = _hap(s3, "run", "--data", data, "--out", out, *_s3_sets(**{"storage.artifacts_root": f"s3://{BUCKET}/hap"}))
-    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-    return out, done.stdout
+def s3_days(s3, e2e_data, tmp_path_factory):
+    """`hap run` day by day, as README "Day by day" runs it, with the dataset, every artifact and
+    the pushed cascades on the S3 server and ML Metadata in SQLite: a first day, a day appended
+    (a window of 2 days, warm starts), then a drifted day. Returns the run directory and each
+    run's finished process."""
+    from hap.data import simulator
+
+    full = str(tmp_path_factory.mktemp("days") / "data")
+    shutil.copytree(e2e_data, full)
+    out = str(tmp_path_factory.mktemp("days") / "run")
+    # Any model and cascade are good enough for the second day here: the test is about the
+    # sequence, and two epochs on 50 requests a day make their AUCs a coin's toss.
+    sets = _s3_sets(**{"storage.artifacts_root": f"s3://{BUCKET}/days", "data.window_days": 2, "warm_start": True,
+                       "cascade.tolerance": 1.0, "evaluator.auc_tolerance": 1.0})
+    runs = []
+    for drift in (None, simulator.DayDrift(), simulator.DayDrift(network=0.8)):
+        if drift is not None:
+            simulator.append_day(full, drift, progress=False)
+        data = _upload(s3, _with_small_features(full, tempfile.mkdtemp(prefix="hap-days-")), "days/data")
+        runs.append(_hap(s3, "run", "--data", data, "--out", out, *sets))
+        assert (runs[-1].returncode == 0) == (len(runs) < 3), (runs[-1].stdout + runs[-1].stderr)[-5000:]
+        runs[-1].pushed = _versions(s3, "days/serving/hap/")
+    return out, runs
 
 
-def test_hap_run_keeps_every_artifact_on_the_object_store(s3, s3_run):
+def test_day_by_day_on_the_object_store_warm_starts_pushes_and_stops_on_drift(s3, s3_days):
+    from hap.data.sample_routing import MODELS
     from hap.pipeline import run_report
 
-    out, stdout = s3_run
-    pushed = [k for k in _keys(s3, "hap/serving/hap/") if k.endswith("/saved_model.pb")]
-    assert len(pushed) == 1, _keys(s3, "hap/serving/")
-    assert f"s3://{BUCKET}/hap/serving/hap/" in stdout
+    out, (first, second, drifted) = s3_days
+    assert [len(run.pushed) for run in (first, second, drifted)] == [1, 2, 2]
+    assert f"s3://{BUCKET}/days/serving/hap/" in first.stdout
+    # Everything but the run directory's own records is on the store.
     assert not os.path.exists(os.path.join(out, "pipeline_root")) and not os.path.exists(os.path.join(out, "serving"))
     store = run_report.open_store(out)
     assert {"hap.Trainer_light", "hap.Trainer_heavy", "hap.CascadeAssembler", "hap.Pusher"} <= {
         ctx.name for ctx in store.get_contexts_by_type("node")}
     uris = [a.uri for a in store.get_artifacts() if a.uri]
-    assert uris and all(uri.startswith(f"s3://{BUCKET}/") for uri in uris), [u for u in uris if not u.startswith("s3")]
-    # The run directory's readers (the summary, retention, the benchmark) find the store's artifacts.
-    assert {e["state"] for e in run_report.executions(out) if e["node"].startswith("Trainer")} == {"COMPLETE"}
-    assert run_report.latest_artifact(out, "Trainer_light", "Model").uri.startswith(f"s3://{BUCKET}/hap/")
+    assert uris and all(uri.startswith(f"s3://{BUCKET}/days/") for uri in uris), \
+        [u for u in uris if not u.startswith("s3")]
+
+    # The second day trained on days 1-2 from the first day's models, which its Evaluators
+    # scored (through their own Transform) as the baselines.
+    def by_day(type_name: str, component: str) -> list[str]:
+        return [a.uri for a in sorted(store.get_artifacts_by_type(type_name), key=lambda a: a.id)
+                if a.uri.startswith(f"s3://{BUCKET}/days/pipeline_root/{component}/")]
+
+    models = {m: by_day("Model", f"Trainer_{m}") for m in MODELS}
+    assert all(len(uris) == 2 for uris in models.values()), models
+    examples = by_day("Examples", "ContractExampleGen")
+    assert len(examples) == 3
+    assert json.loads(_object(s3, f"{examples[1]}/days.json")) == {"train": [1, 2], "eval": [3],
+                                                                   "outside_window": [0]}
+    for model in MODELS:
+        day1, day2 = (json.loads(_object(s3, f"{uri}/training_history.json"))
+                      for uri in by_day("ModelRun", f"Trainer_{model}"))
+        assert day1["warm_started_from"] is None
+        assert day2["warm_started_from"] == f"{models[model][0]}/Format-Serving", model
+        assert sum(r["kept"] for r in day2["warm_start"]["embedding_rows"].values()) > 0
+        baseline = run_report.latest_inputs(out, f"Evaluator_{model}")["baseline_model"]
+        assert [a.uri for a in baseline] == models[model][:1], model
+    assert "data: trained on days 1-2, evaluated on day 3 (day 0 outside the window)" in second.stdout
+    assert "drift check: day 3 against day 2 (the last accepted): within every threshold" in second.stdout
+    assert second.stdout.count("  warm-started from ") == 2
+    assert "against the last blessed cascade's" in second.stdout, second.stdout
+
+    # The drifted day stops before Transform, naming the feature, and is not accepted: the
+    # statistics the next day is checked against are still day 3's.
+    assert re.search(r"day 4\) moved too far from the last accepted day's, day 3(.|\n)*"
+                     r"feature 'c_network': High Linfty distance", drifted.stdout + drifted.stderr)
+    assert run_report.latest_by_node(out)["DriftGate"]["state"] == "FAILED"
+    assert run_report.latest_artifact(out, "DriftGate", "ExampleStatistics").properties["span"].int_value == 3
+    assert sum(e["node"] == "Transform" for e in run_report.executions(out)) == 2
 
 
 def test_a_bucket_that_does_not_exist_is_one_error_before_any_component(s3, tmp_path):
@@ -210,7 +259,7 @@ def celery(mariadb, s3, e2e_data, tmp_path_factory):
     """Airflow as a cluster runs it, on loopback: its database in PostgreSQL, a Redis broker, the
     scheduler and two Celery workers, each a process of its own; ML Metadata in MariaDB; the
     dataset, every artifact and the pushed cascades on the S3 server. A worker that stops
-    heartbeating is declared dead after 20 s and its task retried at once."""
+    heartbeating is declared dead after 10 s and its task retried at once."""
     reason = _missing() or _airflow_missing()
     if reason:
         pytest.skip(reason)
@@ -229,7 +278,7 @@ def celery(mariadb, s3, e2e_data, tmp_path_factory):
         state, cluster.start_postgres(state, cluster.free_port(), "airflow-test-password"),
         cluster.start_redis(state, cluster.free_port()),
         {"HAP_DATA": data, "HAP_OUT": os.path.join(state, "out"), "HAP_SET": hap_set,
-         "HAP_MYSQL_PASSWORD": PASSWORD, **s3.environment()}, zombie_threshold_s=20)
+         "HAP_MYSQL_PASSWORD": PASSWORD, **s3.environment()}, zombie_threshold_s=10)
     try:
         workers = cluster.start_airflow(state, env)
         yield state, env, workers, full

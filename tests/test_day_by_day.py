@@ -1,17 +1,15 @@
-"""Day by day: a simulated dataset grows by a day, and `hap run --window-days --warm-start` trains
-on the recent days from the last blessed models, pushes a new version, and stops before Transform
-on a day that drifted, naming the feature."""
+"""Day by day: a simulated dataset grows by a day, the same feed continued, or a drifted one; a
+warm start keeps the learned embedding rows by token. The runs day after day (`hap run` with a
+window of days and warm starts, a drifted day stopped before Transform) are
+tests/test_cluster.py's, on the object store, and the Airflow DagRuns' there."""
 import csv
-import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import E2E, quick_settings
 from hap.data import contract as c
 from hap.data import simulator, validator
-from hap.data.sample_routing import MODELS
 
 SMALL = simulator.SimulationConfig(requests=60, funnel_requests=0, seed=11)
 
@@ -80,65 +78,3 @@ def test_a_warm_start_keeps_learned_rows_by_token():
     # missing keeps its row, c and a keep theirs, the new d starts as the old model saw it (OOV).
     np.testing.assert_array_equal(table, base[[0, 3, 4, 1, 4]])
     assert kept == 2
-
-
-def _history(out, model):
-    from hap.pipeline import run_report
-
-    with open(os.path.join(run_report.latest_artifact(out, f"Trainer_{model}", "ModelRun").uri,
-                           "training_history.json")) as f:
-        return json.load(f)
-
-
-def _pushed(out):
-    path = os.path.join(out, "serving", "hap")
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-
-@pytest.mark.e2e
-def test_day_after_day_warm_starts_pushes_and_stops_on_drift(tmp_path):
-    from hap.components.contract_example_gen import executor
-    from hap.pipeline import local_runner, run_report
-
-    data, out = str(tmp_path / "data"), str(tmp_path / "run")
-    simulator.simulate(data, E2E, progress=False)
-    # Any model and cascade are good enough for the second day here: the test is about the
-    # sequence, and two epochs on 50 requests a day make their AUCs a coin's toss.
-    settings = quick_settings(0.0, **{"data.window_days": 2, "warm_start": True, "cascade.tolerance": 1.0,
-                                      "evaluator.auc_tolerance": 1.0})
-
-    local_runner.run(data, out, settings)
-    assert all(_history(out, m)["warm_started_from"] is None for m in MODELS)
-    first = {m: run_report.latest_artifact(out, f"Trainer_{m}", "Model").uri for m in MODELS}
-    assert len(_pushed(out)) == 1
-
-    simulator.append_day(data, progress=False)
-    local_runner.run(data, out, settings)
-    examples = run_report.latest_artifact(out, "ContractExampleGen", "Examples")
-    assert executor.read_days(examples.uri) == {"train": [1, 2], "eval": [3], "outside_window": [0]}
-    for model in MODELS:
-        history = _history(out, model)
-        assert history["warm_started_from"] == os.path.join(first[model], "Format-Serving"), model
-        assert sum(r["kept"] for r in history["warm_start"]["embedding_rows"].values()) > 0
-        # Yesterday's model, scored through its own Transform, is today's baseline.
-        baseline = run_report.latest_inputs(out, f"Evaluator_{model}")["baseline_model"]
-        assert [a.uri for a in baseline] == [first[model]], model
-    assert len(_pushed(out)) == 2, "the second day's cascade was not pushed"
-    summary = "\n".join(run_report.summary_lines(out))
-    assert "data: trained on days 1-2, evaluated on day 3 (day 0 outside the window)" in summary
-    assert "drift check: day 3 against day 2 (the last accepted): within every threshold" in summary
-    assert summary.count("  warm-started from ") == 2
-    assert "against the last blessed cascade's" in summary, summary
-
-    transforms = sum(e["node"] == "Transform" for e in run_report.executions(out))
-    simulator.append_day(data, simulator.DayDrift(network=0.8), progress=False)
-    with pytest.raises(Exception, match=r"day 4\) moved too far from the last accepted day's, day 3(.|\n)*"
-                                        r"feature 'c_network': High Linfty distance"):
-        local_runner.run(data, out, settings)
-    assert run_report.latest_by_node(out)["DriftGate"]["state"] == "FAILED"
-    # A drifted day is not accepted: the newest accepted statistics, what the next run is checked
-    # against (LastAcceptedStatistics), are still day 3's.
-    accepted = run_report.latest_artifact(out, "DriftGate", "ExampleStatistics")
-    assert accepted.properties["span"].int_value == 3
-    assert sum(e["node"] == "Transform" for e in run_report.executions(out)) == transforms
-    assert len(_pushed(out)) == 2
