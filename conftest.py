@@ -116,7 +116,7 @@ def e2e_requests(e2e_data, e2e_features):
 
 # Tests that read the session's pipeline run share one xdist worker, so that `make test`'s two
 # workers run the pipeline once; the Airflow DAG tests share one for their DagBag loads, the
-# cluster tests one for their database server.
+# cluster tests one for their database server and one for the object store's day-by-day run.
 PIPELINE_FIXTURES = {"pipeline_run", "run_pipeline"}
 
 
@@ -131,7 +131,9 @@ def pytest_collection_modifyitems(config, items):
         elif item.get_closest_marker("airflow"):
             item.add_marker(pytest.mark.xdist_group("airflow"))
         elif item.get_closest_marker("cluster"):
-            item.add_marker(pytest.mark.xdist_group("cluster"))
+            # The database server's tests on one worker, the object store's alone on the other:
+            # the two longest tests of the suite then run side by side.
+            item.add_marker(pytest.mark.xdist_group("cluster-mariadb" if "mariadb" in fixtures else "cluster-s3"))
 
 
 # The history channels HAP's resolvers read (pipeline/resolvers.py) with the default settings.

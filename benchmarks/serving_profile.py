@@ -31,7 +31,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from hap.data import contract as c
 from hap.serving import cascade, flops, model_versions
-from results import RESULTS_DIR, command_line, write_result
+from results import RESULTS_DIR, command_line, table, write_result
 from serving_latency import build_requests, time_calls
 
 # A part is the first of these name scopes an op's name holds (the models' own layer names).
@@ -150,9 +150,19 @@ def main() -> None:
               f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(per_call.items(), key=lambda kv: -kv[1]))}); "
               f"{row['times_dense_reference']:.1f}x a dense product of {row['mflops']:.1f} MFLOPs", flush=True)
     plot(rows, os.path.join(RESULTS_DIR, "serving_profile.png"))
-    write_result("serving_profile", command_line(), {"model": version_dir, "sizes": rows},
-                 notes="op times are summed over TensorFlow's threads; 'outside ops' is the wall p50 less the "
-                       "summed op time (0 where threads overlap more than the call waits)")
+    parts = [part for part, _ in PARTS] + [OTHER, "outside ops"]
+    columns = ["N", "routed", "p50 ms", *[f"{part} ms" for part in parts], "MFLOPs", "dense product ms",
+               "p50 / dense product"]
+    cells = [[r["n"], f"{r['routed']:.0f}", f"{r['p50_ms']:.2f}",
+              *[f"{r['parts_ms'].get(part, 0.0):.2f}" for part in parts], f"{r['mflops']:.1f}",
+              f"{r['dense_reference_ms']:.3f}", f"{r['times_dense_reference']:.1f}"] for r in rows]
+    top = "; ".join(f"N = {r['n']}: " + ", ".join(f"{k} {v:.2f}" for k, v in list(r["top_op_types_ms"].items())[:6])
+                    for r in rows)
+    write_result("serving_profile", command_line(), table(columns, cells),
+                 notes=f"model {version_dir}; {args.requests} requests per N, each timed 3 times untraced, then "
+                       "traced once; part columns are op time summed over TensorFlow's threads per request; "
+                       "'outside ops' is the p50 less the summed op time (0 where threads overlap more than the "
+                       f"call waits); the slowest op types, ms per request: {top}; plot: results/serving_profile.png")
 
 
 if __name__ == "__main__":
