@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -143,11 +144,15 @@ class S3Server:
         return {"S3_ENDPOINT": self.endpoint, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
                 "AWS_REGION": S3_REGION}
 
-    def create_bucket(self, bucket: str) -> str:
+    def client(self):
+        """A boto3 S3 client of this server."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, aws_access_key_id=S3_KEY,
-                              aws_secret_access_key=S3_SECRET)
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_REGION, aws_access_key_id=S3_KEY,
+                            aws_secret_access_key=S3_SECRET)
+
+    def create_bucket(self, bucket: str) -> str:
+        client = self.client()
         if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
             client.create_bucket(Bucket=bucket)
         return f"s3://{bucket}"
@@ -336,7 +341,8 @@ def start_postgres(state_dir: str, port: int, password: str, host: str = "127.0.
     if _answers(host, port):
         raise ClusterError(f"something already listens on {host}:{port}; stop it or choose another port")
     owner = _as_postgres()
-    if not os.path.isdir(data):
+    created = not os.path.isdir(data)
+    if created:
         os.makedirs(data, mode=0o700)
         os.chmod(state_dir, 0o755)
         password_file = os.path.join(state_dir, "postgres-initial-password")
@@ -351,9 +357,6 @@ def start_postgres(state_dir: str, port: int, password: str, host: str = "127.0.
         if done.returncode:
             shutil.rmtree(data, ignore_errors=True)
             raise ClusterError(f"initdb failed for {data}: {done.stderr.strip()[-2000:]}")
-        created = True
-    else:
-        created = False
     process = _spawn(state_dir, POSTGRES_DIR, [postgres_binary("postgres"), "-D", data, "-p", str(port),
                                                "-c", f"listen_addresses={host}", "-c", "unix_socket_directories="],
                      **owner)
@@ -530,11 +533,8 @@ REHEARSAL_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_w
 
 
 def _upload(s3: S3Server, directory: str, uri: str) -> None:
-    import boto3
-
     bucket, prefix = uri[len("s3://"):].split("/", 1)
-    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name=S3_REGION, aws_access_key_id=S3_KEY,
-                          aws_secret_access_key=S3_SECRET)
+    client = s3.client()
     for root, _, names in os.walk(directory):
         for name in names:
             path = os.path.join(root, name)
@@ -570,7 +570,7 @@ def up(state_dir: str, config: str | None, data: str | None, workers: int = 2) -
     broker = start_redis(state_dir, int(os.environ.get("REDIS_PORT", "6380")))
     print(f"Redis (Celery's broker) at {broker}")
     hap_set = " ".join(["metadata.backend=mysql", f"storage.artifacts_root={bucket}/hap", "airflow.schedule=null",
-                        f"beam.args={json.dumps(REHEARSAL_BEAM_ARGS)}".replace(" ", "")])
+                        shlex.quote(f"beam.args={json.dumps(REHEARSAL_BEAM_ARGS)}")])
     hap_env = {"HAP_DATA": f"{bucket}/data", "HAP_OUT": os.path.join(state_dir, "out"), "HAP_SET": hap_set,
                mysql.password_env: password, **s3.environment()}
     if config:
@@ -600,7 +600,9 @@ def run(state_dir: str, logical_date: str, timeout: float = 3600.0) -> bool:
                 print(f"  {task}: {t['state']}{where}{again}", flush=True)
 
     state = wait_for_run(env, run_id, timeout, progress=show)
-    base = f"{env['HAP_SET'].split('storage.artifacts_root=')[1].split()[0]}/serving/hap"
+    from hap import settings as hap_settings
+
+    base = f"{hap_settings.load(env=env).settings.storage.artifacts_root}/serving/hap"
     print(f"DagRun {run_id}: {state}; cascades pushed under {base} (`hap serve {base}` with the S3 variables "
           "that `up` printed serves the newest)")
     return state == "success"

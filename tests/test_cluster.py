@@ -91,15 +91,8 @@ def s3(tmp_path_factory):
     assert cluster.stop_s3(server)
 
 
-def _client(server):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=server.endpoint, region_name=cluster.S3_REGION,
-                        aws_access_key_id=cluster.S3_KEY, aws_secret_access_key=cluster.S3_SECRET)
-
-
 def _upload(server, directory: str, prefix: str) -> str:
-    client = _client(server)
+    client = server.client()
     for root, _, names in os.walk(directory):
         for name in names:
             path = os.path.join(root, name)
@@ -108,7 +101,7 @@ def _upload(server, directory: str, prefix: str) -> str:
 
 
 def _keys(server, prefix: str) -> list[str]:
-    pages = _client(server).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
@@ -336,7 +329,7 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
     base = f"s3://{BUCKET}/celery/serving/hap"
     days = ("2026-11-30", "2026-12-01")
     runs = {days[0]: cluster.trigger(env, days[0])}
-    assert cluster.wait_for_run(env, runs[days[0]], timeout=900) == "success", _why(state, env, runs[days[0]])
+    assert cluster.wait_for_run(env, runs[days[0]], timeout=900) == "success", _why(env, runs[days[0]])
     (first,) = _versions(s3, "celery/serving/hap/")
     server, available = _serve(s3, base)
     try:
@@ -353,7 +346,7 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
                 killed["pids"] = cluster.kill_tree(cluster.worker_pid(state, trainer["worker"]))
 
         assert cluster.wait_for_run(env, runs[days[1]], timeout=1200, progress=kill_trainer_worker) == "success", \
-            _why(state, env, runs[days[1]])
+            _why(env, runs[days[1]])
         versions = _versions(s3, "celery/serving/hap/")
         assert available(versions[-1:]) == versions[-1:]
     finally:
@@ -402,7 +395,7 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
     assert role_mismatches(out, RESOLVED_ROLES + ("DriftGate.accepted_statistics",)) == {}
 
 
-def _why(state: str, env: dict, run_id: str) -> str:
+def _why(env: dict, run_id: str) -> str:
     """The DagRun's tasks that did not succeed, each with the end of its last try's log."""
     lines = []
     for task, t in sorted(cluster.task_instances(env, run_id).items()):
@@ -428,4 +421,4 @@ def _versions(s3, prefix: str) -> list[int]:
 
 def _object(s3, uri: str) -> str:
     key = uri[len(f"s3://{BUCKET}/"):]
-    return _client(s3).get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    return s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
