@@ -14,8 +14,9 @@ the scheduler and the workers:
                 'data.window_days=7 warm_start=true' (`hap config show` with the same environment
                 prints the effective tree)
 
-The DAG's schedule is the setting `airflow.schedule`, each task's retries `airflow.retries`; with `retention.keep_runs` N a last task,
-Prune, deletes the artifacts that only older runs used once every other task succeeded.
+The DAG's schedule is the setting `airflow.schedule`, each task's retries `airflow.retries`;
+with `retention.keep_runs` N a last task, Prune, deletes the artifacts that only older runs used
+once every other task succeeded.
 
 Day by day (docs/operating.md): each scheduled DagRun runs the pipeline once over HAP_DATA as
 it is then; whatever appends the day's samples to HAP_DATA before the run makes it the new day.

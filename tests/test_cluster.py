@@ -228,6 +228,28 @@ def test_day_by_day_on_the_object_store_warm_starts_pushes_and_stops_on_drift(s3
     assert sum(e["node"] == "Transform" for e in run_report.executions(out)) == 2
 
 
+def test_before_a_fork_the_store_is_read_through_beam_and_never_written(s3, tmp_path, monkeypatch):
+    """What a pipeline's definition reads under Airflow (storage.before_fork), in this process:
+    Beam's S3 client, unlike tensorflow-io's, leaves nothing that aborts it at exit."""
+    from hap import storage
+
+    (tmp_path / "data" / "samples").mkdir(parents=True)
+    (tmp_path / "data" / "features.yaml").write_text("version: 1\n")
+    (tmp_path / "data" / "samples" / "day-0.csv").write_text("a,b\n1,2\n")
+    data = _upload(s3, str(tmp_path / "data"), "fork/data")
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    with storage.before_fork():
+        assert storage.listdir(data) == ["features.yaml", "samples"]
+        assert storage.isdir(f"{data}/samples") and not storage.isdir(f"{data}/features.yaml")
+        assert storage.exists(f"{data}/features.yaml") and not storage.exists(f"{data}/nothing")
+        assert storage.read_text(f"{data}/features.yaml") == "version: 1\n"
+        assert storage.size(f"{data}/samples/day-0.csv") == len("a,b\n1,2\n")
+        with pytest.raises(storage.StorageError, match="nothing remote is written before a fork"):
+            storage.write_text(f"{data}/new.txt", "x")
+    assert "tensorflow_io" not in sys.modules
+
+
 def test_a_bucket_that_does_not_exist_is_one_error_before_any_component(s3, tmp_path):
     out = str(tmp_path / "run")
     done = _hap(s3, "run", "--data", f"s3://{BUCKET}/data", "--out", out,
