@@ -43,7 +43,9 @@ setup(
     ],
     extras_require={
         # pytest-xdist: `make test` runs two workers, one per core (Makefile).
-        "dev": ["pytest>=8", "pytest-xdist>=3"],
+        # pytest 9.2 ignores the group that pytest-xdist 3.8 writes into a test's id, so
+        # `--dist loadgroup` spreads a group over both workers (pytest-dev/pytest-xdist#1386).
+        "dev": ["pytest>=8,<9.2", "pytest-xdist>=3"],
         # The GPU pipeline image: TensorFlow with its CUDA libraries as pip wheels.
         "gpu": ["tensorflow[and-cuda]==2.16.2"],
         # Airflow 2 needs older Werkzeug, OpenTelemetry, importlib-metadata, rich and wrapt than the
