@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 
 import hap  # noqa: F401  (Keras 2 for TensorFlow Recommenders, before anything imports TensorFlow)
@@ -78,12 +79,27 @@ def e2e_funnel_data(e2e_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(e2e_data, tmp_path_factory):
-    """The output directory of one pipeline run on `e2e_data` that blesses and pushes the cascade.
-    Tests may run the pipeline again into it; the first pushed version stays where it is."""
+def pipeline_run_console(e2e_data, tmp_path_factory):
+    """One `hap run` on `e2e_data` as a user starts it, with quick_settings: (its output directory,
+    its CompletedProcess). It blesses and pushes the cascade; tests/test_console.py reads what it
+    printed, the others what it wrote (`pipeline_run`)."""
+    import subprocess
+    import sys
+
     out = str(tmp_path_factory.mktemp("e2e") / "run")
-    _run_pipeline(e2e_data, out, floor=0.0)
-    return out
+    sets = [arg for key, value in quick_keys(0.0).items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    hap_command = os.path.join(os.path.dirname(sys.executable), "hap")
+    done = subprocess.run([hap_command, "run", "--data", e2e_data, "--out", out, *sets], capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(pipeline_run_console):
+    """The output directory of `pipeline_run_console`. Tests may run the pipeline again into it;
+    the first pushed version stays where it is."""
+    return pipeline_run_console[0]
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +133,7 @@ def e2e_requests(e2e_data, e2e_features):
 # Tests that read the session's pipeline run share one xdist worker, so that `make test`'s two
 # workers run the pipeline once; the Airflow DAG tests share one for their DagBag loads, the
 # cluster tests one for their database server and one for the object store's day-by-day run.
-PIPELINE_FIXTURES = {"pipeline_run", "run_pipeline"}
+PIPELINE_FIXTURES = {"pipeline_run", "pipeline_run_console", "run_pipeline"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
@@ -126,7 +142,7 @@ def pytest_collection_modifyitems(config, items):
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & PIPELINE_FIXTURES:
             item.add_marker(pytest.mark.e2e)
-        if "pipeline_run" in fixtures:
+        if "pipeline_run_console" in fixtures:
             item.add_marker(pytest.mark.xdist_group("pipeline_run"))
         elif item.get_closest_marker("airflow"):
             item.add_marker(pytest.mark.xdist_group("airflow"))

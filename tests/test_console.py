@@ -5,13 +5,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import floors_at
+from conftest import floors_at, quick_keys
 from hap.pipeline import console
 
 HEAVY_MODULES = ("tensorflow", "tfx", "apache_beam", "tensorflow_model_analysis", "tensorflow_transform")
@@ -166,13 +167,12 @@ def _component_lines(stdout: str) -> dict[str, str]:
 
 
 @pytest.mark.e2e
-def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(e2e_data, tmp_path):
+def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(pipeline_run_console, e2e_data,
+                                                                            tmp_path):
     """Two `hap run`s into one folder on the tests' smallest pipeline data, as a user runs them:
-    a clean first run, then one whose light model misses a floor raised to 1."""
-    out = str(tmp_path / "run")
-    floors = floors_at(0.0)
-    first = _hap("run", "--data", e2e_data, "--out", out, "--max-epochs", "1", "--auc-floors", json.dumps(floors))
-    assert first.returncode == 0, first.stdout + first.stderr
+    a clean first run (the session's), then one whose light model misses a floor raised to 1,
+    continuing the first in a copy of its folder."""
+    run, first = pipeline_run_console
     assert first.stderr == "", "nothing on stderr in a clean run"
     noise = [line for line in first.stdout.splitlines() if _THIRD_PARTY.search(line)]
     assert noise == [], noise
@@ -180,21 +180,28 @@ def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(e2e
     assert {"ContractExampleGen", "Transform", "Trainer_light", "Trainer_heavy", "Evaluator_light",
             "Evaluator_heavy", "CascadeAssembler", "Pusher"} <= set(components), first.stdout
     assert set(components.values()) == {"done"}, components
-    assert re.search(r"^light: epoch 1 of 1 chosen by validation \(eval AUC EP vs EN 0\.\d{3}, .*\): blessed$",
+    assert re.search(r"^light: epoch [12] of 2 chosen by validation \(eval AUC EP vs EN 0\.\d{3}, .*\): blessed$",
                      first.stdout, re.M), first.stdout
     pushed = re.search(r"^pushed: cascade version (\d+) to (\S+)$", first.stdout, re.M)
-    assert pushed and pushed.group(2) == os.path.join(out, "serving", "hap", pushed.group(1)), first.stdout
+    assert pushed and pushed.group(2) == os.path.join(run, "serving", "hap", pushed.group(1)), first.stdout
     assert os.path.isfile(os.path.join(pushed.group(2), "saved_model.pb"))
     assert re.search(r"cascade FLOPs per request of 1000 candidates with \d+ routed to the heavy model: [\d.]+ M",
                      first.stdout), first.stdout
-    for command in (f"serve {out}/serving/hap", f"query --data {e2e_data}", f"tensorboard {out}",
-                    f"evaluate --model_base_path {out}/serving/hap --data {e2e_data}"):
+    for command in (f"serve {run}/serving/hap", f"query --data {e2e_data}", f"tensorboard {run}",
+                    f"evaluate --model_base_path {run}/serving/hap --data {e2e_data}"):
         assert re.search(rf"^  \S*hap {re.escape(command)}", first.stdout, re.M), command
-    log = open(console.log_path(out)).read()
+    log = open(console.log_path(run)).read()
     assert "FutureWarning" in log or "WARNING" in log, "the third-party output went to the log"
 
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    shutil.copy(os.path.join(run, "metadata.sqlite"), out)
+    shutil.copytree(os.path.join(run, "serving"), os.path.join(out, "serving"))
+    floors = floors_at(0.0)
     floors["light"]["EN"] = 1.0
-    second = _hap("run", "--data", e2e_data, "--out", out, "--max-epochs", "1", "--auc-floors", json.dumps(floors))
+    sets = [arg for key, value in quick_keys(0.0).items() if not key.endswith("auc_floors")
+            for arg in ("--set", f"{key}={json.dumps(value)}")]
+    second = _hap("run", "--data", e2e_data, "--out", out, *sets, "--auc-floors", json.dumps(floors))
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stderr == ""
     # What re-runs depends on what changed (the floors: the Evaluators at least); the rest is cached.
