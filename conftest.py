@@ -42,14 +42,18 @@ def quick_settings(floor: float = 0.0, **more):
 def quick_keys(floor: float = 0.0) -> dict:
     """quick_settings' dotted keys, e.g. for --set options or HAP_SET."""
     keys = {f"{model}.trainer.{name}": value for model in SAMPLE_ROUTING for name, value in QUICK_TRAINER.items()}
+    # Two epochs on a few dozen requests a day: whether a first cascade beats item popularity
+    # is a coin's toss (tests that push need it not to be); the gate has tests of its own.
+    keys["cascade.popularity_margin"] = -1.0
     return {**keys, **{f"{model}.auc_floors": floors for model, floors in floors_at(floor).items()}}
 
 
-def _run_pipeline(data: str, out: str, floor: float) -> None:
-    """Runs the whole pipeline with every per-source AUC floor at `floor`."""
+def _run_pipeline(data: str, out: str, floor: float, **more) -> None:
+    """Runs the whole pipeline with every per-source AUC floor at `floor`, and `more` dotted keys
+    as quick_settings takes them."""
     from hap.pipeline import local_runner
 
-    local_runner.run(data, out, quick_settings(floor))
+    local_runner.run(data, out, quick_settings(floor, **more))
 
 
 def floors_at(floor: float) -> dict:

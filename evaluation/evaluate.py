@@ -51,6 +51,7 @@ from hap.data import reader
 from hap.data import writer
 from hap.evaluation import auc_metrics, report, top_k_metrics
 from hap.evaluation.metric_base import MetricResult
+from hap.evaluation.popularity import ItemPopularity
 from hap.evaluation.top_k_metrics import FUNNEL_KS, FUNNEL_TOP
 from hap.evaluation.defaults import DEFAULT_KS
 from hap.serving import cascade, flops, model_versions
@@ -212,10 +213,12 @@ def funnel_requests(data_dir: str, features: c.FeatureSet,
 BLESSING_METRICS = {FUNNEL: f"oracle_recall@{FUNNEL_KS[-1]}", LOGGED: "gauc"}
 
 
-def cascade_quality(version_dir: str, data_dir: str, max_requests: int | None = None) -> dict:
+def cascade_quality(version_dir: str, data_dir: str, max_requests: int | None = None,
+                    popularity: ItemPopularity | None = None) -> dict:
     """The cascade signature's blessing metric on `data_dir` (funnel/ if present, else the eval
     day's logged requests), one request per call as served; with `max_requests`, on a sample of
-    that many requests fixed by their ids (`RequestSample`): {"part", "metric", "value", "requests"}."""
+    that many requests fixed by their ids (`RequestSample`): {"part", "metric", "value", "requests"},
+    and with `popularity` its scores' metric on the same candidates as "popularity"."""
     info = load_info(version_dir)
     features = c.load_features(data_dir)
     check_features(info.features, features, data_dir)
@@ -224,12 +227,17 @@ def cascade_quality(version_dir: str, data_dir: str, max_requests: int | None = 
                       else (LOGGED, eval_day_requests(data_dir, features, max_requests)[1]))
     scored = score_part(SignatureCaller(version_dir), requests, info, part, progress=False, signatures=("cascade",))
     request, scores = scored.arrays()
-    if part == FUNNEL:
-        metrics = funnel_metrics(request, np.asarray(scored.utility, np.float64), scores["cascade"])
-    else:
-        metrics = logged_metrics(request, np.asarray(scored.label), np.asarray(scored.group), scores["cascade"])
     name = BLESSING_METRICS[part]
-    return {"part": part, "metric": name, "value": metrics[name].value, "requests": len(requests)}
+
+    def metric(score):
+        if part == FUNNEL:
+            return funnel_metrics(request, np.asarray(scored.utility, np.float64), score)[name].value
+        return logged_metrics(request, np.asarray(scored.label), np.asarray(scored.group), score)[name].value
+
+    out = {"part": part, "metric": name, "value": metric(scores["cascade"]), "requests": len(requests)}
+    if popularity is not None:
+        out["popularity"] = metric(popularity.scores(scored.item))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +319,7 @@ class Scored:
     label: list = dataclasses.field(default_factory=list)
     group: list = dataclasses.field(default_factory=list)
     utility: list = dataclasses.field(default_factory=list)
+    item: list = dataclasses.field(default_factory=list)
     per_request: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
@@ -348,6 +357,7 @@ def score_part(caller: SignatureCaller, requests: dict[str, list[dict]], info: C
         for signature in signatures:
             record[f"flops_{signature}"] = costs[FLOPS_OF_SIGNATURE[signature]]
         scored.request.extend([request_id] * n)
+        scored.item.extend(r["item_id"] for r in rows)
         scored.per_request.append(record)
         if part == LOGGED:
             scored.label.extend(r["click"] for r in rows)

@@ -254,7 +254,7 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         light_model=trained[LIGHT][0], light_blessing=trained[LIGHT][1],
         heavy_model=trained[HEAVY][0], heavy_blessing=trained[HEAVY][1],
         custom_config=model_config, data_root=data_root, settings=settings,
-        baseline_model=cascade_baseline.outputs["model"],
+        baseline_model=cascade_baseline.outputs["model"], examples=example_gen.outputs["examples"],
     ).with_id(assembler_id)
     mark_roles(assembler, "model", "blessing")
     # TF Serving's layout: <model base path>/<model name>/<version>/; the assembler blesses the

@@ -112,22 +112,27 @@ def latest_execution_property(out_dir: str, node: str, name: str) -> str:
 
 
 def latest_artifact(out_dir: str, node: str, type_name: str) -> metadata_store_pb2.Artifact:
-    """The newest (highest id) LIVE artifact of type `type_name` (e.g. "TransformGraph", "Model")
-    that the component `node` (its id in the pipeline, e.g. "Transform", "Trainer_light") output
-    in the run directory `out_dir`; its `uri` is where it lies. A cached execution records the
-    artifact it reuses as its output too, so a run served from cache finds it as well."""
+    """The LIVE artifact of type `type_name` (e.g. "TransformGraph", "Model") output by the newest
+    execution of the component `node` (its id in the pipeline, e.g. "Transform", "Trainer_light")
+    that output one, in the run directory `out_dir`; its `uri` is where it lies. A cached
+    execution records the artifact it reuses as its output, so a run served from cache finds the
+    artifact it reused, not a newer one of an earlier run."""
     store = open_store(out_dir)
     context = _node_context(store, node)
     execution_ids = [e.id for e in store.get_executions_by_context(context.id)] if context else []
     # Not the node context's artifacts: TFX attributes a component's inputs to it as well.
-    output_ids = sorted({e.artifact_id for e in store.get_events_by_execution_ids(execution_ids)
-                         if e.type == metadata_store_pb2.Event.OUTPUT}) if execution_ids else []
-    artifacts = [a for a in store.get_artifacts_by_id(output_ids)
-                 if a.type == type_name and a.state == metadata_store_pb2.Artifact.LIVE] if output_ids else []
-    if not artifacts:
-        raise FileNotFoundError(f"{out_dir}: its ML Metadata records no {type_name} output of {node}; "
-                                f"is it a `hap run` output that got past {node}?")
-    return max(artifacts, key=lambda a: a.id)
+    outputs: dict[int, set] = {}
+    for event in store.get_events_by_execution_ids(execution_ids) if execution_ids else []:
+        if event.type == metadata_store_pb2.Event.OUTPUT:
+            outputs.setdefault(event.execution_id, set()).add(event.artifact_id)
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(sorted(set().union(*outputs.values())))
+                 if a.type == type_name and a.state == metadata_store_pb2.Artifact.LIVE} if outputs else {}
+    for execution_id in sorted(outputs, reverse=True):
+        found = [artifacts[i] for i in outputs[execution_id] if i in artifacts]
+        if found:
+            return max(found, key=lambda a: a.id)
+    raise FileNotFoundError(f"{out_dir}: its ML Metadata records no {type_name} output of {node}; "
+                            f"is it a `hap run` output that got past {node}?")
 
 
 def training_summary(out_dir: str) -> dict[str, dict]:

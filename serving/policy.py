@@ -63,13 +63,16 @@ class CascadeSettings:
     max_candidates: the largest N a call may carry.
     tolerance, blessing_requests: the CascadeAssembler blesses a cascade whose blessing metric is
     at most `tolerance` below the last blessed cascade's, on at most `blessing_requests` eval
-    requests (components/cascade_assembler)."""
+    requests (components/cascade_assembler).
+    popularity_margin: without a last blessed cascade, by how much the cascade must beat item
+    popularity on those requests (decision 0018); negative, by how much it may trail it."""
 
     routing: RoutingPolicy
     k_out: int
     max_candidates: int
     tolerance: float
     blessing_requests: int
+    popularity_margin: float
 
     def __post_init__(self):
         if isinstance(self.routing, dict):  # as read back from JSON
@@ -79,3 +82,5 @@ class CascadeSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.tolerance >= 0:
             raise ValueError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
+        if not -1 <= self.popularity_margin <= 1:
+            raise ValueError(f"popularity_margin must be a number in [-1, 1], got {self.popularity_margin!r}")

@@ -1,6 +1,7 @@
 """End to end: the whole pipeline with LocalDagRunner on tiny data."""
 import csv
 import os
+import re
 import shutil
 
 import numpy as np
@@ -61,6 +62,19 @@ def test_pipeline_runs_caches_and_pushes_only_blessed_models(e2e_data, pipeline_
     assert fourth["Trainer_light"]["state"] == "CACHED" and fourth["Evaluator_light"]["state"] == "COMPLETE"
     assert fourth["CascadeAssembler"]["state"] == "COMPLETE"
     assert _pushed(out) == pushed, "a cascade of unblessed models was pushed"
+
+    # Blessed models again (cached), but a cascade that must beat item popularity by more than
+    # any GAUC can: the baseline of a cascade of today's models is popularity, not the first
+    # run's cascade; it is not blessed, nothing is pushed, and the summary says why.
+    run_pipeline(e2e_data, out, floor=0.0, **{"cascade.popularity_margin": 1.0})
+    fifth = run_report.latest_by_node(out)
+    assert fifth["Evaluator_light"]["state"] == "CACHED" and fifth["CascadeAssembler"]["state"] == "COMPLETE"
+    assert _pushed(out) == pushed
+    lines = run_report.summary_lines(out)
+    assert any(re.fullmatch(r"cascade: NOT blessed \(no blessed cascade to compare with; gauc on \d+ logged requests "
+                            r"[\d.]+ does not beat item popularity's \(days 0-1\) [\d.]+ by more than "
+                            r"1\.0\)", line) for line in lines), lines
+    assert any(line.startswith("pushed: NOTHING, as the cascade was not blessed; ") for line in lines), lines
 
 
 FOREIGN_FEATURES = """version: 1

@@ -5,8 +5,9 @@ cascade, as routed, did not regress: its blessing metric on the eval day
 (`evaluation.evaluate.cascade_quality`: funnel/ Recall@200 when the dataset has a funnel, else
 the logged requests' GAUC) is at most `regression_tolerance` below the last blessed cascade's
 (`baseline_model`) on the same data: the same `blessing_requests` requests at most, those whose
-ids hash lowest, so the cost does not grow with the eval day. A Pusher fed it pushes the cascade
-only then.
+ids hash lowest, so the cost does not grow with the eval day. Where there is no such cascade (a
+first run), it must beat item popularity on those requests by more than `popularity_margin`
+(decision 0018). A Pusher fed it pushes the cascade only then.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class CascadeAssemblerSpec(component_spec.ComponentSpec):
         "light_blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
         "heavy_blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
         "baseline_model": component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        # ContractExampleGen's output: its training days are item popularity's (no baseline_model).
+        "examples": component_spec.ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "model": component_spec.ChannelParameter(type=standard_artifacts.Model),
@@ -53,17 +56,19 @@ class CascadeAssembler(base_component.BaseComponent):
     which the component reads `cascade` (routing, sizes, blessing tolerance and sample) and
     `serving.model_name` (the TF Serving model name the warm-up requests address) and records all;
     `data_root` the contract dataset whose eval day (and funnel/) the cascade is validated on;
-    `baseline_model` the last blessed cascade, if any.
+    `baseline_model` the last blessed cascade, if any; without one that can be scored on the
+    day, item popularity on the training days of `examples` (evaluation/popularity.py).
     """
 
     SPEC_CLASS = CascadeAssemblerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, transform_graph, light_model, heavy_model, light_blessing, heavy_blessing,
-                 custom_config: dict, data_root: str, settings: HapSettings, baseline_model=None):
+                 custom_config: dict, data_root: str, settings: HapSettings, baseline_model=None, examples=None):
         super().__init__(spec=CascadeAssemblerSpec(
             transform_graph=transform_graph, light_model=light_model, heavy_model=heavy_model,
             light_blessing=light_blessing, heavy_blessing=heavy_blessing, baseline_model=baseline_model,
+            examples=examples,
             data_root=data_root, custom_config=json.dumps(custom_config, sort_keys=True),
             settings=json.dumps(to_plain(settings.cascade), sort_keys=True),
             model_name=settings.serving.model_name, hap_settings=settings.to_json(),

@@ -24,8 +24,10 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from hap import storage
+from hap.components.contract_example_gen.executor import TRAIN, read_days
 from hap.data import contract as c
 from hap.evaluation import evaluate
+from hap.evaluation.popularity import ItemPopularity
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
 from hap.serving import cascade, flops, warmup
 from hap.tree import parse
@@ -74,31 +76,65 @@ def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: 
 
 
 def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float,
-             max_requests: int | None = None) -> dict:
+             max_requests: int | None = None, popularity_days: list[int] | None = None,
+             popularity_margin: float = 0.0) -> dict:
     """The cascade's blessing metric on the eval day (at most `max_requests` of its requests, the
     same for both: evaluate.RequestSample) against the last blessed cascade's on the same data:
-    {"metric", "part", "value", "requests", "baseline", "regressed", "reason"}. A baseline that
-    cannot be scored on today's data (its features are not all there) is not compared with."""
-    quality = evaluate.cascade_quality(export_dir, data_root, max_requests)
-    out = {"metric": quality["metric"], "part": quality["part"], "value": quality["value"],
-           "requests": quality["requests"], "baseline": None, "regressed": False,
-           "reason": "no blessed cascade to compare with"}
-    if baseline_dir is None:
+    {"metric", "part", "value", "requests", "baseline", "baseline_name", "regressed", "reason"}.
+
+    Without a last blessed cascade that can be scored on today's data (a first run, or one whose
+    features changed), the baseline is item popularity on the training days `popularity_days`
+    (evaluation/popularity.py), scored on the same requests, which the cascade must beat by more
+    than `popularity_margin` (decision 0018); with `popularity_days` None, there is nothing to
+    compare with."""
+    out = {"baseline": None, "baseline_name": None, "regressed": False}
+    base, why_not = None, "no blessed cascade to compare with"
+    if baseline_dir is not None:
+        try:
+            base = evaluate.cascade_quality(baseline_dir, data_root, max_requests)
+        except (c.ContractError, ValueError, FileNotFoundError) as e:
+            why_not = f"the last blessed cascade cannot be scored on this data: {e}"
+    popularity = (ItemPopularity.from_days(data_root, c.load_features(data_root), popularity_days)
+                  if base is None and popularity_days is not None else None)
+    quality = evaluate.cascade_quality(export_dir, data_root, max_requests, popularity=popularity)
+    out.update(metric=quality["metric"], part=quality["part"], value=quality["value"], requests=quality["requests"])
+    measured = f"{quality['metric']} on {quality['requests']} {quality['part']} requests {quality['value']:.4f}"
+    if base is not None:
+        out.update(baseline=base["value"], baseline_name="the last blessed cascade")
+        if math.isnan(quality["value"]) or math.isnan(base["value"]):
+            out["reason"] = f"{quality['metric']} is not measurable on this data"
+        else:
+            out["regressed"] = quality["value"] < base["value"] - tolerance
+            out["reason"] = (f"{measured} is more than {tolerance} below the last blessed cascade's {base['value']:.4f}"
+                             if out["regressed"] else f"{measured} against the last blessed cascade's "
+                             f"{base['value']:.4f}")
         return out
-    try:
-        base = evaluate.cascade_quality(baseline_dir, data_root, max_requests)
-    except (c.ContractError, ValueError, FileNotFoundError) as e:
-        out["reason"] = f"the last blessed cascade cannot be scored on this data: {e}"
+    if popularity is None:
+        out["reason"] = why_not
         return out
-    out["baseline"] = base["value"]
-    if math.isnan(quality["value"]) or math.isnan(base["value"]):
-        out["reason"] = f"{quality['metric']} is not measurable on this data"
+    value = quality["popularity"]
+    out.update(baseline=value, baseline_name="item popularity")
+    days = f"item popularity's (days {_days_text(popularity_days)})"
+    if math.isnan(quality["value"]) or math.isnan(value):
+        out["reason"] = f"{why_not}; {quality['metric']} is not measurable on this data, so not compared with {days}"
     else:
-        measured = f"{quality['metric']} on {quality['requests']} {quality['part']} requests {quality['value']:.4f}"
-        out["regressed"] = quality["value"] < base["value"] - tolerance
-        out["reason"] = (f"{measured} is more than {tolerance} below the last blessed cascade's {base['value']:.4f}"
-                         if out["regressed"] else f"{measured} against the last blessed cascade's {base['value']:.4f}")
+        out["regressed"] = not quality["value"] > value + popularity_margin
+        if popularity_margin >= 0:
+            by = f" by more than {popularity_margin}" if popularity_margin else ""
+            verdict = f"{'does not beat' if out['regressed'] else 'beats'} {days} {value:.4f}{by}"
+        else:
+            verdict = f"is {-popularity_margin} or more below" if out["regressed"] else f"is less than {-popularity_margin} below"
+            verdict += f" {days} {value:.4f}"
+        out["reason"] = f"{why_not}; {measured} {verdict}"
     return out
+
+
+def _days_text(days: list[int]) -> str:
+    days = sorted(days)
+    if not days:
+        return "none"
+    return f"{days[0]}-{days[-1]}" if len(days) > 1 and days == list(range(days[0], days[-1] + 1)) \
+        else ", ".join(map(str, days))
 
 
 class Executor(base_executor.BaseExecutor):
@@ -121,14 +157,18 @@ class Executor(base_executor.BaseExecutor):
         blessing = _single(output_dict["blessing"])
         if blessed:
             baseline = input_dict.get("baseline_model") or []
+            examples = input_dict.get("examples") or []
             check = validate(export_dir, path_utils.serving_model_path(baseline[0].uri) if baseline else None,
-                             exec_properties["data_root"], settings.tolerance, settings.blessing_requests)
+                             exec_properties["data_root"], settings.tolerance, settings.blessing_requests,
+                             popularity_days=read_days(_single(examples).uri)[TRAIN] if examples else None,
+                             popularity_margin=settings.popularity_margin)
             blessed = not check["regressed"]
             blessing.set_string_custom_property("cascade_metric", check["metric"])
             blessing.set_float_custom_property("cascade_value", check["value"])
             blessing.set_int_custom_property("cascade_requests", check["requests"])
             if check["baseline"] is not None:
                 blessing.set_float_custom_property("baseline_value", check["baseline"])
+                blessing.set_string_custom_property("baseline_name", check["baseline_name"])
             blessing.set_string_custom_property("reason", check["reason"])
         else:
             blessing.set_string_custom_property("reason", "a model of the cascade was not blessed by its Evaluator")

@@ -124,8 +124,41 @@ def test_a_cascade_is_validated_against_the_last_blessed_one(cascade_model, e2e_
 
     # A new cascade 0.02 below the last blessed one regresses at a tolerance of 0.01, not at 0.03.
     values = {"new": 0.70, "old": 0.72}
-    monkeypatch.setattr(executor.evaluate, "cascade_quality", lambda version, data, max_requests: {
+    monkeypatch.setattr(executor.evaluate, "cascade_quality", lambda version, data, max_requests, **_: {
         "part": "funnel", "metric": "oracle_recall@200", "value": values[version], "requests": 3})
     check = executor.validate("new", "old", e2e_data, tolerance=0.01)
     assert check["regressed"] and "0.7000 is more than 0.01 below the last blessed cascade's 0.7200" in check["reason"]
     assert not executor.validate("new", "old", e2e_data, tolerance=0.03)["regressed"]
+
+
+def test_a_first_cascade_must_beat_item_popularity_on_the_same_requests(cascade_model, e2e_data):
+    """Without a last blessed cascade, the baseline is item popularity on the training days, scored
+    on the requests the cascade is scored on with the same metric."""
+    import numpy as np
+
+    from hap.evaluation import auc_metrics, evaluate
+    from hap.evaluation.popularity import ItemPopularity
+
+    features = c.load_features(e2e_data)
+    check = executor.validate(cascade_model, None, e2e_data, tolerance=0.01, popularity_days=[0, 1])
+    # The eval day's logged requests (the dataset has no funnel/), scored here by popularity alone.
+    _, requests = evaluate.eval_day_requests(e2e_data, features)
+    rows = [r for rs in requests.values() for r in rs]
+    popularity = ItemPopularity.from_days(e2e_data, features, [0, 1])
+    expected = auc_metrics.gauc(np.array([r["request_id"] for r in rows]), np.array([r["click"] for r in rows]),
+                                popularity.scores(r["item_id"] for r in rows), np.array(evaluate.groups_of(rows)))
+    assert check["baseline_name"] == "item popularity" and check["baseline"] == pytest.approx(expected.value)
+    assert check["regressed"] == (not check["value"] > check["baseline"])
+    assert "no blessed cascade to compare with; gauc on" in check["reason"]
+    assert "item popularity's (days 0-1)" in check["reason"]
+    # A margin no GAUC can clear refuses it, saying by how much it had to win.
+    refused = executor.validate(cascade_model, None, e2e_data, 0.01, popularity_days=[0, 1], popularity_margin=1.0)
+    assert refused["regressed"] and "does not beat item popularity's" in refused["reason"]
+    assert refused["reason"].endswith("by more than 1.0")
+    # A negative margin lets it trail popularity by that much.
+    lenient = executor.validate(cascade_model, None, e2e_data, 0.01, popularity_days=[0, 1], popularity_margin=-1.0)
+    assert not lenient["regressed"] and " is less than 1.0 below item popularity's " in lenient["reason"]
+    # A last blessed cascade that cannot be scored on this data gives way to popularity.
+    fallback = executor.validate(cascade_model, "/nonexistent/cascade", e2e_data, 0.01, popularity_days=[0, 1])
+    assert fallback["baseline"] == check["baseline"]
+    assert fallback["reason"].startswith("the last blessed cascade cannot be scored on this data")
