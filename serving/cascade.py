@@ -81,7 +81,12 @@ class CascadeModule(tf.Module):
     def __init__(self, light, heavy, tft_layer, raw_spec: dict, features: c.FeatureSet,
                  settings: CascadeSettings = CascadeSettings()):
         super().__init__(name="hap_cascade")
-        self.light, self.heavy, self.tft_layer = light, heavy, tft_layer
+        # The Keras models are saved as their variables, not as Keras objects: a Keras model in
+        # a SavedModel brings a traced function of every layer, which no signature calls and
+        # every load restores (decision 0019).
+        self.light, self.heavy = self._no_dependency(light), self._no_dependency(heavy)
+        self.light_variables, self.heavy_variables = list(light.variables), list(heavy.variables)
+        self.tft_layer = tft_layer
         self._raw_spec = {n: raw_spec[n] for n in features.names}
         self._features = features
         self._settings = settings
