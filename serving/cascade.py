@@ -85,7 +85,7 @@ class CascadeModule(tf.Module):
         # a SavedModel brings a traced function of every layer, which no signature calls and
         # every load restores (decision 0019).
         self.light, self.heavy = self._no_dependency(light), self._no_dependency(heavy)
-        self.light_variables, self.heavy_variables = list(light.variables), list(heavy.variables)
+        self.light_variables, self.heavy_variables = (list(m.variables) if m is not None else [] for m in (light, heavy))
         self.tft_layer = tft_layer
         self._raw_spec = {n: raw_spec[n] for n in features.names}
         self._features = features
