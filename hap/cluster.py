@@ -406,10 +406,17 @@ def airflow_worker_name() -> str:
 
 
 def airflow_environment(state_dir: str, database_url: str, broker_url: str, hap_env: dict[str, str],
-                        zombie_threshold_s: int = 300) -> dict[str, str]:
+                        zombie_threshold_s: int = 300, zombie_detection_interval_s: int = 60) -> dict[str, str]:
     """The environment of Airflow's scheduler and Celery workers: Airflow's own settings, and
     `hap_env` (HAP_DATA, HAP_OUT, HAP_SET or HAP_CONFIG, HAP_MYSQL_PASSWORD, the S3 client's).
-    A task whose worker stops heartbeating is failed, and so retried, after `zombie_threshold_s`."""
+    A task whose worker stops heartbeating is failed, and so retried, `zombie_threshold_s` after
+    its last heartbeat, at the next zombie check (every `zombie_detection_interval_s`).
+
+    The interval must exceed the time the DAG processor takes to handle a zombie, which parses
+    the DAG file (HAP's imports TFX: 5-6 s on an idle 2-core host, more under load). Until it is
+    handled the task stays `running`, each check finds it again, and Airflow 2.10 fails it once
+    per finding, each taking one retry from the tries that follow (apache/airflow#31212): with
+    Airflow's 10 s, a killed task on a busy host used up its retries without running again."""
     home = os.path.join(os.path.abspath(state_dir), AIRFLOW_HOME)
     dags = os.path.join(home, "dags")
     os.makedirs(dags, exist_ok=True)
@@ -431,7 +438,10 @@ def airflow_environment(state_dir: str, database_url: str, broker_url: str, hap_
         # every task that import.
         "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "hap.pipeline.celery_config.CELERY_CONFIG",
         "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": str(zombie_threshold_s),
-        "AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL": str(max(1, min(10, zombie_threshold_s // 2))),
+        "AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL": str(zombie_detection_interval_s),
+        # The DAG file imports TFX: on a busy host its parse outlasts Airflow's 30 s and 50 s limits.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "180",
+        "AIRFLOW__CORE__DAG_FILE_PROCESSOR_TIMEOUT": "240",
         # The DAG file changes only with a deployment: parse it at start, not every 30 s.
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "3600",
         "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",

@@ -279,7 +279,8 @@ def celery(mariadb, s3, e2e_data, tmp_path_factory):
     """Airflow as a cluster runs it, on loopback: its database in PostgreSQL, a Redis broker, the
     scheduler and two Celery workers, each a process of its own; ML Metadata in MariaDB; the
     dataset, every artifact and the pushed cascades on the S3 server. A worker that stops
-    heartbeating is declared dead after 10 s and its task retried at once."""
+    heartbeating is declared dead 10-40 s later and its task retried at once (the 30 s between
+    zombie checks: hap/cluster.py's airflow_environment says why they must outlast a parse)."""
     reason = _missing() or _airflow_missing()
     if reason:
         pytest.skip(reason)
@@ -298,7 +299,8 @@ def celery(mariadb, s3, e2e_data, tmp_path_factory):
         state, cluster.start_postgres(state, cluster.free_port(), "airflow-test-password"),
         cluster.start_redis(state, cluster.free_port()),
         {"HAP_DATA": data, "HAP_OUT": os.path.join(state, "out"), "HAP_SET": hap_set,
-         "HAP_MYSQL_PASSWORD": PASSWORD, **s3.environment()}, zombie_threshold_s=10)
+         "HAP_MYSQL_PASSWORD": PASSWORD, **s3.environment()}, zombie_threshold_s=10,
+        zombie_detection_interval_s=30)
     try:
         workers = cluster.start_airflow(state, env)
         yield state, env, workers, full
@@ -423,16 +425,25 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
 
 
 def _why(env: dict, run_id: str) -> str:
-    """The DagRun's tasks that did not succeed, each with the end of its last try's log."""
+    """The DagRun's tasks that did not succeed, each with the end of every try's log and what the
+    scheduler said of it (a try failed by the scheduler, as a zombie or from the queue, has no log
+    of its own)."""
     lines = []
+    scheduler_log = os.path.join(os.path.dirname(env["AIRFLOW_HOME"]), f"{cluster.SCHEDULER}.log")
     for task, t in sorted(cluster.task_instances(env, run_id).items()):
-        if t["state"] != "success":
-            lines.append(f"{task}: {t}")
+        if t["state"] == "success":
+            continue
+        lines.append(f"{task}: {t}")
+        for attempt in range(1, t["try_number"] + 1):
             log = os.path.join(env["AIRFLOW_HOME"], "logs", "dag_id=hap", f"run_id={run_id}", f"task_id={task}",
-                               f"attempt={max(t['try_number'], 1)}.log")
+                               f"attempt={attempt}.log")
             if os.path.exists(log):
                 with open(log) as f:
-                    lines += [line.rstrip() for line in f if "Warning" not in line][-25:]
+                    lines += [f"  try {attempt}: {line.rstrip()}" for line in f if "Warning" not in line][-15:]
+        if t["try_number"] and os.path.exists(scheduler_log):
+            with open(scheduler_log) as f:
+                lines += [f"  scheduler: {line.rstrip()[:400]}" for line in f
+                          if f"'{task}'" in line and run_id in line and "Sending" not in line][-10:]
     return "\n".join(lines)
 
 
