@@ -1,17 +1,22 @@
 """Latency and compute of the pushed cascade for requests of N candidates (default N = 1000; K,
 the candidates routed to the heavy model, as the cascade's own routing policy decides, its mean
-over the requests):
+over the requests), each beside a dense matrix product of the same FLOPs timed in the same
+process (benchmarks/serving_profile.py's reference):
 
-(a) the `cascade` signature in-process, (b) the same through `hap serve` over gRPC (a separate
-process, one client sending requests back to back), (c) the `heavy` signature on all N
-in-process; and FLOPs per request of the cascade, the light model alone and the heavy model on
-all N, from the per-part counts the assembler stored with the model (serving/flops.py).
+- in-process: the `cascade`, `light` and `heavy` (on all N) signatures;
+- through `hap serve` over gRPC (a separate process), with 1, 4 and 16 concurrent clients
+  (threads of this process sending requests back to back): p50, p99 and requests per second,
+  also per core; one client's p50 against the in-process p50 is what the server adds.
+
+FLOPs per request come from the per-part counts the assembler stored with the model
+(serving/flops.py), counting the models as served: both light towers for every candidate and
+the heavy model for the routed ones.
 
     .venv/bin/python benchmarks/serving_latency.py --run demo/run --data demo/data [--requests 200]
 
 Requests are the data's funnel/ requests (a whole retrieval result each), cut or cycled to N
 rows; without funnel/, N sample rows under one request's user. Prints a markdown table and
-writes `serving_latency.json` under --out (default: <run>/benchmarks).
+writes results/serving_latency.json.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent import futures
 
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -32,7 +39,7 @@ from hap.data import contract as c
 from hap.data import reader
 from hap.serving import cascade, client, flops, model_versions
 from hap.serving import request as rq
-from results import command_line, table, write_result
+from results import command_line, load, render_table, table, write_result
 
 
 def build_requests(data_dir: str, features: c.FeatureSet, n: int, count: int) -> list[dict]:
@@ -68,16 +75,50 @@ def time_calls(call, requests: list, total: int, warmup: int = 5) -> dict:
     return summarise(latencies, time.perf_counter() - start)
 
 
+def dense_reference_ms(flop_count: float, repeats: int = 20) -> float:
+    """p50 milliseconds of a float32 matrix product of about `flop_count` FLOPs (2 m k n)."""
+    side = max(8, int(round((flop_count / 2) ** (1 / 3))))
+    a, b = tf.random.normal([side, side]), tf.random.normal([side, side])
+    product = tf.function(lambda: tf.matmul(a, b))
+    for _ in range(3):
+        product().numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product().numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, 50) * 1000) * flop_count / (2 * side ** 3)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def time_grpc(version_dir: str, requests: list, total: int) -> dict:
+def time_concurrent(call, requests: list, clients: int, total: int) -> dict:
+    """`clients` threads sending `total` requests in all, each back to back."""
+    latencies, lock = [], threading.Lock()
+
+    def client_loop(first: int) -> None:
+        for i in range(first, total, clients):
+            started = time.perf_counter()
+            call(requests[i % len(requests)])
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    with futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda i: call(requests[i % len(requests)]), range(2 * clients)))  # warm-up
+        started = time.perf_counter()
+        list(pool.map(client_loop, range(clients)))
+    return summarise(latencies, time.perf_counter() - started)
+
+
+def time_grpc(version_dir: str, requests: list, total: int, clients: tuple[int, ...]) -> dict:
+    """`hap serve` on the version's base path, timed with each number of concurrent clients."""
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", os.path.dirname(version_dir),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         stub = client.connect(f"127.0.0.1:{port}")
         deadline = time.time() + 300
@@ -90,7 +131,7 @@ def time_grpc(version_dir: str, requests: list, total: int) -> dict:
                     raise RuntimeError("hap serve did not come up")
                 time.sleep(1)
         protos = [rq.predict_request("hap", "cascade", r) for r in requests]
-        return time_calls(lambda p: stub.Predict(p, timeout=60), protos, total)
+        return {n: time_concurrent(lambda p: stub.Predict(p, timeout=60), protos, n, total) for n in clients}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -101,11 +142,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a `hap run` output directory with a pushed cascade")
     parser.add_argument("--data", required=True, help="the dataset the requests come from")
     parser.add_argument("--n", type=int, default=1000, help="candidates per request")
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per setting")
-    parser.add_argument("--out")
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per row")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent gRPC clients")
     args = parser.parse_args()
-    out = args.out or os.path.join(args.run, "benchmarks")
-    os.makedirs(out, exist_ok=True)
 
     version_dir = model_versions.newest_complete_version(os.path.join(args.run, "serving", "hap"))
     with open(os.path.join(version_dir, "assets.extra", cascade.INFO_FILE)) as f:
@@ -117,37 +156,39 @@ def main() -> None:
     tensors = [{name: tf.constant(v, dtype=tf.string if v.dtype == object else None) for name, v in r.items()}
                for r in requests]
     k = float(np.mean([model.signatures["cascade"](**t)["routed"].numpy().sum() for t in tensors]))
-    print(f"model {version_dir}: N = {args.n}, routing {policy.label}: K = {k:g} routed on average", flush=True)
+    cost = flops.request_flops(info["flops"], args.n, k)
+    cores = os.cpu_count()
+    print(f"model {version_dir}: N = {args.n}, routing {policy.label}: K = {k:g} routed on average; "
+          f"{cores} cores", flush=True)
 
-    def in_process(signature):
+    rows, results = [], {"n": args.n, "k": k, "model": version_dir, "flops": cost, "cores": cores}
+    columns = [f"N = {args.n}, K = {k:g}", "p50 ms", "p99 ms", "requests/s", "requests/s per core",
+               "MFLOPs per request", "dense product ms", "p50 / dense product"]
+    for label, signature, flop_key in (("cascade, in-process", "cascade", "cascade"),
+                                       ("light model alone, in-process", "light", "light_only"),
+                                       ("heavy model on all N, in-process", "heavy", "heavy_all")):
+        print(f"timing {label} ...", flush=True)
         fn = model.signatures[signature]
-        return lambda i: fn(**tensors[i])
-
-    index = list(range(len(requests)))
-    results = {"n": args.n, "k": k, "model": version_dir, "flops": flops.request_flops(info["flops"], args.n, k)}
-    for name, signature in (("cascade_in_process", "cascade"), ("heavy_all_in_process", "heavy")):
-        print(f"timing {name} ...", flush=True)
-        results[name] = time_calls(in_process(signature), index, args.requests)
-    print("timing cascade_grpc (hap serve in a subprocess) ...", flush=True)
-    results["cascade_grpc"] = time_grpc(version_dir, requests, args.requests)
-    with open(os.path.join(out, "serving_latency.json"), "w") as f:
-        json.dump(results, f, indent=1)
-
-    columns = [f"N = {args.n}, K = {k:g}", "p50 ms", "p99 ms", "requests/s", "MFLOPs per request"]
-    rows = []
-    for label, key, cost in (("(a) cascade, in-process", "cascade_in_process", "cascade"),
-                             ("(b) cascade, gRPC via `hap serve`", "cascade_grpc", "cascade"),
-                             ("(c) heavy model on all N, in-process", "heavy_all_in_process", "heavy_all")):
-        r = results[key]
-        rows.append([label, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['requests_per_s']:.1f}",
-                     f"{results['flops'][cost] / 1e6:.1f}"])
-    rows.append(["light model alone (FLOPs only)", "", "", "", f"{results['flops']['light_only'] / 1e6:.1f}"])
-    print("\n| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    write_result("serving_latency", command_line(), table(columns, rows),
-                 notes=f"routing {policy.label}; {args.requests} timed requests per row; model {version_dir}")
+        timed = time_calls(lambda i: fn(**tensors[i % len(tensors)]), list(range(len(tensors))), args.requests)
+        timed["dense_reference_ms"] = dense_reference_ms(cost[flop_key])
+        results[signature] = timed
+        rows.append([label, f"{timed['p50_ms']:.2f}", f"{timed['p99_ms']:.2f}", f"{timed['requests_per_s']:.1f}",
+                     f"{timed['requests_per_s'] / cores:.1f}", f"{cost[flop_key] / 1e6:.1f}",
+                     f"{timed['dense_reference_ms']:.3f}", f"{timed['p50_ms'] / timed['dense_reference_ms']:.1f}"])
+    print("timing cascade through `hap serve` (a subprocess) ...", flush=True)
+    results["grpc"] = time_grpc(version_dir, requests, args.requests, tuple(args.clients))
+    for clients, timed in results["grpc"].items():
+        rows.append([f"cascade, gRPC via `hap serve`, {clients} client{'s' if clients > 1 else ''}",
+                     f"{timed['p50_ms']:.2f}", f"{timed['p99_ms']:.2f}", f"{timed['requests_per_s']:.1f}",
+                     f"{timed['requests_per_s'] / cores:.1f}", f"{cost['cascade'] / 1e6:.1f}", "", ""])
+    one = results["grpc"].get(1)
+    added = "" if one is None else (f"; one gRPC client's p50 is "
+                                    f"{100 * (one['p50_ms'] / results['cascade']['p50_ms'] - 1):.0f}% over the "
+                                    "in-process p50")
+    path = write_result("serving_latency", command_line(), table(columns, rows),
+                        notes=f"routing {policy.label}; {args.requests} timed requests per row; model {version_dir}; "
+                              f"gRPC clients are threads of the benchmark's process, on the same cores as the server{added}")
+    print("\n" + render_table(load(path)), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import glob
 import json
 import os
 import tempfile
-import time
 
 import hap  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -32,7 +31,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from hap.data import contract as c
 from hap.serving import cascade, flops, model_versions
 from results import RESULTS_DIR, command_line, table, write_result
-from serving_latency import build_requests, time_calls
+from serving_latency import build_requests, dense_reference_ms, time_calls
 
 # A part is the first of these name scopes an op's name holds (the models' own layer names).
 PARTS = (("Transform", "transform_features_layer"), ("light user tower", "user_tower"),
@@ -70,21 +69,6 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
                 by_part[part_of(scope)] += event.duration_ps / 1e9
                 by_type[op_type] += event.duration_ps / 1e9
     return by_part, by_type
-
-
-def dense_reference_ms(flop_count: float, repeats: int = 20) -> float:
-    """p50 milliseconds of a float32 matrix product of about `flop_count` FLOPs (2 m k n)."""
-    side = max(8, int(round((flop_count / 2) ** (1 / 3))))
-    a, b = tf.random.normal([side, side]), tf.random.normal([side, side])
-    product = tf.function(lambda: tf.matmul(a, b))
-    for _ in range(3):
-        product().numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product().numpy()
-        times.append(time.perf_counter() - start)
-    return float(np.percentile(times, 50) * 1000) * flop_count / (2 * side ** 3)
 
 
 def plot(rows: list[dict], path: str) -> None:

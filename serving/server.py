@@ -45,7 +45,6 @@ import time
 from concurrent import futures
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, saved_model_pb2
 from google.protobuf import text_format
@@ -100,6 +99,8 @@ class LoadedVersion:
     signatures: dict                # name -> concrete function
     signature_defs: dict            # name -> SignatureDef proto, for GetModelMetadata
     warmup_seconds: float | None = None  # None: the version has no warm-up requests
+    # name -> the signature behind parsing and serializing (_proto_function), built at load
+    proto_functions: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(cls, base_path: str, version: int) -> "LoadedVersion":
@@ -108,11 +109,19 @@ class LoadedVersion:
         saved = saved_model_pb2.SavedModel()
         with storage.open(storage.join(path, "saved_model.pb"), "rb") as f:
             saved.ParseFromString(f.read())
-        loaded = cls(version, path, model, dict(model.signatures), dict(saved.meta_graphs[0].signature_def))
+        signatures = dict(model.signatures)
+        loaded = cls(version, path, model, signatures, dict(saved.meta_graphs[0].signature_def),
+                     proto_functions={name: _proto_function(fn) for name, fn in signatures.items()})
         started = time.perf_counter()
         if loaded.warm_up() is not None:
             loaded.warmup_seconds = time.perf_counter() - started
         return loaded
+
+    def run(self, name: str, checked: dict) -> dict:
+        """The outputs of signature `name` on `checked` (_check_inputs' TensorProtos), each a
+        serialized TensorProto."""
+        outputs = self.proto_functions[name](tf.constant([checked[n].SerializeToString() for n in sorted(checked)]))
+        return {key: value.numpy() for key, value in outputs.items()}
 
     def warm_up(self) -> int | None:
         """Replays `assets.extra/tf_serving_warmup_requests` as TF Serving does, before the
@@ -124,10 +133,28 @@ class LoadedVersion:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             log_entry = prediction_log_pb2.PredictionLog.FromString(record)
             request = log_entry.predict_log.request
-            fn = self.signatures[request.model_spec.signature_name or "serving_default"]
-            fn(**_check_inputs(fn, request.inputs))
+            name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            self.run(name, _check_inputs(self.signatures[name], request.inputs))
             replayed += 1
         return replayed
+
+
+def _proto_function(fn):
+    """`fn` taking its inputs as serialized TensorProtos (a string vector, in the order of their
+    sorted names) and giving its outputs serialized: one call into TensorFlow per request, where
+    converting each proto to a tensor in Python and each output back cost about as much as the
+    cascade graph itself at 10 candidates (decision 0020). `tf.ensure_shape` gives the signature
+    the static shapes it was traced with; _check_inputs has checked them already."""
+    specs = fn.structured_input_signature[1]
+    names = sorted(specs)
+
+    def call(serialized):
+        outputs = fn(**{name: tf.ensure_shape(tf.io.parse_tensor(serialized[i], specs[name].dtype), specs[name].shape)
+                        for i, name in enumerate(names)})
+        return {key: tf.io.serialize_tensor(value) for key, value in outputs.items()}
+
+    return tf.function(call, input_signature=[tf.TensorSpec([len(names)], tf.string)],
+                       autograph=False).get_concrete_function()
 
 
 def _dtype_name(enum: int) -> str:
@@ -140,12 +167,13 @@ def _dtype_name(enum: int) -> str:
         return f"dtype enum {enum}, which is no TensorFlow dtype"
 
 
-def _check_inputs(fn, inputs: dict) -> dict:
-    """Request TensorProtos as tensors, checked against the signature's input specs, in TF
-    Serving's order (predict_util.cc, tensorflow/cc/saved_model/util.cc): the input names, then
+def _check_inputs(fn, inputs) -> dict:
+    """The request's TensorProtos by input name, checked against the signature's input specs, in
+    TF Serving's order (predict_util.cc, tensorflow/cc/saved_model/util.cc): the input names, then
     each tensor's dtype and declared shape, then (stricter than TF Serving) the values: the
     declared shape must hold exactly the values carried, and a numeric value must be finite and
-    within the data contract's bound (request.numeric_problem)."""
+    within the data contract's bound (request.numeric_problem). Only the numeric inputs' values
+    are read here; the rest are parsed in the graph (_proto_function)."""
     specs = fn.structured_input_signature[1]
     missing = sorted(set(specs) - set(inputs))
     extra = sorted(set(inputs) - set(specs))
@@ -156,25 +184,21 @@ def _check_inputs(fn, inputs: dict) -> dict:
         problems.append(f"unknown input(s): {', '.join(extra)}")
     if problems:
         raise RequestError("; ".join(problems))
-    tensors = {}
+    checked = {}
     for name, spec in specs.items():
         proto = inputs[name]
         if proto.dtype != spec.dtype.as_datatype_enum:
             raise RequestError(f"input {name!r}: expected dtype {spec.dtype.name}, got {_dtype_name(proto.dtype)}")
-        _check_declared_shape(name, proto, spec.dtype)
-        try:
-            value = tf.make_ndarray(proto)
-        except Exception as e:  # a TensorProto whose content does not match its shape
-            raise RequestError(f"input {name!r}: malformed tensor: {e}") from None
-        if not spec.shape.is_compatible_with(value.shape):
+        dims = _check_declared_shape(name, proto, spec.dtype)
+        if not spec.shape.is_compatible_with(dims):
             want = [d if d is not None else "N" for d in spec.shape.as_list()]
-            raise RequestError(f"input {name!r}: expected shape {want}, got {list(value.shape)}")
+            raise RequestError(f"input {name!r}: expected shape {want}, got {dims}")
         if spec.dtype.is_floating:
-            problem = rq.numeric_problem(name, value)
+            problem = rq.numeric_problem(name, tf.make_ndarray(proto))
             if problem:
                 raise RequestError(problem)
-        tensors[name] = tf.constant(value, dtype=spec.dtype)
-    return tensors
+        checked[name] = proto
+    return checked
 
 
 # Where a TensorProto keeps its values when they are not packed in tensor_content.
@@ -182,19 +206,23 @@ _VALUE_FIELDS = {tf.string: "string_val", tf.float32: "float_val", tf.float64: "
                  tf.int32: "int_val", tf.int64: "int64_val", tf.bool: "bool_val"}
 
 
-def _check_declared_shape(name: str, proto, dtype: tf.DType) -> None:
-    """The declared shape must hold exactly the values the request carries, checked before any
-    allocation: TensorFlow would fill a shape of 10,000,000 rows from one value."""
+def _check_declared_shape(name: str, proto, dtype: tf.DType) -> list[int]:
+    """The declared shape, which must hold exactly the values the request carries, checked before
+    any allocation: TensorFlow would fill a shape of 10,000,000 rows from one value."""
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise RequestError(f"input {name!r}: negative dimension in shape {dims}")
     if dtype not in _VALUE_FIELDS:
-        return
+        return dims
+    if proto.tensor_content and len(proto.tensor_content) % dtype.size:
+        raise RequestError(f"input {name!r}: malformed tensor: tensor_content holds {len(proto.tensor_content)} "
+                           f"bytes, not a whole number of {dtype.name} values")
     carried = (len(proto.tensor_content) // dtype.size if proto.tensor_content
                else len(getattr(proto, _VALUE_FIELDS[dtype])))
     declared = math.prod(dims)
     if carried != declared:
         raise RequestError(f"input {name!r}: shape {dims} holds {declared} values, the request carries {carried}")
+    return dims
 
 
 def _graph_message(error: tf.errors.OpError) -> str:
@@ -422,15 +450,15 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer, model_s
                 # TF Serving's code for it (predict_util.cc); its REST API says INVALID_ARGUMENT.
                 raise RequestError(f"unknown signature {name!r}; the model has: {', '.join(sorted(servable.signatures))}",
                                    grpc.StatusCode.FAILED_PRECONDITION)
-            inputs = _check_inputs(fn, request.inputs)
+            checked = _check_inputs(fn, request.inputs)
             wanted = _output_filter(request.output_filter, servable.signature_defs[name])
-            outputs = fn(**inputs)
+            outputs = servable.run(name, checked)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = self.model_name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = name
             for key in wanted:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(outputs[key].numpy())))
+                response.outputs[key].ParseFromString(outputs[key])
             return response
         return self._answer(context, work, PREDICT, request.model_spec.name)
 
