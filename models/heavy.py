@@ -47,11 +47,31 @@ class HeavyModel(layers.FeatureDictModel):
         self.logit = tf.keras.layers.Dense(1, name="logit")
 
     def call(self, features, training=None):
+        return self._logits(features)
+
+    def logits_for_one_request(self, user: dict, candidates: dict) -> tf.Tensor:
+        """Logits [K] of one request's K candidates: `user` holds its user and context features,
+        one row, `candidates` the item and cross features, K rows. Equal to `call` on the user's
+        row beside each candidate up to float rounding; the user's histories that candidates
+        attend over are embedded once per request and attended over without repeating them per
+        candidate (TargetAttention.attend_shared, decision 0020). The rest of the user's row, a
+        few ids and numbers, is repeated."""
+        rows = tf.shape(next(iter(candidates.values())))[0]
+        attended = frozenset(f.name for f in self.embed.sequences if f.target and f.name in user)
+        features = {**candidates, **{name: value if name in attended else tf.repeat(value, rows, axis=0)
+                                     for name, value in user.items()}}
+        return self._logits(features, attended)
+
+    def _logits(self, features, attended: frozenset = frozenset()) -> tf.Tensor:
+        """Logits of `features`' rows; the sequences named in `attended` have one row, which every
+        row attends over."""
         e = self.embed(features)
         parts = [e["categorical"][f.name] for f in self.embed.categorical]
         for f in self.embed.sequences:
             seq, mask = e["sequence"][f.name], e["sequence_mask"][f.name]
-            if f.target:
+            if f.name in attended:
+                parts.append(self.attention[f.name].attend_shared(e["categorical"][f.target], seq, mask))
+            elif f.target:
                 parts.append(self.attention[f.name](e["categorical"][f.target], seq, mask))
             else:
                 parts.append(self.pools[f.name](seq, mask))

@@ -142,6 +142,29 @@ class TargetAttention(tf.keras.layers.Layer):
         weights = self.attention_weights(query, keys, mask)
         return tf.reduce_sum(keys * weights[..., tf.newaxis], axis=1)
 
+    def attend_shared(self, query, keys, mask):
+        """`call` for B queries over one sequence they all share (a request's candidates over its
+        user's history): keys [1, L, d], mask [1, L] -> [B, d], equal to `call` on the sequence
+        repeated B times up to float rounding.
+
+        The first scoring layer is linear in its input [q, k, q - k, q * k], so its pre-activation
+        splits into q (Wq + Wd), once per query, k (Wk - Wd), once per position, and (q * k) Wp,
+        the only term computed per pair: a quarter of the pairs' products, and no [B, L, 4d]
+        concatenation (decision 0020)."""
+        first, rest = ((self.scorer.dense_layers[0], self.scorer.dense_layers[1:] + [self.score])
+                       if self.scorer.dense_layers else (self.score, []))
+        d = query.shape[-1]
+        w_q, w_k, w_d, w_p = (first.kernel[i * d:(i + 1) * d] for i in range(4))
+        key = keys[0]
+        h = (tf.matmul(query, w_q + w_d)[:, tf.newaxis, :] + tf.matmul(key, w_k - w_d)[tf.newaxis]
+             + tf.tensordot(query[:, tf.newaxis, :] * key[tf.newaxis], w_p, axes=1) + first.bias)
+        h = first.activation(h)
+        for layer in rest:
+            h = layer(h)
+        scores = tf.squeeze(h, -1)
+        weights = tf.nn.softmax(tf.where(mask, scores, _MASKED_SCORE), axis=-1) * tf.cast(mask, scores.dtype)
+        return tf.matmul(weights, key)
+
 
 class FeatureDictModel(tf.keras.Model):
     """A model built from a ModelInputs and a frozen hyper-parameter dataclass, fed a dict of

@@ -143,10 +143,7 @@ class CascadeModule(tf.Module):
 
     def _heavy_logits(self, user: dict, items: dict, rows: tf.Tensor) -> tf.Tensor:
         """Heavy logits of the candidates at `rows`, the request's user row beside each."""
-        ones = tf.zeros_like(rows)
-        features = {k: tf.gather(v, ones) for k, v in user.items()}
-        features.update({k: tf.gather(v, rows) for k, v in items.items()})
-        return self.heavy(features, training=False)
+        return self.heavy.logits_for_one_request(user, {k: tf.gather(v, rows) for k, v in items.items()})
 
     def _light_logits(self, user: dict, items: dict, with_router: bool = False):
         """The light logits [N], and the difficulty router's [N] (None unless `with_router`)."""

@@ -189,6 +189,37 @@ def test_target_attention_ignores_padded_positions():
     np.testing.assert_allclose(weights.sum(axis=1), [0.0, 1.0, 1.0, 1.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("hidden_units", [(), (32,), (16, 8)])
+def test_attention_over_one_shared_history_equals_attention_over_its_copies(hidden_units):
+    attention = layers.TargetAttention(hidden_units)
+    query, keys, _ = _attention_inputs()
+    rows = query.shape[0]
+    for length in (0, 2, keys.shape[1]):  # an empty history, a short one, a full one
+        mask = tf.constant(np.arange(keys.shape[1])[None, :] < length)
+        shared = tf.constant(keys[:1])
+        repeated = attention(query, tf.repeat(shared, rows, axis=0), tf.repeat(mask, rows, axis=0)).numpy()
+        np.testing.assert_allclose(attention.attend_shared(query, shared, mask).numpy(), repeated, rtol=1e-5, atol=1e-6)
+        if length == 0:
+            np.testing.assert_array_equal(repeated, 0.0)
+
+
+@pytest.mark.parametrize("name", ["simulator", "categorical_only"])
+def test_heavy_logits_of_one_request_equal_those_of_its_user_row_beside_each_candidate(name):
+    features = (simulator.FEATURE_SET if name == "simulator"
+                else contract.parse_features({"version": 1, "features": SMALL_FEATURE_SETS[name]}, name))
+    model = heavy.HeavyModel(_model_inputs(features))
+    batch = _batch(features, seed=5)
+    model(batch)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # embeddings start at zero: random weights make every path count
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    user = {f.name: batch[f.name][3:4] for f in features.features if f.role in (contract.USER, contract.CONTEXT)}
+    candidates = {f.name: batch[f.name] for f in features.features if f.name not in user}
+    beside_each = model({**candidates, **{n: tf.repeat(v, BATCH, axis=0) for n, v in user.items()}}).numpy()
+    np.testing.assert_allclose(model.logits_for_one_request(user, candidates).numpy(), beside_each, rtol=1e-5, atol=1e-5)
+    assert np.std(beside_each) > 1e-3  # the candidates are told apart
+
+
 def test_masked_mean_pool_averages_real_positions_only():
     _, keys, mask = _attention_inputs()
     pooled = layers.MaskedMeanPool()(tf.constant(keys), mask).numpy()
