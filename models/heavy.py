@@ -56,6 +56,10 @@ class HeavyModel(layers.FeatureDictModel):
         attend over are embedded once per request and attended over without repeating them per
         candidate (TargetAttention.attend_shared, decision 0020). The rest of the user's row, a
         few ids and numbers, is repeated."""
+        with tf.name_scope(self.name):  # the profile (benchmarks/serving_profile.py) finds its ops by it
+            return self._logits_for_one_request(user, candidates)
+
+    def _logits_for_one_request(self, user: dict, candidates: dict) -> tf.Tensor:
         rows = tf.shape(next(iter(candidates.values())))[0]
         attended = frozenset(f.name for f in self.embed.sequences if f.target and f.name in user)
         features = {**candidates, **{name: value if name in attended else tf.repeat(value, rows, axis=0)

@@ -147,18 +147,23 @@ class TargetAttention(tf.keras.layers.Layer):
         user's history): keys [1, L, d], mask [1, L] -> [B, d], equal to `call` on the sequence
         repeated B times up to float rounding.
 
-        The first scoring layer is linear in its input [q, k, q - k, q * k], so its pre-activation
-        splits into q (Wq + Wd), once per query, k (Wk - Wd), once per position, and (q * k) Wp,
-        the only term computed per pair: a quarter of the pairs' products, and no [B, L, 4d]
-        concatenation (decision 0020)."""
+        The first scoring layer is linear in its input [q, k, q - k, q * k]: at position l its
+        pre-activation is q (M_l) + k_l (Wk - Wd) + b, with M_l = diag(k_l) Wp + Wq + Wd, which
+        depends on the position alone. So all B x L pre-activations are one matrix product of
+        the queries (with a 1 appended) and the L matrices M_l (with their constant row), built
+        once per request: no [B, L, 4d] concatenation and no broadcast sums (decision 0020)."""
         first, rest = ((self.scorer.dense_layers[0], self.scorer.dense_layers[1:] + [self.score])
                        if self.scorer.dense_layers else (self.score, []))
-        d = query.shape[-1]
+        d, units = query.shape[-1], first.units
         w_q, w_k, w_d, w_p = (first.kernel[i * d:(i + 1) * d] for i in range(4))
         key = keys[0]
-        h = (tf.matmul(query, w_q + w_d)[:, tf.newaxis, :] + tf.matmul(key, w_k - w_d)[tf.newaxis]
-             + tf.tensordot(query[:, tf.newaxis, :] * key[tf.newaxis], w_p, axes=1) + first.bias)
-        h = first.activation(h)
+        length = tf.shape(key)[0]
+        per_position = key[:, :, tf.newaxis] * w_p + (w_q + w_d)                        # [L, d, units]
+        constant = tf.matmul(key, w_k - w_d) + first.bias                                # [L, units]
+        blocks = tf.concat([per_position, constant[:, tf.newaxis, :]], axis=1)          # [L, d + 1, units]
+        blocks = tf.reshape(tf.transpose(blocks, [1, 0, 2]), [d + 1, length * units])
+        queries = tf.concat([query, tf.ones_like(query[:, :1])], axis=1)                 # [B, d + 1]
+        h = first.activation(tf.reshape(tf.matmul(queries, blocks), [-1, length, units]))
         for layer in rest:
             h = layer(h)
         scores = tf.squeeze(h, -1)
