@@ -8,6 +8,9 @@ process (benchmarks/serving_profile.py's reference):
   (threads of this process sending requests back to back): p50, p99 and requests per second,
   also per core; one client's p50 against the in-process p50 is what the server adds.
 
+The in-process rows and the one-client row are timed in `--rounds` rounds, in alternation, and
+reported as medians of the rounds; a time on two shared cores drifts within minutes.
+
 FLOPs per request come from the per-part counts the assembler stored with the model
 (serving/flops.py), counting the models as served: both light towers for every candidate and
 the heavy model for the routed ones.
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -75,12 +80,13 @@ def time_calls(call, requests: list, total: int, warmup: int = 5) -> dict:
     return summarise(latencies, time.perf_counter() - start)
 
 
-def dense_reference_ms(flop_count: float, repeats: int = 20) -> float:
-    """p50 milliseconds of a float32 matrix product of about `flop_count` FLOPs (2 m k n)."""
+def dense_reference_ms(flop_count: float, repeats: int = 50, warmup: int = 10) -> float:
+    """p50 milliseconds of a float32 matrix product of about `flop_count` FLOPs (2 m k n), after
+    `warmup` products: the first ones wait for the math library's threads."""
     side = max(8, int(round((flop_count / 2) ** (1 / 3))))
     a, b = tf.random.normal([side, side]), tf.random.normal([side, side])
     product = tf.function(lambda: tf.matmul(a, b))
-    for _ in range(3):
+    for _ in range(warmup):
         product().numpy()
     times = []
     for _ in range(repeats):
@@ -114,8 +120,9 @@ def time_concurrent(call, requests: list, clients: int, total: int) -> dict:
     return summarise(latencies, time.perf_counter() - started)
 
 
-def time_grpc(version_dir: str, requests: list, total: int, clients: tuple[int, ...]) -> dict:
-    """`hap serve` on the version's base path, timed with each number of concurrent clients."""
+@contextlib.contextmanager
+def hap_serve(version_dir: str):
+    """A PredictionService stub of `hap serve` on the version's base path, in a subprocess."""
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "hap.cli", "serve", os.path.dirname(version_dir),
                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,11 +137,14 @@ def time_grpc(version_dir: str, requests: list, total: int, clients: tuple[int, 
                 if time.time() > deadline or process.poll() is not None:
                     raise RuntimeError("hap serve did not come up")
                 time.sleep(1)
-        protos = [rq.predict_request("hap", "cascade", r) for r in requests]
-        return {n: time_concurrent(lambda p: stub.Predict(p, timeout=60), protos, n, total) for n in clients}
+        yield stub
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _median_of_rounds(rounds: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def main() -> None:
@@ -142,8 +152,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a `hap run` output directory with a pushed cascade")
     parser.add_argument("--data", required=True, help="the dataset the requests come from")
     parser.add_argument("--n", type=int, default=1000, help="candidates per request")
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per row")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent gRPC clients")
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the single-client rows, in alternation")
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 16], help="concurrent gRPC clients, beside one")
     args = parser.parse_args()
 
     version_dir = model_versions.newest_complete_version(os.path.join(args.run, "serving", "hap"))
@@ -155,41 +166,50 @@ def main() -> None:
     model = tf.saved_model.load(version_dir)
     tensors = [{name: tf.constant(v, dtype=tf.string if v.dtype == object else None) for name, v in r.items()}
                for r in requests]
+    protos = [rq.predict_request("hap", "cascade", r) for r in requests]
     k = float(np.mean([model.signatures["cascade"](**t)["routed"].numpy().sum() for t in tensors]))
     cost = flops.request_flops(info["flops"], args.n, k)
     cores = os.cpu_count()
     print(f"model {version_dir}: N = {args.n}, routing {policy.label}: K = {k:g} routed on average; "
           f"{cores} cores", flush=True)
 
-    rows, results = [], {"n": args.n, "k": k, "model": version_dir, "flops": cost, "cores": cores}
+    in_process = (("cascade, in-process", "cascade", "cascade"), ("light model alone, in-process", "light", "light_only"),
+                  ("heavy model on all N, in-process", "heavy", "heavy_all"))
+    grpc_label = "cascade, gRPC via `hap serve`, {} client{}"
+    timed = collections.defaultdict(list)
+    with hap_serve(version_dir) as stub:
+        for round_ in range(args.rounds):
+            for label, signature, flop_key in in_process:
+                fn = model.signatures[signature]
+                row = time_calls(lambda i: fn(**tensors[i % len(tensors)]), list(range(len(tensors))), args.requests)
+                row["dense_reference_ms"] = dense_reference_ms(cost[flop_key])
+                timed[label].append(row)
+            timed[grpc_label.format(1, "")].append(
+                time_calls(lambda p: stub.Predict(p, timeout=60), protos, args.requests))
+            print(f"round {round_ + 1}: " + "; ".join(f"{label} {rows[-1]['p50_ms']:.2f} ms"
+                                                     for label, rows in timed.items()), flush=True)
+        for clients in args.clients:
+            timed[grpc_label.format(clients, "s")].append(
+                time_concurrent(lambda p: stub.Predict(p, timeout=60), protos, clients, args.requests))
     columns = [f"N = {args.n}, K = {k:g}", "p50 ms", "p99 ms", "requests/s", "requests/s per core",
                "MFLOPs per request", "dense product ms", "p50 / dense product"]
-    for label, signature, flop_key in (("cascade, in-process", "cascade", "cascade"),
-                                       ("light model alone, in-process", "light", "light_only"),
-                                       ("heavy model on all N, in-process", "heavy", "heavy_all")):
-        print(f"timing {label} ...", flush=True)
-        fn = model.signatures[signature]
-        timed = time_calls(lambda i: fn(**tensors[i % len(tensors)]), list(range(len(tensors))), args.requests)
-        timed["dense_reference_ms"] = dense_reference_ms(cost[flop_key])
-        results[signature] = timed
-        rows.append([label, f"{timed['p50_ms']:.2f}", f"{timed['p99_ms']:.2f}", f"{timed['requests_per_s']:.1f}",
-                     f"{timed['requests_per_s'] / cores:.1f}", f"{cost[flop_key] / 1e6:.1f}",
-                     f"{timed['dense_reference_ms']:.3f}", f"{timed['p50_ms'] / timed['dense_reference_ms']:.1f}"])
-    print("timing cascade through `hap serve` (a subprocess) ...", flush=True)
-    results["grpc"] = time_grpc(version_dir, requests, args.requests, tuple(args.clients))
-    for clients, timed in results["grpc"].items():
-        rows.append([f"cascade, gRPC via `hap serve`, {clients} client{'s' if clients > 1 else ''}",
-                     f"{timed['p50_ms']:.2f}", f"{timed['p99_ms']:.2f}", f"{timed['requests_per_s']:.1f}",
-                     f"{timed['requests_per_s'] / cores:.1f}", f"{cost['cascade'] / 1e6:.1f}", "", ""])
-    one = results["grpc"].get(1)
-    added = "" if one is None else (f"; one gRPC client's p50 is "
-                                    f"{100 * (one['p50_ms'] / results['cascade']['p50_ms'] - 1):.0f}% over the "
-                                    "in-process p50")
+    flop_of = {label: cost[flop_key] for label, _, flop_key in in_process}
+    rows = []
+    for label, rounds in timed.items():
+        row = _median_of_rounds(rounds)
+        dense = [f"{row['dense_reference_ms']:.3f}", f"{row['p50_ms'] / row['dense_reference_ms']:.1f}"] \
+            if "dense_reference_ms" in row else ["", ""]
+        rows.append([label, f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{row['requests_per_s']:.1f}",
+                     f"{row['requests_per_s'] / cores:.1f}", f"{flop_of.get(label, cost['cascade']) / 1e6:.1f}", *dense])
+    grpc_one = _median_of_rounds(timed[grpc_label.format(1, "")])["p50_ms"]
+    local = _median_of_rounds(timed[in_process[0][0]])["p50_ms"]
     path = write_result("serving_latency", command_line(), table(columns, rows),
-                        notes=f"routing {policy.label}; {args.requests} timed requests per row; model {version_dir}; "
-                              f"gRPC clients are threads of the benchmark's process, on the same cores as the server{added}")
+                        notes=f"routing {policy.label}; medians of {args.rounds} rounds in alternation of "
+                              f"{args.requests} requests for the single-client rows, one round of each "
+                              f"concurrent one; model {version_dir}; gRPC clients are threads of the benchmark's "
+                              f"process, on the same cores as the server; one gRPC client's p50 is "
+                              f"{100 * (grpc_one / local - 1):.0f}% over the in-process p50")
     print("\n" + render_table(load(path)), flush=True)
-
 
 if __name__ == "__main__":
     main()

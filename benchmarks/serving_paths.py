@@ -29,6 +29,7 @@ import tensorflow_transform as tft
 from tfx.utils import path_utils
 
 from hap.data import contract as c
+from hap.models import heavy, light  # noqa: F401  (registers the Keras classes)
 from hap.pipeline import run_report
 from hap.serving import cascade, server
 from hap.serving import request as rq

@@ -142,9 +142,9 @@ class LoadedVersion:
 def _proto_function(fn):
     """`fn` taking its inputs as serialized TensorProtos (a string vector, in the order of their
     sorted names) and giving its outputs serialized: one call into TensorFlow per request, where
-    converting each proto to a tensor in Python and each output back cost about as much as the
-    cascade graph itself at 10 candidates (decision 0020). `tf.ensure_shape` gives the signature
-    the static shapes it was traced with; _check_inputs has checked them already."""
+    converting each proto to a tensor in Python and each output back added a large part of the
+    graph's own time (decision 0020). `tf.ensure_shape` gives the signature the static shapes it
+    was traced with; _check_inputs has checked them already."""
     specs = fn.structured_input_signature[1]
     names = sorted(specs)
 

@@ -342,8 +342,9 @@ def _serve(s3, base: str):
 
 
 def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3, mariadb, monkeypatch):
-    """Two daily DagRuns, a day appended to the store's dataset between them, as README "Day by
-    day" runs `hap run`, with a window of 2 days and warm starts. In the second, the worker that
+    """Two daily DagRuns, a day appended to the store's dataset and ML Metadata's MariaDB
+    restarted between them, as README "Day by day" runs `hap run`, with a window of 2 days and
+    warm starts. In the second, the worker that
     runs Trainer_light is killed with every process it started, as when its machine dies:
     Airflow fails the task when its heartbeat stops, retries it on the other worker, and the
     DagRun succeeds, pushing once. `hap serve`, started on the store's serving path after the
@@ -365,6 +366,10 @@ def test_two_daily_dagruns_on_celery_workers_survive_a_killed_worker(celery, s3,
         assert available([first]) == [first], server.stderr.read()[-3000:] if server.poll() is not None else ""
         simulator.append_day(full, progress=False)
         _upload(s3, _with_small_features(full, tempfile.mkdtemp(prefix="hap-day2-")), "celery/data")
+        # ML Metadata's server restarted between two tasks (the days' DagRuns): each task opens
+        # its own connection, so the next one finds the server back and the day goes on.
+        assert cluster.stop_mariadb(mariadb)
+        mariadb.process = cluster.start_mariadb(mariadb.state_dir, mariadb.settings, PASSWORD).process
         runs[days[1]] = cluster.trigger(env, days[1])
         killed = {}
 
