@@ -32,6 +32,7 @@ def pytest_command(target: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=sorted(TARGETS), default="full")
+    parser.add_argument("--log", help="also write pytest's whole output here (a failure's traceback)")
     args = parser.parse_args()
     command = pytest_command(TARGETS[args.tier]) + ["--durations=10"]
     load = machine()["load"]
@@ -39,6 +40,9 @@ def main() -> None:
     start = time.time()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.time() - start
+    if args.log:
+        with open(args.log, "w", encoding="utf-8") as f:
+            f.write(done.stdout + done.stderr)
     lines = done.stdout.splitlines()
     closing = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ passed", line)), "")
     slowest = [line.split(None, 2) for line in lines if re.match(r"^\d+\.\d+s (call|setup|teardown) ", line)][:10]
