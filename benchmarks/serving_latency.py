@@ -147,13 +147,19 @@ def _median_of_rounds(rounds: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def request_arguments(description: str, requests: int) -> argparse.ArgumentParser:
+    """The arguments of the serving benchmarks that time funnel requests in rounds."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a `hap run` output directory with a pushed cascade")
     parser.add_argument("--data", required=True, help="the dataset the requests come from")
     parser.add_argument("--n", type=int, default=1000, help="candidates per request")
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per row and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the single-client rows, in alternation")
+    parser.add_argument("--requests", type=int, default=requests, help="timed requests per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the rows timed in alternation")
+    return parser
+
+
+def main() -> None:
+    parser = request_arguments(__doc__, requests=200)
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16], help="concurrent gRPC clients, beside one")
     args = parser.parse_args()
 

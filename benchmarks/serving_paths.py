@@ -17,7 +17,6 @@ Writes results/serving_paths.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from hap.pipeline import run_report
 from hap.serving import cascade, server
 from hap.serving import request as rq
 from results import command_line, table, write_result
-from serving_latency import build_requests, time_calls
+from serving_latency import build_requests, request_arguments, time_calls
 
 
 class PerRowHeavyCascade(cascade.CascadeModule):
@@ -57,13 +56,7 @@ def convert_in_python(fn, proto_inputs) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a `hap run` output directory")
-    parser.add_argument("--data", required=True, help="the dataset the requests come from")
-    parser.add_argument("--n", type=int, default=1000, help="candidates per request")
-    parser.add_argument("--requests", type=int, default=100, help="timed requests per row and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the rows in alternation")
-    args = parser.parse_args()
+    args = request_arguments(__doc__, requests=100).parse_args()
     features = c.load_features(args.data)
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(args.run, "Transform", "TransformGraph").uri)
     models = [tf.keras.models.load_model(path_utils.serving_model_path(
