@@ -123,6 +123,16 @@ def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(e2e_data, run_pip
     scores = model.signatures["cascade"](**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
                                             for k, v in request.items()})["scores"].numpy()
     assert len(scores) == len(request["item_id"]) and np.isfinite(scores).all()
+    # The heavy model scores a request's candidates with the user's side computed once
+    # (decision 0020); on this feature set too, that equals the model on each candidate's own
+    # tf.Example, missing values and empty histories included.
+    layout = rq.RequestLayout(features)
+    for request_id in sorted({r["request_id"] for r in rows})[:5]:
+        request = layout.from_rows([r for r in rows if r["request_id"] == request_id])
+        tensors = {k: tf.constant(v, dtype=tf.string if v.dtype == object else None) for k, v in request.items()}
+        per_row = model.signatures["score_examples"](examples=tf.constant(layout.to_examples(request)))["heavy_scores"]
+        np.testing.assert_allclose(model.signatures["heavy"](**tensors)["scores"].numpy(), per_row.numpy(),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_anomalous_data_stops_the_run_before_training(e2e_data, run_pipeline, tmp_path):
