@@ -413,7 +413,8 @@ def airflow_environment(state_dir: str, database_url: str, broker_url: str, hap_
     its last heartbeat, at the next zombie check (every `zombie_detection_interval_s`).
 
     The interval must exceed the time the DAG processor takes to handle a zombie, which parses
-    the DAG file (HAP's imports TFX: 5-6 s on an idle 2-core host, more under load). Until it is
+    the DAG file (HAP's imports TFX: seconds, more on a busy host; Airflow logs each parse's time
+    under logs/scheduler/). Until it is
     handled the task stays `running`, each check finds it again, and Airflow 2.10 fails it once
     per finding, each taking one retry from the tries that follow (apache/airflow#31212): with
     Airflow's 10 s, a killed task on a busy host used up its retries without running again."""
