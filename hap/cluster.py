@@ -414,10 +414,10 @@ def airflow_environment(state_dir: str, database_url: str, broker_url: str, hap_
 
     The interval must exceed the time the DAG processor takes to handle a zombie, which parses
     the DAG file (HAP's imports TFX: seconds, more on a busy host; Airflow logs each parse's time
-    under logs/scheduler/). Until it is
-    handled the task stays `running`, each check finds it again, and Airflow 2.10 fails it once
-    per finding, each taking one retry from the tries that follow (apache/airflow#31212): with
-    Airflow's 10 s, a killed task on a busy host used up its retries without running again."""
+    under logs/scheduler/). Until it is handled the task stays `running`, each check finds it
+    again, and Airflow 2.10 fails it once per finding, each taking one retry from the tries that
+    follow (apache/airflow#31212): with checks every 5 s, a killed task on a busy host used up its
+    retries without running again."""
     home = os.path.join(os.path.abspath(state_dir), AIRFLOW_HOME)
     dags = os.path.join(home, "dags")
     os.makedirs(dags, exist_ok=True)
