@@ -13,7 +13,7 @@ N candidates from the data's funnel (benchmarks/serving_latency.py's requests):
 
     .venv/bin/python benchmarks/serving_paths.py --run demo/run --data demo/data [--requests 100]
 
-Writes results/serving_paths.json.
+Writes results/serving_paths.json (or results/NAME.json with --name).
 """
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def convert_in_python(fn, proto_inputs) -> dict:
 
 
 def main() -> None:
-    args = request_arguments(__doc__, requests=100).parse_args()
+    parser = request_arguments(__doc__, requests=100)
+    parser.add_argument("--name", default="serving_paths", help="the result file's name under results/")
+    args = parser.parse_args()
     features = c.load_features(args.data)
     tft_output = tft.TFTransformOutput(run_report.latest_artifact(args.run, "Transform", "TransformGraph").uri)
     models = [tf.keras.models.load_model(path_utils.serving_model_path(
@@ -67,14 +69,14 @@ def main() -> None:
     protos = [rq.predict_request("hap", "cascade", r).inputs for r in requests]
     index = list(range(len(requests)))
 
-    loaded = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for label, cls in (("before", PerRowHeavyCascade), ("after", cascade.CascadeModule)):
-            path = os.path.join(scratch, label)
+        # Saved as versions 1 and 2 of a model base path, so that `hap serve`'s own loader reads "after".
+        for version, cls in ((1, PerRowHeavyCascade), (2, cascade.CascadeModule)):
             cls(*models, tft_output.transform_features_layer(), tft_output.raw_feature_spec(), features,
-                cascade.CascadeSettings()).save(path)
-            loaded[label] = tf.saved_model.load(path)
-        before, after = loaded["before"], loaded["after"]
+                cascade.CascadeSettings()).save(os.path.join(scratch, str(version)))
+        before = tf.saved_model.load(os.path.join(scratch, "1"))
+        served = server.LoadedVersion.load(scratch, 2)
+        after = served.model
         difference, same_order = 0.0, 0
         for t in tensors:
             a, b = before.signatures["cascade"](**t), after.signatures["cascade"](**t)
@@ -83,11 +85,6 @@ def main() -> None:
             same_order += int(np.array_equal(a["top_indices"].numpy(), b["top_indices"].numpy()))
 
         fn = after.signatures["cascade"]
-        proto_call = server._proto_function(fn)
-
-        def after_request(i):
-            checked = server._check_inputs(fn, protos[i])
-            return proto_call(tf.constant([checked[n].SerializeToString() for n in sorted(checked)]))
 
         rows = {
             ("cascade signature", "before: heavy per row"): lambda i: before.signatures["cascade"](**tensors[i]),
@@ -95,7 +92,8 @@ def main() -> None:
             ("heavy signature, all N", "before: heavy per row"): lambda i: before.signatures["heavy"](**tensors[i]),
             ("heavy signature, all N", "after: heavy per request"): lambda i: after.signatures["heavy"](**tensors[i]),
             ("Predict without the network", "before: conversions in Python"): lambda i: convert_in_python(fn, protos[i]),
-            ("Predict without the network", "after: one call"): after_request,
+            ("Predict without the network", "after: one call"):
+                lambda i: served.run("cascade", server._check_inputs(fn, protos[i])),
         }
         p50 = {key: [] for key in rows}
         for round_ in range(args.rounds):
@@ -103,19 +101,16 @@ def main() -> None:
                 p50[key].append(time_calls(call, index, args.requests)["p50_ms"])
             print(f"round {round_ + 1}: " + "; ".join(f"{' / '.join(k)} {v[-1]:.2f} ms" for k, v in p50.items()),
                   flush=True)
-        signature_p50 = statistics.median(time_calls(lambda i: fn(**tensors[i]), index, args.requests)["p50_ms"]
-                                          for _ in range(args.rounds))
     out = []
     for (what, path), values in p50.items():
         out.append([what, path, round(statistics.median(values), 2)])
     for i in range(0, len(out), 2):
         out.append([out[i][0], "before / after", round(out[i][2] / out[i + 1][2], 2)])
-    write_result("serving_paths", command_line(),
+    write_result(args.name, command_line(),
                  table(["what is timed", "path", "p50 ms (median of rounds)"], out),
                  notes=f"N = {args.n} candidates from the funnel, routing as the cascade's default settings; "
-                       f"{args.rounds} rounds in alternation of {args.requests} requests each; the cascade "
-                       f"signature on ready tensors: {signature_p50:.2f} ms; largest difference of the two "
-                       f"cascades' outputs on {len(tensors)} requests: {difference:.1e}, identical top_indices on "
+                       f"{args.rounds} rounds in alternation of {args.requests} requests each; largest "
+                       f"difference of the two cascades' outputs on {len(tensors)} requests: {difference:.1e}, identical top_indices on "
                        f"{same_order} of {len(tensors)}")
     for row in out:
         print(" | ".join(map(str, row)))
