@@ -45,6 +45,8 @@ def quick_keys(floor: float = 0.0) -> dict:
     # Two epochs on a few dozen requests a day: whether a first cascade beats item popularity
     # is a coin's toss (tests that push need it not to be); the gate has tests of its own.
     keys["cascade.popularity_margin"] = -1.0
+    # Tuning has its own tests (tests/test_tuning.py) and the session's `hap run` (TUNED_RUN).
+    keys["tuning.trials"] = 0
     return {**keys, **{f"{model}.auc_floors": floors for model, floors in floors_at(floor).items()}}
 
 
@@ -82,6 +84,11 @@ def e2e_funnel_data(e2e_data, tmp_path_factory):
     return out
 
 
+# The session's `hap run` tunes both models: two trials of one epoch each, the heavy model also
+# choosing between its settings' architecture and the full one.
+TUNED_RUN = {"tuning.trials": 2, "tuning.max_epochs": 1, "tuning.space.heavy_model_configs": [{}]}
+
+
 @pytest.fixture(scope="session")
 def pipeline_run_console(e2e_data, tmp_path_factory):
     """One `hap run` on `e2e_data` as a user starts it, with quick_settings: (its output directory,
@@ -91,7 +98,7 @@ def pipeline_run_console(e2e_data, tmp_path_factory):
     import sys
 
     out = str(tmp_path_factory.mktemp("e2e") / "run")
-    sets = [arg for key, value in quick_keys(0.0).items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    sets = [arg for key, value in {**quick_keys(0.0), **TUNED_RUN}.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     hap_command = os.path.join(os.path.dirname(sys.executable), "hap")
     done = subprocess.run([hap_command, "run", "--data", e2e_data, "--out", out, *sets], capture_output=True,
                           text=True, timeout=1200)

@@ -24,7 +24,7 @@ import typing
 import yaml
 
 from hap.data.sample_routing import MODELS
-from hap.models.trainer_settings import TrainerSettings
+from hap.models.trainer_settings import TrainerSettings, TuningSettings
 from hap.serving.policy import CascadeSettings
 from hap.tree import (SettingsError, defaults_from, defaults_tree, fields_of, key_comments, parse, to_plain,
                       type_text, unknown_key_error)
@@ -232,6 +232,7 @@ class HapSettings:
     drift: DriftSettings
     light: ModelSettings
     heavy: ModelSettings
+    tuning: TuningSettings
     evaluator: EvaluatorSettings
     cascade: CascadeSettings
     beam: BeamSettings

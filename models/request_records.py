@@ -169,13 +169,18 @@ def group_counts(record: example_pb2.Example) -> dict[str, int]:
     return counts
 
 
+# The resolution of a holdout share (split_holdout).
+HOLDOUT_BUCKETS = 10_000
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestRecords:
     """A split of request records: its files, its size, and how to parse it.
 
     `requests` bounds what a pass reads (the split's count by default; fewer for a quick run).
     `groups`: the sample groups a batch keeps (a model trains on its `SampleRouting.trains_on`);
-    the others are dropped in the graph, and batch sizes count only the kept samples."""
+    the others are dropped in the graph, and batch sizes count only the kept samples.
+    `holdout_share`, `holdout`: one side of `split_holdout` (a share of 0: every record)."""
 
     files: tuple[str, ...]
     requests: int
@@ -183,6 +188,8 @@ class RequestRecords:
     feature_spec: dict
     context: tuple[str, ...]
     groups: tuple[str, ...] = c.SAMPLE_GROUPS
+    holdout_share: float = 0.0
+    holdout: bool = False
 
     @classmethod
     def from_split(cls, file_patterns: str | list[str], feature_spec: dict, features: c.FeatureSet) -> "RequestRecords":
@@ -209,6 +216,24 @@ class RequestRecords:
                 samples[group] += count
         spec = {k: v for k, v in feature_spec.items() if isinstance(v, tf.io.FixedLenFeature)}
         return cls(files, requests, samples, spec, context_names(features))
+
+    def split_holdout(self, share: float) -> tuple["RequestRecords", "RequestRecords"]:
+        """(the rest, the holdout): about `share` of the requests, chosen by a hash of each
+        request's record, so the two sides never share a request and every pass reads the same
+        ones whatever the files' order. Their counts are the split's scaled by the share."""
+        if not 0.0 < share < 1.0 or self.holdout_share:
+            raise ValueError(f"a holdout share must be in (0, 1) of records not split already, got {share}")
+
+        def side(part: float, holdout: bool) -> "RequestRecords":
+            return dataclasses.replace(
+                self, requests=max(1, round(self.requests * part)), holdout_share=share, holdout=holdout,
+                samples_by_group={g: round(n * part) for g, n in self.samples_by_group.items()})
+
+        return side(1.0 - share, False), side(share, True)
+
+    def _in_side(self, record: tf.Tensor) -> tf.Tensor:
+        in_holdout = tf.strings.to_hash_bucket_fast(record, HOLDOUT_BUCKETS) < round(self.holdout_share * HOLDOUT_BUCKETS)
+        return tf.equal(in_holdout, self.holdout)
 
     def only(self, groups: tuple[str, ...]) -> "RequestRecords":
         return dataclasses.replace(self, groups=tuple(groups))
@@ -287,6 +312,8 @@ class RequestRecords:
                            cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
         if num_shards > 1 and not by_files:
             ds = ds.shard(num_shards, shard)
+        if self.holdout_share:
+            ds = ds.filter(self._in_side)
         ds = ds.take(self.requests)
         if shuffle_requests:
             ds = ds.shuffle(shuffle_requests, seed=seed, reshuffle_each_iteration=True)

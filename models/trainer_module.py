@@ -69,11 +69,13 @@ def validation_requests(eval_records: request_records.RequestRecords, settings: 
 
 
 def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, train_records: request_records.RequestRecords,
-          eval_records: request_records.RequestRecords, log_dir: str, strategy: tf.distribute.Strategy | None = None, warm_start=None):
+          eval_records: request_records.RequestRecords, log_dir: str, strategy: tf.distribute.Strategy | None = None, warm_start=None,
+          fit_router: bool = True):
     """Trains a scorer (with `strategy`, default: the current one) on streamed request records;
     returns it with its history: per-epoch AUCs, the chosen epoch, the gradient-conflict samples,
     and where the time went (`seconds` in all: the steps, as `conflict_cost["train_seconds"]`,
-    the per-epoch evaluation `eval_seconds`, the probe)."""
+    the per-epoch evaluation `eval_seconds`, the probe). `fit_router`: fit the light model's
+    difficulty router after it (a Tuner's trials do not need it)."""
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(settings.seed)
     routing = settings.routing
@@ -105,7 +107,7 @@ def train(settings: TrainerSettings, model_inputs: transformed.ModelInputs, trai
         tf.summary.scalar("chosen_epoch", best_epoch)
     # After early stopping restored the best weights: the router reads the towers as pushed.
     router = difficulty_router.train_router(scorer, train_records, requests_per_batch, settings.router_requests,
-                                            log_dir, strategy=strategy) if settings.model == LIGHT else {}
+                                            log_dir, strategy=strategy) if settings.model == LIGHT and fit_router else {}
     return scorer, {"per_source_auc": auc_cb.history, "chosen_epoch": best_epoch, "epochs_run": len(auc_cb.history),
                     "seconds": seconds, "eval_seconds": auc_cb.seconds, "gradient_conflict": conflict_cb.history,
                     "conflict_cost": conflict_cb.cost, **warm, **router}
@@ -150,6 +152,9 @@ def run_fn(fn_args) -> None:
 
 def _train_and_export(fn_args, strategy, model_run_dir: str, serving_dir: str) -> None:
     settings = TrainerSettings.from_config(fn_args.custom_config)
+    # The Tuner's choice (models/tuner_module.py), where the pipeline has a Tuner.
+    tuned = (getattr(fn_args, "hyperparameters", None) or {}).get("values", {})
+    settings = settings.with_hyperparameters(tuned)
     features = preprocessing.feature_set_from_config(fn_args.custom_config)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     model_inputs = transformed.ModelInputs.from_transform_output(features, tft_output)
@@ -163,7 +168,8 @@ def _train_and_export(fn_args, strategy, model_run_dir: str, serving_dir: str) -
     export(scorer, tft_output, serving_dir)
     save_vocabularies(tft_output, vocabularies, serving_dir)
     with tf.io.gfile.GFile(os.path.join(model_run_dir, "training_history.json"), "w") as f:
-        json.dump({"settings": dataclasses.asdict(settings), "warm_started_from": None, **history}, f, indent=1)
+        json.dump({"settings": dataclasses.asdict(settings), "hyperparameters": tuned, "warm_started_from": None,
+                   **history}, f, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------

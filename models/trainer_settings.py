@@ -1,9 +1,10 @@
-"""A Trainer's settings (`TrainerSettings`), without TensorFlow: the settings tree
-(hap/settings.py) builds and checks them before TensorFlow loads; models/trainer_module.py trains
-with them."""
+"""A Trainer's settings (`TrainerSettings`) and its Tuner's (`TuningSettings`), without
+TensorFlow: the settings tree (hap/settings.py) builds and checks them before TensorFlow loads;
+models/trainer_module.py trains with them, models/tuner_module.py tunes them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from hap.data.sample_routing import HEAVY, LIGHT, MODELS, SampleRouting, routing_of
 from hap.models.hparams import HeavyConfig, LightConfig
@@ -11,6 +12,14 @@ from hap.models.loss_names import LOSS_NAMES
 from hap.tree import defaults_from
 
 CONFIG_CLASSES = {LIGHT: LightConfig, HEAVY: HeavyConfig}
+# The hyper-parameters a Tuner chooses, by the names its trials and results file use.
+LOSS, TEMPERATURE, LEARNING_RATE, EMBEDDING_DIM, MODEL_CONFIG = (
+    "loss", "temperature", "learning_rate", "embedding_dim", "model_config")
+HYPERPARAMETERS = (LOSS, TEMPERATURE, LEARNING_RATE, EMBEDDING_DIM, MODEL_CONFIG)
+# The key of a Tuner's custom_config that holds the `tuning` subtree (models/tuner_module.py).
+TUNING = "tuning"
+# The losses that have no temperature.
+POINTWISE_LOSSES = ("mixed_bce",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,19 @@ class TrainerSettings:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
+    def with_hyperparameters(self, values: dict) -> "TrainerSettings":
+        """These settings with a Tuner's chosen `values` (models/tuner_module.py names them
+        `HYPERPARAMETERS`); a hyper-parameter it did not choose (the temperature of mixed_bce)
+        keeps its setting."""
+        unknown = sorted(set(values) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s) {unknown}; a Tuner chooses {list(HYPERPARAMETERS)}")
+        model_config = json.loads(values[MODEL_CONFIG]) if MODEL_CONFIG in values else dict(self.model_config)
+        if EMBEDDING_DIM in values:
+            model_config[EMBEDDING_DIM] = values[EMBEDDING_DIM]
+        chosen = {name: values[name] for name in (LOSS, TEMPERATURE, LEARNING_RATE) if name in values}
+        return dataclasses.replace(self, **chosen, model_config=model_config)
+
     @property
     def routing(self) -> SampleRouting:
         return routing_of(self.sample_routing or self.model)
@@ -105,3 +127,56 @@ def model_hparams(model: str, model_config: dict):
     if unknown:
         raise ValueError(f"unknown {model} model hyper-parameter(s) {unknown}; see {config_class.__name__}")
     return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+@defaults_from("tuning.space")
+class TuningSpace:
+    """The values a Tuner chooses each hyper-parameter among (the Trainer's own value is added
+    where it is missing). heavy_model_configs: the heavy model's architectures besides its
+    Trainer's `model_config`; the light model's is its Trainer's."""
+
+    loss: list[str]
+    temperature: list[float]
+    learning_rate: list[float]
+    embedding_dim: list[int]
+    heavy_model_configs: list[dict]
+
+    def __post_init__(self):
+        for name in (LOSS, TEMPERATURE, LEARNING_RATE, EMBEDDING_DIM):
+            if not getattr(self, name):
+                raise ValueError(f"{name} needs at least one value")
+        bad = [loss for loss in self.loss if loss not in LOSS_NAMES]
+        if bad:
+            raise ValueError(f"unknown loss(es) {bad}; the losses are {LOSS_NAMES}")
+        for name in (TEMPERATURE, LEARNING_RATE, EMBEDDING_DIM):
+            if min(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} values must be > 0, got {getattr(self, name)!r}")
+        for config in self.heavy_model_configs:
+            model_hparams(HEAVY, config)
+
+
+@dataclasses.dataclass(frozen=True)
+@defaults_from("tuning")
+class TuningSettings:
+    """trials: trials of each Trainer's Tuner, the first being its own settings; 0: no Tuner.
+    holdout_share: the share of training requests the trials are scored on (never the eval days).
+    max_epochs: most epochs of one trial. retune_days: a run reuses the last tuned
+    hyper-parameters until they are this many days older than its newest day, or until it accepts
+    a drift (0: tune on every run). space: what is chosen among."""
+
+    trials: int
+    holdout_share: float
+    max_epochs: int
+    retune_days: int
+    space: TuningSpace
+
+    def __post_init__(self):
+        if not isinstance(self.trials, int) or self.trials < 0:
+            raise ValueError(f"trials must be an integer >= 0, got {self.trials!r}")
+        if not 0.0 < self.holdout_share < 1.0:
+            raise ValueError(f"holdout_share must be in (0, 1), got {self.holdout_share!r}")
+        if not isinstance(self.max_epochs, int) or self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
+        if not isinstance(self.retune_days, int) or self.retune_days < 0:
+            raise ValueError(f"retune_days must be an integer >= 0, got {self.retune_days!r}")

@@ -14,7 +14,7 @@ from tfx import v1 as tfx
 from tfx.components.distribution_validator.component import DistributionValidator
 from tfx.dsl.components.base import base_beam_component
 from tfx.proto import distribution_validator_pb2
-from tfx.types.standard_artifacts import ExampleStatistics, Model, ModelBlessing
+from tfx.types.standard_artifacts import ExampleStatistics, HyperParameters, Model, ModelBlessing
 
 from hap.components.anomaly_gate.component import AnomalyGate
 from hap.components.cascade_assembler.component import CascadeAssembler
@@ -22,16 +22,20 @@ from hap.components.contract_example_gen import executor as example_gen_executor
 from hap.components.contract_example_gen.component import ContractExampleGen
 from hap.components.drift_gate.component import DriftGate
 from hap.components.request_grouper.component import RequestGrouper
+from hap.components.tuner.component import Tuner
 from hap.data import contract as c
 from hap.data.sample_routing import HEAVY, LIGHT
 from hap.models import preprocessing, transformed
+from hap.models.trainer_settings import TUNING
 from hap.pipeline.resolvers import (LatestArtifactOrNothingStrategy, LatestBlessedCascadeStrategy,
-                                    LatestBlessedModelOfOtherDataStrategy, history, make_resolver, mark_roles)
+                                    LatestBlessedModelOfOtherDataStrategy, LatestOfOtherDataStrategy, history,
+                                    make_resolver, mark_roles)
 from hap.settings import DriftComparator, HapSettings
 from hap.tree import to_plain
 
 PREPROCESSING_FN = "hap.models.preprocessing.preprocessing_fn"
 RUN_FN = "hap.models.trainer_module.run_fn"
+TUNER_FN = "hap.models.tuner_module.tuner_fn"
 
 
 def code_fingerprint() -> str:
@@ -209,6 +213,7 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         transform.add_upstream_node(drift_gate)
         components += [accepted, drift_validator, drift_gate]
     components += [transform, grouper]
+    accepted_drift = {"accepted_statistics": drift_gate.outputs["accepted_statistics"]} if drift_comparators else {}
     trained = {}
 
     for model in (LIGHT, HEAVY):
@@ -223,13 +228,29 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
                                  todays_examples, portable)
             components.append(base)
             warm = {"base_model": base.outputs["model"]}
+        tuned = {}
+        if settings.tuning.trials:
+            tuner_id = f"Tuner_{model}"
+            last_tuned = make_resolver(
+                f"LastTuned_{model}", LatestOfOtherDataStrategy,
+                {"hyperparameters": history(HyperParameters, tuner_id, "best_hyperparameters")}, todays_examples,
+                portable)
+            tuner = Tuner(
+                examples=grouper.outputs["request_examples"], transform_graph=transform.outputs["transform_graph"],
+                schema=schema_gen.outputs["schema"], tuner_fn=TUNER_FN,
+                custom_config={**trainer_config, TUNING: to_plain(settings.tuning)},
+                retune_days=settings.tuning.retune_days,
+                previous_hyperparameters=last_tuned.outputs["hyperparameters"], **accepted_drift).with_id(tuner_id)
+            mark_roles(tuner, "best_hyperparameters")
+            components += [last_tuned, tuner]
+            tuned = {"hyperparameters": tuner.outputs["best_hyperparameters"]}
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
             examples=grouper.outputs["request_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             custom_config=trainer_config,
-            **warm,
+            **warm, **tuned,
         ).with_id(trainer_id)
         mark_roles(trainer, "model")
         baseline = make_resolver(f"LatestBlessedModel_{model}", LatestBlessedModelOfOtherDataStrategy, last_blessed,

@@ -14,6 +14,9 @@ re-run resolves what the first run of the day resolved and stays cached.
 
 `LatestBlessedCascadeStrategy`, for the CascadeAssembler's baseline: see its docstring.
 
+`LatestOfOtherDataStrategy`, for a Tuner's last hyper-parameters: the same narrowing for any
+artifact, blessed or not.
+
 Kubeflow Pipelines runs no Python resolver: TFX's KubeflowV2 compiler turns TFX's own two
 strategies into ML Metadata queries by artifact type, and drops the channels' producers. So every
 artifact a resolver reads from the pipeline's history carries its role, `<component id>.<output
@@ -127,3 +130,24 @@ class LatestBlessedCascadeStrategy(LatestBlessedModelOfOtherDataStrategy):
     Metadata assigns only after the executor returns, so that property is 0 there and TFX's
     strategy never found a blessed cascade ("blessed (no blessed cascade to compare with)" every
     day). Its `current_model` URI names the model too; pairing by it finds it."""
+
+
+TODAY = "examples"
+
+
+class LatestOfOtherDataStrategy(resolver.ResolverStrategy):
+    """A Tuner's last hyper-parameters: inputs `examples` (today's training input) and history
+    channels; outputs, per history channel, its newest artifact whose producer read none of
+    today's artifacts, or nothing, so that a re-run of a day resolves what its first run resolved
+    and stays cached (LatestBlessedModelOfOtherDataStrategy's reason)."""
+
+    TFX_STRATEGY = latest_artifact_strategy.LatestArtifactStrategy
+
+    def resolve_artifacts(self, store: mlmd.MetadataStore,
+                          input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict[str, List[types.Artifact]]]:
+        today = {a.id for a in input_dict.get(TODAY, [])}
+        result = {TODAY: list(input_dict.get(TODAY, []))}
+        for key in set(input_dict) - {TODAY}:
+            newest = sorted(input_dict[key], key=lambda a: a.id, reverse=True)
+            result[key] = next(([a] for a in newest if not today & _trained_on(store, a.id)), [])
+        return result

@@ -239,6 +239,35 @@ def _warm_text(trained: dict) -> str | None:
     return None
 
 
+def _values_text(values: dict, only=None) -> str:
+    return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in values.items() if only is None or name in only)
+
+
+def tuning_text(out_dir: str, model: str) -> str | None:
+    """What the model's Tuner chose, the runner-up and the margin on the holdout, and whether the
+    search ran today or was reused (components/tuner); None without a Tuner."""
+    from hap.components.tuner import executor as tuner_executor
+
+    try:
+        best = latest_artifact(out_dir, f"Tuner_{model}", "HyperParameters")
+    except FileNotFoundError:
+        return None
+    props = best.custom_properties
+    trials = json.loads(props[tuner_executor.TRIALS].string_value or "[]") if tuner_executor.TRIALS in props else []
+    if not trials:
+        return f"  tuning: no completed trial ({props[tuner_executor.REASON].string_value})"
+    chosen = trials[0]
+    text = f"  tuned: {_values_text(chosen['values'])} (holdout AUC {chosen['score']:.4f}"
+    if len(trials) > 1:
+        runner_up = trials[1]
+        differs = {k for k in {**chosen["values"], **runner_up["values"]}
+                   if chosen["values"].get(k) != runner_up["values"].get(k)}
+        text += (f"; runner-up {_values_text(runner_up['values'], differs)} {runner_up['score']:.4f}, "
+                 f"margin {chosen['score'] - runner_up['score']:.4f}")
+    return f"{text}; {len(trials)} trials; {props[tuner_executor.REASON].string_value})"
+
+
 def blessing_failures(out_dir: str, model: str) -> list[dict]:
     """Why the newest Evaluator of `model` did not bless it (`validation_failures` of its TFMA
     validation result); empty when every threshold passed."""
@@ -371,16 +400,16 @@ def summary_lines(out_dir: str, evaluated: bool = False) -> list[str]:
     for model, trained in training_summary(out_dir).items():
         head = (f"{model}: epoch {trained['chosen_epoch']} of {trained['epochs_run']} chosen by validation "
                 f"(eval AUC {_auc_text(model, trained['auc'])})")
-        warm = _warm_text(trained)
+        notes = [text for text in (tuning_text(out_dir, model), _warm_text(trained)) if text]
         if trained["blessed"]:
-            lines += [f"{head}: blessed"] + ([warm] if warm else [])
+            lines += [f"{head}: blessed"] + notes
             continue
         not_blessed.append(model)
         lines.append(f"{head}: NOT blessed")
         lines += [f"  {failure_text(f)}" for f in blessing_failures(out_dir, model)] \
             or ["  (the Evaluator gave no reason)"]
         lines.append("  what to do: README, \"When a model is not blessed\" (e.g. relax a floor with --auc-floors)")
-        lines += [warm] if warm else []
+        lines += notes
 
     cascade = cascade_blessing(out_dir)
     if cascade is not None and not not_blessed:

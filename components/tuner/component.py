@@ -1,0 +1,52 @@
+"""Tuner: TFX's Tuner (KerasTuner, `tuner_fn`) that reuses the last tuned hyper-parameters of its
+Trainer until they are `retune_days` days older than today, until a drift was accepted, or until
+what is tuned changed; then it searches again.
+
+A daily pipeline would otherwise search on every run, at several times a Trainer's cost, though
+a day's new data rarely moves the best loss or width. The Trainer reads `best_hyperparameters`
+either way; its properties say which day tuned them and why they were (re)used
+(executor.py)."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import component_spec, standard_artifacts, standard_component_specs as specs
+
+from hap.components.tuner import executor
+
+PREVIOUS, DRIFT = "previous_hyperparameters", "accepted_statistics"
+
+
+class TunerSpec(specs.TunerSpec):
+    PARAMETERS = {**specs.TunerSpec.PARAMETERS, executor.RETUNE_DAYS: component_spec.ExecutionParameter(type=int)}
+    INPUTS = {**specs.TunerSpec.INPUTS,
+              PREVIOUS: component_spec.ChannelParameter(type=standard_artifacts.HyperParameters, optional=True),
+              DRIFT: component_spec.ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True)}
+
+
+class Tuner(base_component.BaseComponent):
+    """examples, transform_graph, schema, tuner_fn, custom_config: as TFX's Tuner's.
+    retune_days: how many days old the previous hyper-parameters may be (0: always search).
+    previous_hyperparameters: the last `best_hyperparameters` of this Tuner (a resolver's).
+    accepted_statistics: the DriftGate's output of this run, where there is one; a drift it
+    accepted means the data changed, and the search runs again."""
+
+    SPEC_CLASS = TunerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+    def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel, schema: types.BaseChannel,
+                 tuner_fn: str, custom_config: dict, retune_days: int,
+                 previous_hyperparameters: Optional[types.BaseChannel] = None,
+                 accepted_statistics: Optional[types.BaseChannel] = None):
+        from tfx.proto import trainer_pb2
+
+        super().__init__(spec=TunerSpec(
+            examples=examples, transform_graph=transform_graph, schema=schema, tuner_fn=tuner_fn,
+            train_args=trainer_pb2.TrainArgs(), eval_args=trainer_pb2.EvalArgs(),
+            custom_config=json.dumps(custom_config, sort_keys=True), retune_days=retune_days,
+            previous_hyperparameters=previous_hyperparameters, accepted_statistics=accepted_statistics,
+            best_hyperparameters=types.Channel(type=standard_artifacts.HyperParameters),
+            tuner_results=types.Channel(type=standard_artifacts.TunerResults)))

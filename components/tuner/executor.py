@@ -1,0 +1,91 @@
+"""Executor of the Tuner: TFX's Tuner executor's search, or the previous hyper-parameters where
+they still hold (`reuse_decision`).
+
+`best_hyperparameters` holds TFX's `best_hyperparameters.txt` (KerasTuner's config, the one file
+the Trainer reads there). Its properties: `trials`, every completed trial of the search best
+first ({"trial_id", "score", "values"}, JSON), so a reused choice keeps the search it came from
+(the run's summary names the runner-up and the margin from it); `tuned_day` (the newest day of the
+run that searched); `search` (a hash of the Tuner's custom_config: settings, search space,
+features and model code); `reused` and `reason`. `tuner_results` holds TFX's
+`tuner_results.json` of that search.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List
+
+from keras_tuner.engine import trial as trial_module
+from tfx import types
+from tfx.components.tuner import executor as tuner_executor
+from tfx.types import artifact_utils, standard_component_specs as specs
+from tfx.utils import io_utils
+
+from hap.components.drift_gate.component import DRIFT_ACCEPTED
+
+RETUNE_DAYS = "retune_days"
+TRIALS, TUNED_DAY, SEARCH, REUSED, REASON = "trials", "tuned_day", "search", "reused", "reason"
+RESULTS_FILE = "tuner_results.json"
+
+
+def search_key(custom_config: str) -> str:
+    return hashlib.sha256(custom_config.encode()).hexdigest()[:16]
+
+
+def reuse_decision(previous: types.Artifact | None, today: int, retune_days: int, search: str,
+                   drift_accepted: bool) -> tuple[bool, str]:
+    """Whether to reuse `previous` (the last best_hyperparameters, or None) on day `today`, and why."""
+    if retune_days == 0:
+        return False, "tuning.retune_days is 0: every run searches"
+    if previous is None:
+        return False, "no earlier search"
+    tuned_day = previous.get_int_custom_property(TUNED_DAY)
+    if drift_accepted:
+        return False, f"today's drift was accepted (last search: day {tuned_day})"
+    if previous.get_string_custom_property(SEARCH) != search:
+        return False, (f"the settings, search space, features or model code changed since the search of day "
+                       f"{tuned_day}")
+    age = today - tuned_day
+    if not 0 <= age < retune_days:
+        return False, f"the last search, of day {tuned_day}, is {age} days from today's (tuning.retune_days {retune_days})"
+    return True, f"the search of day {tuned_day}, {age} day(s) old (tuning.retune_days {retune_days})"
+
+
+def completed_trials(tuner) -> list[dict]:
+    """Every completed trial of a search, best first."""
+    return [{"trial_id": t.trial_id, "score": t.score, "values": t.hyperparameters.values}
+            for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials))
+            if t.status == trial_module.TrialStatus.COMPLETED]
+
+
+def read_trials(best_hyperparameters: types.Artifact) -> list[dict]:
+    return json.loads(best_hyperparameters.get_string_custom_property(TRIALS) or "[]")
+
+
+class Executor(tuner_executor.Executor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        best = artifact_utils.get_single_instance(output_dict[specs.BEST_HYPERPARAMETERS_KEY])
+        results = artifact_utils.get_single_instance(output_dict[specs.TUNER_RESULTS_KEY])
+        today = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY]).span
+        previous = (input_dict.get("previous_hyperparameters") or [None])[0]
+        drift = any(a.get_int_custom_property(DRIFT_ACCEPTED) for a in input_dict.get("accepted_statistics") or [])
+        search = search_key(exec_properties[specs.CUSTOM_CONFIG_KEY])
+        reuse, reason = reuse_decision(previous, today, exec_properties[RETUNE_DAYS], search, drift)
+        if reuse:
+            io_utils.copy_dir(previous.uri, best.uri)
+            tuned_day, trials = previous.get_int_custom_property(TUNED_DAY), read_trials(previous)
+        else:
+            tuner = tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
+            tuner_executor.write_best_hyperparameters(tuner, output_dict)
+            tuned_day, trials = today, completed_trials(tuner)
+        # TFX's format (a row per trial), which a search has written already and a reuse copies.
+        io_utils.write_string_file(os.path.join(results.uri, RESULTS_FILE), json.dumps(
+            [{"trial_id": t["trial_id"], "score": t["score"], **t["values"]} for t in trials]))
+        best.set_string_custom_property(TRIALS, json.dumps(trials))
+        best.set_int_custom_property(TUNED_DAY, tuned_day)
+        best.set_string_custom_property(SEARCH, search)
+        best.set_int_custom_property(REUSED, int(reuse))
+        best.set_string_custom_property(REASON, ("reused " if reuse else "searched: ") + reason)
