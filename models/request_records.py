@@ -220,16 +220,21 @@ class RequestRecords:
     def split_holdout(self, share: float) -> tuple["RequestRecords", "RequestRecords"]:
         """(the rest, the holdout): about `share` of the requests, chosen by a hash of each
         request's record, so the two sides never share a request and every pass reads the same
-        ones whatever the files' order. Their counts are the split's scaled by the share."""
+        ones whatever the files' order. Their requests are counted (one pass over the records);
+        their samples per group are the split's in proportion."""
         if not 0.0 < share < 1.0 or self.holdout_share:
             raise ValueError(f"a holdout share must be in (0, 1) of records not split already, got {share}")
+        holdout = dataclasses.replace(self, holdout_share=share, holdout=True)
+        records = tf.data.TFRecordDataset(list(self.files), compression_type="GZIP").take(self.requests)
+        held_out = int(records.filter(holdout._in_side).reduce(0, lambda n, _: n + 1))
 
-        def side(part: float, holdout: bool) -> "RequestRecords":
-            return dataclasses.replace(
-                self, requests=max(1, round(self.requests * part)), holdout_share=share, holdout=holdout,
-                samples_by_group={g: round(n * part) for g, n in self.samples_by_group.items()})
+        def side(records: "RequestRecords", requests: int) -> "RequestRecords":
+            part = requests / max(self.requests, 1)
+            return dataclasses.replace(records, requests=requests,
+                                       samples_by_group={g: round(n * part) for g, n in self.samples_by_group.items()})
 
-        return side(1.0 - share, False), side(share, True)
+        return (side(dataclasses.replace(holdout, holdout=False), self.requests - held_out),
+                side(holdout, held_out))
 
     def _in_side(self, record: tf.Tensor) -> tf.Tensor:
         in_holdout = tf.strings.to_hash_bucket_fast(record, HOLDOUT_BUCKETS) < round(self.holdout_share * HOLDOUT_BUCKETS)

@@ -213,7 +213,6 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
         transform.add_upstream_node(drift_gate)
         components += [accepted, drift_validator, drift_gate]
     components += [transform, grouper]
-    accepted_drift = {"accepted_statistics": drift_gate.outputs["accepted_statistics"]} if drift_comparators else {}
     trained = {}
 
     for model in (LIGHT, HEAVY):
@@ -237,10 +236,10 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
                 portable)
             tuner = Tuner(
                 examples=grouper.outputs["request_examples"], transform_graph=transform.outputs["transform_graph"],
-                schema=schema_gen.outputs["schema"], tuner_fn=TUNER_FN,
+                schema=schema_gen.outputs["schema"], statistics=statistics_gen.outputs["statistics"], tuner_fn=TUNER_FN,
                 custom_config={**trainer_config, TUNING: to_plain(settings.tuning)},
-                retune_days=settings.tuning.retune_days,
-                previous_hyperparameters=last_tuned.outputs["hyperparameters"], **accepted_drift).with_id(tuner_id)
+                retune_days=settings.tuning.retune_days, drift_comparators=to_plain(drift_comparators),
+                previous_hyperparameters=last_tuned.outputs["hyperparameters"]).with_id(tuner_id)
             mark_roles(tuner, "best_hyperparameters")
             components += [last_tuned, tuner]
             tuned = {"hyperparameters": tuner.outputs["best_hyperparameters"]}

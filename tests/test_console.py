@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import floors_at, quick_keys
+from conftest import TUNED_RUN, floors_at, quick_keys
 from hap.pipeline import console
 
 HEAVY_MODULES = ("tensorflow", "tfx", "apache_beam", "tensorflow_model_analysis", "tensorflow_transform")
@@ -182,6 +182,14 @@ def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(pip
     assert set(components.values()) == {"done"}, components
     assert re.search(r"^light: epoch [12] of 2 chosen by validation \(eval AUC EP vs EN 0\.\d{3}, .*\): blessed$",
                      first.stdout, re.M), first.stdout
+    # Each model's Tuner (conftest.TUNED_RUN): the choice, the runner-up and the margin on the holdout.
+    for model in ("light", "heavy"):
+        tuned = re.search(rf"^{model}: .*: blessed\n  tuned: loss \S+, .*\(holdout AUC (0\.\d{{4}}); runner-up .* "
+                          rf"(0\.\d{{4}}), margin (0\.\d{{4}}); 2 trials; searched: no earlier search\)$", first.stdout, re.M)
+        assert tuned, first.stdout
+        best, runner_up, margin = map(float, tuned.groups())
+        assert abs(best - runner_up - margin) <= 1.5e-4
+    assert re.search(r"^  tuned: .*model_config", first.stdout, re.M), "the heavy model chose its architecture"
     pushed = re.search(r"^pushed: cascade version (\d+) to (\S+)$", first.stdout, re.M)
     assert pushed and pushed.group(2) == os.path.join(run, "serving", "hap", pushed.group(1)), first.stdout
     assert os.path.isfile(os.path.join(pushed.group(2), "saved_model.pb"))
@@ -199,7 +207,7 @@ def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(pip
     shutil.copytree(os.path.join(run, "serving"), os.path.join(out, "serving"))
     floors = floors_at(0.0)
     floors["light"]["EN"] = 1.0
-    sets = [arg for key, value in quick_keys(0.0).items() if not key.endswith("auc_floors")
+    sets = [arg for key, value in {**quick_keys(0.0), **TUNED_RUN}.items() if not key.endswith("auc_floors")
             for arg in ("--set", f"{key}={json.dumps(value)}")]
     second = _hap("run", "--data", e2e_data, "--out", out, *sets, "--auc-floors", json.dumps(floors))
     assert second.returncode == 0, second.stdout + second.stderr
@@ -207,6 +215,7 @@ def test_a_run_console_shows_components_and_summary_and_names_a_missed_floor(pip
     # What re-runs depends on what changed (the floors: the Evaluators at least); the rest is cached.
     again = _component_lines(second.stdout)
     assert again["Evaluator_light"] == "done" and "cached" in again.values(), second.stdout
+    assert again["Tuner_light"] == again["Trainer_light"] == "cached", second.stdout
     assert re.search(r"^light: .*: NOT blessed\n  EP vs EN AUC 0\.\d{3} < floor 1\n", second.stdout, re.M), second.stdout
     assert re.search(r"^heavy: .*: blessed$", second.stdout, re.M)
     assert (f"pushed: NOTHING, as the light model was not blessed; {out}/serving/hap still holds version "

@@ -197,3 +197,20 @@ def test_requests_with_other_features_are_built_one_at_a_time():
     records = request_records.request_records(requests, ("request_key",))
     assert records == _one_at_a_time(requests, ("request_key",))
     assert "tags" not in records[1].features.feature and list(records[0].features.feature["tags"].int64_list.value) == [1, 2, 1, 2]
+
+
+def test_a_holdout_split_parts_the_requests_the_same_way_on_every_pass(records, arrays):
+    fit, holdout = records.split_holdout(0.3)
+
+    def requests(side, **shuffle):
+        return collections.Counter(np.concatenate([b[transformed.REQUEST_KEY]
+                                                   for b in _batches(side.dataset(2, **shuffle))]).tolist())
+
+    in_fit, in_holdout = requests(fit, shuffle_requests=50, seed=1), requests(holdout, shuffle_requests=50, seed=2)
+    assert in_fit + in_holdout == _sizes(arrays), "every request on one side, whole"
+    assert not set(in_fit) & set(in_holdout)
+    assert requests(holdout) == in_holdout, "another pass, in another order, holds the same requests"
+    assert 0 < len(in_holdout) < len(in_fit)
+    assert (fit.requests, holdout.requests) == (len(in_fit), len(in_holdout))
+    with pytest.raises(ValueError, match="holdout share"):
+        holdout.split_holdout(0.5)

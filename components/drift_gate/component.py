@@ -22,9 +22,6 @@ from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics
 from tfx.utils import io_utils
 
 ANOMALIES_FILE = "SchemaDiff.pb"
-# The accepted statistics' property saying that today drifted and the run accepted it (a Tuner
-# then searches again: components/tuner).
-DRIFT_ACCEPTED = "drift_accepted"
 
 
 class DataDriftError(RuntimeError):
@@ -77,7 +74,6 @@ def DriftGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtif
             "stopping before Transform and training:\n  " + "\n  ".join(messages)
             + "\n(the thresholds: the settings' drift.comparators, `hap config show`; if the change is real, "
               "`hap run --set drift.accept=true` accepts it and makes today the baseline)")
-    accepted_statistics.set_int_custom_property(DRIFT_ACCEPTED, int(bool(messages)))
     io_utils.copy_dir(statistics.uri, accepted_statistics.uri)
     accepted_statistics.split_names = statistics.split_names
     accepted_statistics.span = statistics.span
