@@ -265,7 +265,8 @@ def tuning_text(out_dir: str, model: str) -> str | None:
                    if chosen["values"].get(k) != runner_up["values"].get(k)}
         text += (f"; runner-up {_values_text(runner_up['values'], differs)} {runner_up['score']:.4f}, "
                  f"margin {chosen['score'] - runner_up['score']:.4f}")
-    return f"{text}; {len(trials)} trials; {props[tuner_executor.REASON].string_value})"
+    count = f"{len(trials)} trial{'s' if len(trials) > 1 else ''}"
+    return f"{text}; {count}; {props[tuner_executor.REASON].string_value})"
 
 
 def blessing_failures(out_dir: str, model: str) -> list[dict]:

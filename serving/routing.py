@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 
-from hap.serving.policy import (ADAPTIVE, BAND, COMBINATIONS, IN_PLACE, LEARNED, POLICIES,  # noqa: F401
+from hap.serving.policy import (ADAPTIVE, BAND, COMBINATIONS, IN_PLACE, LEARNED, LIGHT_ONLY, POLICIES,  # noqa: F401
                                 ROUTED_FIRST, TOP_K, RoutingPolicy, routed_count)
 
 
@@ -77,6 +77,8 @@ def routed_mask(policy: RoutingPolicy, light_logits: tf.Tensor, router_logits: t
     """bool [N]: the candidates of one request that the heavy model re-scores; `router_logits`
     (the light model's difficulty router) only for the `learned` policy."""
     n = tf.shape(light_logits)[0]
+    if policy.kind == LIGHT_ONLY:
+        return tf.zeros([n], tf.bool)
     if policy.kind == ADAPTIVE:
         return cutoff_distance(light_logits, policy.cutoff) <= policy.margin
     k = routed_count_in_graph(n, policy.fraction)

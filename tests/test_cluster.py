@@ -165,8 +165,10 @@ def s3_days(s3, e2e_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("days") / "run")
     # Any model and cascade are good enough for the second day here: the test is about the
     # sequence, and two epochs on 50 requests a day make their AUCs a coin's toss.
+    # One trial (the settings') of one epoch: the first day searches, the second reuses its search.
     sets = _s3_sets(**{"storage.artifacts_root": f"s3://{BUCKET}/days", "data.window_days": 2, "warm_start": True,
-                       "cascade.tolerance": 1.0, "evaluator.auc_tolerance": 1.0})
+                       "cascade.tolerance": 1.0, "evaluator.auc_tolerance": 1.0, "tuning.trials": 1,
+                       "tuning.max_epochs": 1})
     runs = []
     for drift in (None, simulator.DayDrift(), simulator.DayDrift(network=0.8)):
         if drift is not None:
@@ -184,6 +186,11 @@ def test_day_by_day_on_the_object_store_warm_starts_pushes_and_stops_on_drift(s3
 
     out, (first, second, drifted) = s3_days
     assert [len(run.pushed) for run in (first, second, drifted)] == [1, 2, 2]
+    for model in MODELS:
+        assert re.search(rf"^{model}: .*\n  tuned: .*; 1 trial; searched: no earlier search\)$", first.stdout, re.M), \
+            first.stdout
+        assert re.search(rf"^{model}: .*\n  tuned: .*; 1 trial; reused the search of day 2, 1 day\(s\) old "
+                         rf"\(tuning.retune_days 7\)\)$", second.stdout, re.M), second.stdout
     assert f"s3://{BUCKET}/days/serving/hap/" in first.stdout
     # Everything but the run directory's own records is on the store.
     assert not os.path.exists(os.path.join(out, "pipeline_root")) and not os.path.exists(os.path.join(out, "serving"))
