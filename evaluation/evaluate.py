@@ -134,8 +134,9 @@ def _id_hash(request_id: str) -> int:
 
 
 class RequestSample:
-    """Rows grouped by request: of the latest day only (`latest_day`), and at most `size`
-    requests, those whose ids hash lowest (bottom-k).
+    """Rows grouped by request: of the latest day only (`latest_day`), of one `half` of the
+    requests (0 or 1, by their ids' hash; None: all), and at most `size` requests, those whose
+    ids hash lowest (bottom-k).
 
     The sample is fixed by the request ids alone, whatever the order of files and rows, so two
     cascades scored on one dataset are scored on the same requests. Rows are kept as stored and
@@ -143,10 +144,12 @@ class RequestSample:
     requests let in early and pushed out later are never parsed either), and memory is bounded
     by the sample. Requests keep the order of their first row."""
 
-    def __init__(self, size: int | None = None, latest_day: bool = False):
+    def __init__(self, size: int | None = None, latest_day: bool = False, half: int | None = None):
         if size is not None and size < 1:
             raise ValueError(f"a request sample needs a size >= 1, got {size}")
-        self.size, self.latest_day = size, latest_day
+        if half not in (None, 0, 1):
+            raise ValueError(f"half must be 0, 1 or None, got {half!r}")
+        self.size, self.latest_day, self.half = size, latest_day, half
         self.day = None
         self._rows: dict[str, list[reader.RawRow]] = {}
         self._largest = []  # max-heap of the sample's (-hash, request_id)
@@ -159,6 +162,8 @@ class RequestSample:
                 return False
         if request_id in self._rows:
             return True
+        if self.half is not None and _id_hash(request_id) >> 63 != self.half:
+            return False  # the top bit: independent of the bottom-k below, which the low hashes decide
         if self.size is not None:
             entry = (-_id_hash(request_id), request_id)
             if len(self._largest) < self.size:
@@ -180,25 +185,26 @@ class RequestSample:
                 for request_id in list(self._rows)}
 
 
-def eval_day_requests(data_dir: str, features: c.FeatureSet,
-                      max_requests: int | None = None) -> tuple[int, dict[str, list[dict]]]:
+def eval_day_requests(data_dir: str, features: c.FeatureSet, max_requests: int | None = None,
+                      half: int | None = None) -> tuple[int, dict[str, list[dict]]]:
     """The last day of samples/ and its rows grouped by request, in file order (one pass; only the
     latest day seen so far is kept in memory, and rows of earlier days are not parsed in full);
-    with `max_requests`, a sample of that many of its requests (`RequestSample`)."""
-    sample = RequestSample(max_requests, latest_day=True)
+    with `max_requests`, a sample of that many of its requests, with `half` of one half of them
+    (`RequestSample`)."""
+    sample = RequestSample(max_requests, latest_day=True, half=half)
     requests = sample.read(data_dir, c.SAMPLES_DIR, features)
     if sample.day is None:
         raise c.ContractError([f"{os.path.join(data_dir, c.SAMPLES_DIR)}: no samples"])
     return sample.day, requests
 
 
-def funnel_requests(data_dir: str, features: c.FeatureSet,
-                    max_requests: int | None = None) -> dict[str, list[dict]] | None:
-    """funnel/ rows grouped by request (with `max_requests`, a sample of them: `RequestSample`),
-    or None when the dataset has no funnel/."""
+def funnel_requests(data_dir: str, features: c.FeatureSet, max_requests: int | None = None,
+                    half: int | None = None) -> dict[str, list[dict]] | None:
+    """funnel/ rows grouped by request (with `max_requests` and `half`, a sample of them:
+    `RequestSample`), or None when the dataset has no funnel/."""
     if not storage.isdir(storage.join(data_dir, c.FUNNEL_DIR)):
         return None
-    requests = RequestSample(max_requests).read(data_dir, c.FUNNEL_DIR, features)
+    requests = RequestSample(max_requests, half=half).read(data_dir, c.FUNNEL_DIR, features)
     for request_id, rows in requests.items():
         for row in rows:
             if row.get(c.ORACLE_COLUMN) is None:
@@ -213,28 +219,42 @@ def funnel_requests(data_dir: str, features: c.FeatureSet,
 BLESSING_METRICS = {FUNNEL: f"oracle_recall@{FUNNEL_KS[-1]}", LOGGED: "gauc"}
 
 
+def blessing_requests(data_dir: str, features: c.FeatureSet, max_requests: int | None = None,
+                      half: int | None = None) -> tuple[str, dict[str, list[dict]]]:
+    """The part a cascade is blessed on (funnel/ if present, else the eval day's logged requests)
+    and its requests (`RequestSample` of `max_requests` and `half`)."""
+    funnel = funnel_requests(data_dir, features, max_requests, half)
+    return ((FUNNEL, funnel) if funnel is not None
+            else (LOGGED, eval_day_requests(data_dir, features, max_requests, half)[1]))
+
+
+def part_metric(part: str, request, label=None, group=None, utility=None):
+    """The blessing metric of `part` (BLESSING_METRICS) as a function of the candidates' scores."""
+    name = BLESSING_METRICS[part]
+
+    def metric(score) -> float:
+        if part == FUNNEL:
+            return funnel_metrics(request, np.asarray(utility, np.float64), score)[name].value
+        return logged_metrics(request, np.asarray(label), np.asarray(group), score)[name].value
+
+    return metric
+
+
 def cascade_quality(version_dir: str, data_dir: str, max_requests: int | None = None,
-                    popularity: ItemPopularity | None = None) -> dict:
+                    popularity: ItemPopularity | None = None, half: int | None = None) -> dict:
     """The cascade signature's blessing metric on `data_dir` (funnel/ if present, else the eval
-    day's logged requests), one request per call as served; with `max_requests`, on a sample of
-    that many requests fixed by their ids (`RequestSample`): {"part", "metric", "value", "requests"},
-    and with `popularity` its scores' metric on the same candidates as "popularity"."""
+    day's logged requests), one request per call as served; with `max_requests` and `half`, on a
+    sample of the requests fixed by their ids (`RequestSample`): {"part", "metric", "value",
+    "requests"}, and with `popularity` its scores' metric on the same candidates as "popularity"."""
     info = load_info(version_dir)
     features = c.load_features(data_dir)
     check_features(info.features, features, data_dir)
-    funnel = funnel_requests(data_dir, features, max_requests)
-    part, requests = ((FUNNEL, funnel) if funnel is not None
-                      else (LOGGED, eval_day_requests(data_dir, features, max_requests)[1]))
+    part, requests = blessing_requests(data_dir, features, max_requests, half)
     scored = score_part(SignatureCaller(version_dir), requests, info, part, progress=False, signatures=("cascade",))
     request, scores = scored.arrays()
-    name = BLESSING_METRICS[part]
-
-    def metric(score):
-        if part == FUNNEL:
-            return funnel_metrics(request, np.asarray(scored.utility, np.float64), score)[name].value
-        return logged_metrics(request, np.asarray(scored.label), np.asarray(scored.group), score)[name].value
-
-    out = {"part": part, "metric": name, "value": metric(scores["cascade"]), "requests": len(requests)}
+    metric = part_metric(part, request, scored.label, scored.group, scored.utility)
+    out = {"part": part, "metric": BLESSING_METRICS[part], "value": metric(scores["cascade"]),
+           "requests": len(requests)}
     if popularity is not None:
         out["popularity"] = metric(popularity.scores(scored.item))
     return out

@@ -29,7 +29,7 @@ from hap.data import contract as c
 from hap.evaluation import evaluate
 from hap.evaluation.popularity import ItemPopularity
 from hap.models import heavy, light, preprocessing  # noqa: F401  (registers the Keras classes)
-from hap.serving import cascade, flops, warmup
+from hap.serving import budget, cascade, flops, warmup
 from hap.tree import parse
 
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
@@ -54,30 +54,42 @@ def source_commit() -> str | None:
 
 def assemble(transform_dir: str, light_dir: str, heavy_dir: str, custom_config: dict,
              settings: cascade.CascadeSettings, model_name: str, export_dir: str,
-             provenance: dict | None = None) -> None:
+             provenance: dict | None = None, data_root: str | None = None) -> cascade.CascadeSettings:
     """Writes the cascade SavedModel of the given Trainer outputs to `export_dir` (atomically);
     `provenance` ({"hap_settings": the whole effective tree, "source_commit"}) goes into its
-    info file beside the cascade's own settings."""
+    info file beside the cascade's own settings. With a budget (`settings.budget.mflops`), the
+    routing is chosen within it on `data_root`'s eval day (serving/budget.py) and the choice is
+    recorded in the info file (`budget`). Returns the settings the cascade was saved with."""
     features = preprocessing.feature_set_from_config(custom_config)
     tft_output = tft.TFTransformOutput(transform_dir)
     light_model = tf.keras.models.load_model(light_dir, compile=False)
     heavy_model = tf.keras.models.load_model(heavy_dir, compile=False)
-    module = cascade.CascadeModule(light_model, heavy_model, tft_output.transform_features_layer(),
-                                   tft_output.raw_feature_spec(), features, settings)
+    parts = flops.model_flops(light_model, heavy_model)
+
+    def module_with(cascade_settings):
+        return cascade.CascadeModule(light_model, heavy_model, tft_output.transform_features_layer(),
+                                     tft_output.raw_feature_spec(), features, cascade_settings)
+
+    module, chosen = module_with(settings), {}
+    if settings.budget.mflops is not None:
+        policy, record = budget.choose_routing(module, features, data_root, settings, parts)
+        settings = dataclasses.replace(settings, routing=policy)
+        module, chosen = module_with(settings), {"budget": record}
     staging = f"{export_dir.rstrip('/')}.tmp"
     storage.rmtree(staging)
     module.save(staging)
     warmup.write_warmup(staging, features, model_name)
-    info = {"settings": dataclasses.asdict(settings), "flops": flops.model_flops(light_model, heavy_model),
-            "features": [f.to_yaml_dict() for f in features.features], **(provenance or {})}
+    info = {"settings": dataclasses.asdict(settings), "flops": parts,
+            "features": [f.to_yaml_dict() for f in features.features], **chosen, **(provenance or {})}
     with storage.open(storage.join(staging, "assets.extra", cascade.INFO_FILE), "w") as f:
         f.write(json.dumps(info, indent=1))
     storage.replace(staging, export_dir)
+    return settings
 
 
 def validate(export_dir: str, baseline_dir: str | None, data_root: str, tolerance: float,
              max_requests: int | None = None, popularity_days: list[int] | None = None,
-             popularity_margin: float = 0.0) -> dict:
+             popularity_margin: float = 0.0, half: int | None = None) -> dict:
     """The cascade's blessing metric on the eval day (at most `max_requests` of its requests, the
     same for both: evaluate.RequestSample) against the last blessed cascade's on the same data:
     {"metric", "part", "value", "requests", "baseline", "baseline_name", "regressed", "reason"}.
@@ -86,17 +98,18 @@ def validate(export_dir: str, baseline_dir: str | None, data_root: str, toleranc
     features changed), the baseline is item popularity on the training days `popularity_days`
     (evaluation/popularity.py), scored on the same requests, which the cascade must beat by more
     than `popularity_margin` (decision 0018); with `popularity_days` None, there is nothing to
-    compare with."""
+    compare with. `half`: only that half of the requests (evaluate.RequestSample), the one a
+    routing chosen within a budget was not chosen on."""
     out = {"baseline": None, "baseline_name": None, "regressed": False}
     base, why_not = None, "no blessed cascade to compare with"
     if baseline_dir is not None:
         try:
-            base = evaluate.cascade_quality(baseline_dir, data_root, max_requests)
+            base = evaluate.cascade_quality(baseline_dir, data_root, max_requests, half=half)
         except (c.ContractError, ValueError, FileNotFoundError) as e:
             why_not = f"the last blessed cascade cannot be scored on this data: {e}"
     popularity = (ItemPopularity.from_days(data_root, c.load_features(data_root), popularity_days)
                   if base is None and popularity_days is not None else None)
-    quality = evaluate.cascade_quality(export_dir, data_root, max_requests, popularity=popularity)
+    quality = evaluate.cascade_quality(export_dir, data_root, max_requests, popularity=popularity, half=half)
     out.update(metric=quality["metric"], part=quality["part"], value=quality["value"], requests=quality["requests"])
     measured = f"{quality['metric']} on {quality['requests']} {quality['part']} requests {quality['value']:.4f}"
     if base is not None:
@@ -152,7 +165,8 @@ class Executor(base_executor.BaseExecutor):
             heavy_dir=path_utils.serving_model_path(_single(input_dict["heavy_model"]).uri),
             custom_config=json.loads(exec_properties["custom_config"]),
             settings=settings, model_name=exec_properties["model_name"], export_dir=export_dir,
-            provenance={"hap_settings": json.loads(exec_properties["hap_settings"]), "source_commit": source_commit()})
+            provenance={"hap_settings": json.loads(exec_properties["hap_settings"]), "source_commit": source_commit()},
+            data_root=exec_properties["data_root"])
 
         blessing = _single(output_dict["blessing"])
         if blessed:
@@ -161,7 +175,8 @@ class Executor(base_executor.BaseExecutor):
             check = validate(export_dir, path_utils.serving_model_path(baseline[0].uri) if baseline else None,
                              exec_properties["data_root"], settings.tolerance, settings.blessing_requests,
                              popularity_days=read_days(_single(examples).uri)[TRAIN] if examples else None,
-                             popularity_margin=settings.popularity_margin)
+                             popularity_margin=settings.popularity_margin,
+                             half=budget.BLESSING_HALF if settings.budget.mflops is not None else None)
             blessed = not check["regressed"]
             blessing.set_string_custom_property("cascade_metric", check["metric"])
             blessing.set_float_custom_property("cascade_value", check["value"])

@@ -1,4 +1,5 @@
 """CascadeAssembler's executor on the Transform graph and models of a real pipeline run."""
+import dataclasses
 import glob
 import json
 import os
@@ -92,6 +93,51 @@ def test_a_failed_assembly_leaves_nothing_in_place(inputs, e2e_data, tmp_path, m
                           preprocessing.make_custom_config(c.load_features(e2e_data)), cascade.CascadeSettings(),
                           "hap", export_dir)
     assert not os.path.exists(export_dir)
+
+
+def test_a_budget_chooses_the_routing_on_half_the_eval_day_and_the_cascade_is_saved_with_it(inputs, e2e_data,
+                                                                                            tmp_path):
+    import tensorflow as tf
+
+    from hap.evaluation import evaluate
+    from hap.serving import budget
+
+    features = c.load_features(e2e_data)
+    light_dir, heavy_dir = (os.path.join(inputs[k][0].uri, "Format-Serving") for k in ("light_model", "heavy_model"))
+    parts = flops.model_flops(*(tf.keras.models.load_model(d, compile=False) for d in (light_dir, heavy_dir)))
+    light_only = flops.request_flops(parts, 1000, 0)["cascade"] / 1e6
+    # Room for a fifth of the candidates on the heavy model, not for half.
+    limit = light_only + 200.5 * parts["heavy_per_candidate"] / 1e6
+    policies = ["top_k", "band", "learned"]
+    settings = hap_settings.override(hap_settings.defaults(), {
+        "cascade.budget.mflops": limit, "cascade.budget.policies": policies}).cascade
+
+    def assemble(settings, name):
+        return executor.assemble(inputs["transform_graph"][0].uri, light_dir, heavy_dir,
+                                 preprocessing.make_custom_config(features), settings, "hap", str(tmp_path / name),
+                                 data_root=e2e_data)
+
+    saved = assemble(settings, "budget")
+    with open(os.path.join(tmp_path, "budget", "assets.extra", cascade.INFO_FILE)) as f:
+        info = json.load(f)
+    record = info["budget"]
+    within = [o for o in record["options"] if o["within"]]
+    assert {o["label"] for o in within} == {f"{p}{' around 200' if p == 'band' else ''} {f:.0%}" for p in policies
+                                            for f in (0.05, 0.1, 0.2)} | {"light model alone"}
+    assert len(record["options"]) == 3 * 4 + 1
+    chosen = next(o for o in record["options"] if o["label"] == record["chosen"])
+    assert chosen["value"] == max(o["value"] for o in within) and chosen["mflops"] <= limit
+    assert saved.routing == routing.RoutingPolicy(**chosen["routing"]) and info["settings"]["routing"] == chosen["routing"]
+    assert record["margin"] == pytest.approx(chosen["value"] - next(
+        o["value"] for o in record["options"] if o["label"] == record["runner_up"]))
+    # Chosen on one half of the eval day's requests (the other half blesses).
+    half = evaluate.eval_day_requests(e2e_data, features, half=budget.CHOOSING_HALF)[1]
+    assert (record["part"], record["metric"], record["requests"]) == ("logged", "gauc", len(half))
+
+    with pytest.raises(budget.BudgetError, match=f"{light_only:.1f} MFLOPs"):
+        assemble(dataclasses.replace(settings, budget=dataclasses.replace(settings.budget, mflops=light_only - 1)),
+                 "too_small")
+    assert not os.path.exists(tmp_path / "too_small")
 
 
 def test_the_component_passes_its_settings_to_the_executor():
