@@ -91,6 +91,7 @@ class CascadeInfo:
     settings: dict
     features: c.FeatureSet
     flops: dict
+    budget: dict | None = None  # the routing's choice within a serving budget (serving/budget.py)
 
 
 def load_info(version_dir: str) -> CascadeInfo:
@@ -111,7 +112,7 @@ def load_info(version_dir: str) -> CascadeInfo:
     if "routing" not in info["settings"]:
         raise ValueError(f"{path}: settings has no 'routing' (a cascade assembled before routing policies)")
     features = c.parse_features({"version": 1, "features": info["features"]}, f"{path}: features")
-    return CascadeInfo(info["settings"], features, info["flops"])
+    return CascadeInfo(info["settings"], features, info["flops"], info.get("budget"))
 
 
 def check_features(model_features: c.FeatureSet, data_features: c.FeatureSet, data_dir: str) -> None:
@@ -426,6 +427,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, ks=DEFAULT_KS, overwrite: 
                  "metrics": {s: logged_metrics(request, label, group, scores[s], ks) for s in SIGNATURES}},
         "compute": {LOGGED: compute_summary(scored.per_request)},
     }
+    if info.budget:
+        result["budget"] = info.budget
     per_request = list(scored.per_request)
     if funnel is None:
         result[FUNNEL] = {"skipped": f"{data_dir} has no {c.FUNNEL_DIR}/ (held-out requests with every retrieved "

@@ -135,7 +135,41 @@ def _evaluation_plots(result: dict, per_request: list[dict], out_dir: str) -> li
         ax.set_title(what)
         ax.legend()
     plots.append((_save(plt, fig, out_dir, "compute.png"), "Latency and FLOPs per request against N"))
+    if "budget" in result:
+        plots.append((_budget_plot(plt, result["budget"], out_dir), "Routing options against their FLOPs"))
     return plots
+
+
+def _budget_plot(plt, record: dict, out_dir: str) -> str:
+    """Each routing option's blessing metric against its MFLOPs, the budget and the choice."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for within, marker, label in ((True, "o", "within the budget"), (False, "x", "over the budget")):
+        options = [o for o in record["options"] if o["within"] == within]
+        ax.scatter([o["mflops"] for o in options], [o["value"] for o in options], marker=marker, label=label)
+    chosen = next(o for o in record["options"] if o["label"] == record["chosen"])
+    ax.scatter([chosen["mflops"]], [chosen["value"]], s=220, facecolors="none", edgecolors="red",
+               label=f"chosen: {chosen['label']}")
+    for o in record["options"]:
+        ax.annotate(o["label"], (o["mflops"], o["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(record["mflops"], color="grey", linestyle="--", label=f"budget {record['mflops']:g} MFLOPs")
+    ax.set_xlabel(f"MFLOPs per request of {record['candidates']} candidates")
+    ax.set_ylabel(f"{record['metric']} ({record['requests']} {record['part']} requests)")
+    ax.set_title("Routing options on the half of the eval day that chose")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out_dir, "budget.png")
+
+
+def budget_section(record: dict) -> list[str]:
+    """The report's table of the routing options the pipeline chose among within its budget."""
+    rows = [[o["label"], f"{o['mflops']:.1f}", fmt(o["value"], 4), "yes" if o["within"] else "no",
+             "**chosen**" if o["label"] == record["chosen"] else ("runner-up" if o["label"] == record["runner_up"]
+                                                                  else "")]
+            for o in sorted(record["options"], key=lambda o: o["mflops"])]
+    return ["## Routing within the serving budget", "",
+            f"The CascadeAssembler chose the routing within {record['mflops']:g} MFLOPs per request of "
+            f"{record['candidates']} candidates by {record['metric']} on {record['requests']} {record['part']} "
+            "requests of the eval day, the half the cascade was not blessed on (serving/budget.py).", "",
+            table(["routing", "MFLOPs", record["metric"], "within", ""], rows), ""]
 
 
 def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str) -> None:
@@ -172,6 +206,8 @@ def write_evaluation_report(result: dict, per_request: list[dict], out_dir: str)
                   f"Recall@K: share of each request's top {result['funnel_top']} by oracle utility that the "
                   f"scorer keeps in its top K, K = {' and '.join(map(str, result['funnel_ks']))} (what pre-ranking "
                   "passes on); NDCG@K with the oracle utility as gain.", ""]
+    if "budget" in result:
+        lines += budget_section(result["budget"])
     lines += ["## Compute per request", ""]
     rows = []
     for part, summary in result["compute"].items():

@@ -328,6 +328,10 @@ def _evaluate(args) -> int:
         out.line(f"evaluated {result['model']} on {result['logged']['requests']} logged requests"
                  + ("" if "skipped" in result["funnel"] else f" and {result['funnel']['requests']} funnel requests")
                  + f" in {time.time() - start:.0f}s: {os.path.join(args.out, 'report.md')}")
+        from hap.pipeline import run_report
+
+        for line in run_report.budget_lines(result):
+            out.line(line)
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
+from tfx.utils import path_utils
 
 from hap import storage
 from hap.data.sample_routing import MODELS, contrast_metric
@@ -372,6 +373,26 @@ def failure_text(failure: dict) -> str:
     return f"{where}: {failure['text']}"
 
 
+def budget_lines(info: dict) -> list[str]:
+    """The routing chosen within the serving budget (serving/budget.py), the runner-up and the
+    margin, and whether the light model alone was all the budget allowed; [] without a budget."""
+    record = info.get("budget")
+    if not record:
+        return []
+    value = {o["label"]: o["value"] for o in record["options"]}
+    within = sum(o["within"] for o in record["options"])
+    text = (f"routing: {record['chosen']} chosen within {record['mflops']:g} MFLOPs per request of "
+            f"{record['candidates']} candidates ({record['metric']} {value[record['chosen']]:.4f} on "
+            f"{record['requests']} {record['part']} requests, a half of the eval day the cascade is not blessed on")
+    if record["runner_up"]:
+        text += f"; runner-up {record['runner_up']} {value[record['runner_up']]:.4f}, margin {record['margin']:.4f}"
+    lines = [f"{text}; {within} of {len(record['options'])} options within the budget)"]
+    if record["light_only"]:
+        lines.append("  no routed option within the budget did better than the light model alone, which the "
+                     "cascade serves")
+    return lines
+
+
 def flops_text(info: dict, n: int = SUMMARY_CANDIDATES) -> str | None:
     """The cascade's FLOPs per request of `n` candidates, with the share its routing policy sends
     to the heavy model on average, against the light model alone and the heavy one on all."""
@@ -413,6 +434,9 @@ def summary_lines(out_dir: str, evaluated: bool = False) -> list[str]:
         lines += notes
 
     cascade = cascade_blessing(out_dir)
+    if cascade is not None:
+        lines += budget_lines(cascade_info(path_utils.serving_model_path(
+            latest_artifact(out_dir, "CascadeAssembler", "Model").uri)))  # the run's cascade, pushed or not
     if cascade is not None and not not_blessed:
         lines.append(f"cascade: {'blessed' if cascade['blessed'] else 'NOT blessed'}"
                      + (f" ({cascade['reason']})" if cascade["reason"] else ""))

@@ -224,3 +224,27 @@ def test_rows_outside_a_sample_are_not_parsed_in_full(tiny_csv, tmp_path):
     corrupt(line_of[last])
     with pytest.raises(c.ContractError, match=f"all.csv:{line_of[last] + 1}: column '{numeric}'"):
         evaluate.eval_day_requests(data_dir, features)
+
+
+def test_a_routing_chosen_within_a_budget_is_reported_with_its_options_and_plot(tmp_path):
+    from hap.evaluation import report
+    from hap.pipeline import run_report
+
+    def option(label, kind, mflops, value, within):
+        return {"label": label, "routing": {"kind": kind}, "mflops": mflops, "value": value, "within": within}
+
+    record = {"mflops": 40.0, "candidates": 1000, "metric": "oracle_recall@200", "part": "funnel", "requests": 12,
+              "options": [option("top_k 10%", "top_k", 31.0, 0.61, True), option("top_k 50%", "top_k", 71.0, 0.7, False),
+                          option("light model alone", "light_only", 21.0, 0.55, True)],
+              "chosen": "top_k 10%", "runner_up": "light model alone", "margin": 0.06, "light_only": False}
+    assert run_report.budget_lines({"budget": record}) == [
+        "routing: top_k 10% chosen within 40 MFLOPs per request of 1000 candidates (oracle_recall@200 0.6100 on 12 "
+        "funnel requests, a half of the eval day the cascade is not blessed on; runner-up light model alone 0.5500, "
+        "margin 0.0600; 2 of 3 options within the budget)"]
+    section = "\n".join(report.budget_section(record))
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "MFLOPs" not in line]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == ["light model alone", "top_k 10%", "top_k 50%"]
+    assert "**chosen**" in rows[1] and "runner-up" in rows[0] and "| no |" in rows[2]
+    alone = {**record, "chosen": "light model alone", "runner_up": None, "margin": None, "light_only": True}
+    assert run_report.budget_lines({"budget": alone})[1].startswith("  no routed option within the budget")
+    assert os.path.getsize(tmp_path / report._budget_plot(report.pyplot(), record, str(tmp_path))) > 10_000

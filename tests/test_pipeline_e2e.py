@@ -109,11 +109,22 @@ def test_a_foreign_feature_set_with_string_ids_runs_end_to_end(e2e_data, run_pip
                 r["request_id"], r["user_id"] = f"req-{r['request_id']}", f"user-{r['user_id']}"
                 writer.writerow([r[k] for k in FOREIGN_COLUMNS])
     out = str(tmp_path / "run")
-    run_pipeline(str(foreign), out, floor=0.0)
+    # A serving budget every option fits: the assembler chooses the routing by GAUC on half the eval day.
+    run_pipeline(str(foreign), out, floor=0.0, **{"cascade.budget.mflops": 1e9})
     ran = run_report.latest_by_node(out)
     assert {ran[n]["state"] for n in EVERY_COMPONENT} == {"COMPLETE"}, ran
     assert os.path.isfile(os.path.join(out, "schema", "schema.pbtxt"))
     assert len(_pushed(out)) == 1
+    info = run_report.cascade_info(os.path.join(out, "serving", "hap", _pushed(out)[0]))
+    record = info["budget"]
+    best = max(o["value"] for o in record["options"])
+    chosen = next(o for o in record["options"] if o["label"] == record["chosen"])
+    assert chosen["value"] == best and all(o["within"] for o in record["options"]) and len(record["options"]) == 17
+    assert info["settings"]["routing"] == chosen["routing"]
+    assert any(line.startswith(f"routing: {record['chosen']} chosen within 1e+09 MFLOPs per request of 1000 "
+                               f"candidates (gauc {best:.4f} on ") and line.endswith("; 17 of 17 options within the "
+                                                                                    "budget)")
+               for line in run_report.summary_lines(out)), run_report.summary_lines(out)
     # The pushed cascade serves this feature set's requests, string ids and empty histories included.
     features = c.load_features(str(foreign))
     rows = list(reader.read_rows(str(foreign), features=features))
