@@ -73,12 +73,13 @@ class Scores:
         return [self.light[rows] for rows in routing.rows_by_request(self.request)]
 
 
-def score_requests(module, features: c.FeatureSet, data_dir: str, max_requests: int) -> Scores:
-    """Light, router and heavy logits of the choosing half's requests (at most `max_requests`),
-    computed by the cascade module's own graph pieces, the heavy model on every candidate."""
-    part, requests = evaluate.blessing_requests(data_dir, features, max_requests, CHOOSING_HALF)
+def score_requests(module, features: c.FeatureSet, data_dir: str, max_requests: int,
+                   half: int = CHOOSING_HALF) -> Scores:
+    """Light, router and heavy logits of one half's requests (at most `max_requests`), computed
+    by the cascade module's own graph pieces, the heavy model on every candidate."""
+    part, requests = evaluate.blessing_requests(data_dir, features, max_requests, half)
     if not requests:
-        raise ValueError(f"{data_dir}: no {part} requests in the half of the eval day that chooses the routing")
+        raise ValueError(f"{data_dir}: no {part} requests in half {half} of the eval day")
     layout = rq.RequestLayout(features)
     signature = [layout.signature()]
     light_fn = tf.function(module.light_logits, input_signature=signature, autograph=False)
@@ -101,6 +102,12 @@ def score_requests(module, features: c.FeatureSet, data_dir: str, max_requests: 
                   evaluate.part_metric(part, request, label, group, utility))
 
 
+def value(policy: RoutingPolicy, scores: Scores) -> float:
+    """The blessing metric of the cascade routed by `policy` on `scores`' requests."""
+    keys, _ = routing.route_requests(policy, scores.request, scores.light, scores.heavy, scores.router)
+    return float(scores.metric(keys))
+
+
 def frontier(settings: CascadeSettings, parts: dict, scores: Scores) -> list[dict]:
     """Every option with its routing, MFLOPs per request of the budget's N, blessing metric on
     the choosing requests and whether it is within the budget."""
@@ -110,10 +117,9 @@ def frontier(settings: CascadeSettings, parts: dict, scores: Scores) -> list[dic
         if policy.kind == ADAPTIVE:
             policy = dataclasses.replace(policy, margin=routing.calibrate_margin(by_request, policy.fraction,
                                                                                  policy.cutoff))
-        keys, _ = routing.route_requests(policy, scores.request, scores.light, scores.heavy, scores.router)
         cost = mflops(parts, policy, settings.budget.candidates)
         out.append({"routing": dataclasses.asdict(policy), "label": policy.label, "mflops": cost,
-                    "value": float(scores.metric(keys)), "within": cost <= settings.budget.mflops})
+                    "value": value(policy, scores), "within": cost <= settings.budget.mflops})
     return out
 
 
