@@ -22,6 +22,7 @@ from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from hap import schema as default_schema
 from hap.data import contract as c
+from hap.components.tuner.component import Tuner
 from hap.pipeline import resolvers
 from hap.pipeline.pipeline import TFX_RESOLVERS, PipelinePaths, create_pipeline
 from hap.schema import derive
@@ -54,7 +55,7 @@ def build(data_root: str, pipeline_root: str, settings: HapSettings | None = Non
     """The pipeline for the cluster. The feature set is read here, at compile time, from a local
     `features_path` (default: the default feature set), since Transform and the Trainers carry
     it in their configuration; a non-default one needs the `schema_path` of its curated schema.
-    With `gpu`, the Trainers ask for `kubeflow.gpus` accelerators of `kubeflow.gpu_type`."""
+    With `gpu`, the Trainers and Tuners (`trainers`) ask for `kubeflow.gpus` accelerators of `kubeflow.gpu_type`."""
     settings = cluster_settings(settings or defaults())
     features = _load_features(features_path or default_schema.DEFAULT_FEATURES)
     if schema_path is None:
@@ -80,14 +81,15 @@ def _load_features(path: str) -> c.FeatureSet:
 
 
 def trainers(pipeline: tfx.dsl.Pipeline) -> list:
-    return [node for node in pipeline.components if isinstance(node, tfx.components.Trainer)]
+    """The components that train models, the Trainers and their Tuners: they run in the GPU image."""
+    return [node for node in pipeline.components if isinstance(node, (tfx.components.Trainer, Tuner))]
 
 
 def compile_pipeline(pipeline: tfx.dsl.Pipeline, out_file: str, image: str,
                      gpu_image: str | None = None) -> dict:
     """Writes the PipelineSpec of `pipeline` to `out_file` (.json: a PipelineJob, .yaml: the
     PipelineSpec alone) and returns the PipelineJob as a dict. Every component runs in `image`,
-    the Trainers in `gpu_image` when given. The file appears complete or not at all."""
+    the Trainers and Tuners in `gpu_image` when given. The file appears complete or not at all."""
     if not out_file.endswith(FORMATS):
         raise ValueError(f"--out must end with one of {', '.join(FORMATS)}, got {out_file}")
     # A plain string when one image serves all: TFX 1.16 warns about any map (its check is inverted).

@@ -64,7 +64,7 @@ def test_every_component_is_a_task_and_nothing_else(compiled):
 
 def test_components_run_in_the_configured_images(compiled):
     trainers = {t.id for t in kubeflow_runner.trainers(compiled["pipeline"])}
-    assert trainers == {"Trainer_light", "Trainer_heavy"}
+    assert trainers == {"Trainer_light", "Trainer_heavy", "Tuner_light", "Tuner_heavy"}, "they train models"
     for node in compiled["pipeline"].components:
         if isinstance(node, resolver.Resolver):
             continue
