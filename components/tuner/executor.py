@@ -7,12 +7,13 @@ first ({"trial_id", "score", "values"}, JSON), so a reused choice keeps the sear
 (the run's summary names the runner-up and the margin from it); `tuned_day` (the newest day of the
 run that searched); `statistics` (the URI of that run's StatisticsGen output); `search` (a hash of the
 Tuner's custom_config: settings, search space, features and model code); `reused` and `reason`.
+`tuner_results` holds TFX's `tuner_results.json` of that search.
 
 Drift is measured here, not taken from the DriftGate: today's eval-day statistics against those
 of the day that searched, with the pipeline's drift comparators (TFDV, as DistributionValidator
 compares). A slow drift that no single day's gate notices still brings a new search, and a re-run
-of a day reads the same cached statistics, so the Tuner and the Trainers stay cached. `tuner_results` holds TFX's
-`tuner_results.json` of that search.
+of a day reads the same cached statistics, so the Tuner and the Trainers stay cached (the
+DriftGate's output is a new artifact on every run).
 """
 from __future__ import annotations
 
