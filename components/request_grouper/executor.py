@@ -151,5 +151,4 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             json.dump(stats, f, indent=1, sort_keys=True)
         tf.io.gfile.remove(totals_path)
         output.split_names = artifact_utils.encode_split_names(splits)
-        output.span = examples.span  # the newest day, as ExampleGen's (a Tuner's reuse counts days by it)
         examples_utils.set_payload_format(output, example_gen_pb2.PayloadFormat.FORMAT_PROTO)

@@ -96,9 +96,10 @@ class Executor(tuner_executor.Executor):
            exec_properties: Dict[str, Any]) -> None:
         best = artifact_utils.get_single_instance(output_dict[specs.BEST_HYPERPARAMETERS_KEY])
         results = artifact_utils.get_single_instance(output_dict[specs.TUNER_RESULTS_KEY])
-        today = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY]).span
+        # StatisticsGen's output carries ExampleGen's span, the newest day; Transform's does not.
+        statistics_artifact = artifact_utils.get_single_instance(input_dict[STATISTICS])
+        today, statistics = statistics_artifact.span, statistics_artifact.uri
         previous = (input_dict.get("previous_hyperparameters") or [None])[0]
-        statistics = artifact_utils.get_single_uri(input_dict[STATISTICS])
         drifted = drifted_features(artifact_utils.get_single_uri(input_dict[specs.SCHEMA_KEY]), statistics,
                                    previous.get_string_custom_property(STATISTICS) if previous else "",
                                    json.loads(exec_properties[DRIFT_COMPARATORS]))

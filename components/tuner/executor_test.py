@@ -73,13 +73,13 @@ def test_drift_is_measured_against_the_statistics_of_the_day_that_searched(tmp_p
 
 def test_a_reused_search_is_copied_with_its_trials_and_says_so(tmp_path):
     examples = standard_artifacts.Examples()
-    examples.span = 12
     best, results = standard_artifacts.HyperParameters(), standard_artifacts.TunerResults()
     best.uri, results.uri = str(tmp_path / "best"), str(tmp_path / "results")
     os.makedirs(best.uri), os.makedirs(results.uri)
     previous = _tuned(tmp_path, 10)
     statistics, schema = standard_artifacts.ExampleStatistics(), standard_artifacts.Schema()
     statistics.uri = _statistics(tmp_path, "today", ["wifi"] * 52 + ["4g"] * 48)
+    statistics.span = 12
     schema.uri = str(tmp_path / "schema")
     previous.set_string_custom_property(executor.STATISTICS, _statistics(tmp_path, "tuned", ["wifi", "4g"] * 50))
     executor.Executor().Do(
