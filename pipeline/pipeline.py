@@ -164,7 +164,9 @@ def create_pipeline(paths: PipelinePaths, settings: HapSettings, features: c.Fea
     Day by day: the Trainers learn from `data.window_days` days before the `data.eval_days`
     newest ones; with `warm_start` each starts from the last blessed model of its kind trained on
     other data, which is also its Evaluator's baseline; the CascadeAssembler's is the last blessed
-    cascade. With `drift.check`, the newest day's statistics are compared with the last accepted
+    cascade. With `tuning.trials`, each Trainer trains what its Tuner chose on a holdout of the
+    training days (components/tuner, models/tuner_module.py), reusing the last search for
+    `tuning.retune_days`. With `drift.check`, the newest day's statistics are compared with the last accepted
     day's and a drift stops the run before Transform (components/drift_gate), unless
     `drift.accept`.
 
