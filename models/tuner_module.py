@@ -5,9 +5,10 @@ Each trial trains the model as its Trainer would (`trainer_module.train`: the sa
 and early stopping) on the training days' requests but a held-out share, and is scored by the
 mean per-source AUC on that share, the metric the Evaluators judge. The eval days are never read,
 so the Evaluators' verdict on the model trained with the choice stays a test. KerasTuner's random
-search proposes the trials; the first is the Trainer's own settings, so a search can only replace
-them with a choice that scored better on the holdout. The Trainer then trains the chosen
-hyper-parameters on every training request (`TrainerSettings.with_hyperparameters`).
+search proposes the trials; the first is the Trainer's own settings, and another trial replaces
+them only when it beats them by more than the holdout's noise (`holdout_noise`): a handful of
+trials on one holdout otherwise picks whichever near-tie the noise favoured. The Trainer then
+trains the chosen hyper-parameters on every training request (`TrainerSettings.with_hyperparameters`).
 
 The custom_config is the Trainer's with the `tuning` subtree of the settings tree under
 `TUNING` (hap/defaults.yaml, docs/settings.md).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import keras_tuner
@@ -63,13 +65,26 @@ def search_space(trainer: TrainerSettings, tuning: TuningSettings) -> keras_tune
     return hp
 
 
+def holdout_noise(samples_by_group: dict, contrasts) -> float:
+    """The standard error of an AUC of exposed positives against each contrast's negatives on the
+    holdout, were the scores random (Mann-Whitney: sqrt((P + N + 1) / (12 P N))), averaged over
+    the contrasts with samples: how far apart two trials' mean per-source AUCs may lie by chance."""
+    positives = samples_by_group[c.EP]
+    errors = [math.sqrt((positives + samples_by_group[g] + 1) / (12 * positives * samples_by_group[g]))
+              for g in contrasts if positives and samples_by_group[g]]
+    return float(sum(errors) / len(errors)) if errors else math.inf
+
+
 class SettingsFirstOracle(keras_tuner.oracles.RandomSearchOracle):
     """KerasTuner's random search whose first trial is every hyper-parameter's default: the
-    Trainer's own settings are always scored, and a search replaces them only with better."""
+    Trainer's own settings are always scored (`settings_trial_id`)."""
+
+    settings_trial_id = None
 
     def populate_space(self, trial_id):
         if self.trials:
             return super().populate_space(trial_id)
+        self.settings_trial_id = trial_id
         hps = keras_tuner.HyperParameters()
         for hp in self.hyperparameters.space:
             hps.merge([hp])
@@ -80,10 +95,25 @@ class RequestTuner(keras_tuner.engine.base_tuner.BaseTuner):
     """Runs each trial as its Trainer trains (`trainer_module.train`), on `fit` records, and
     scores it by the mean per-source AUC on `holdout` at the epoch early stopping keeps."""
 
-    def __init__(self, oracle, trainer: TrainerSettings, model_inputs: transformed.ModelInputs,
+    def __init__(self, oracle: SettingsFirstOracle, trainer: TrainerSettings, model_inputs: transformed.ModelInputs,
                  fit: request_records.RequestRecords, holdout: request_records.RequestRecords, **kwargs):
         super().__init__(oracle, **kwargs)
         self.trainer, self.model_inputs, self.fit, self.holdout = trainer, model_inputs, fit, holdout
+        self.noise = holdout_noise(holdout.samples_by_group, trainer.routing.contrasts)
+
+    def get_best_hyperparameters(self, num_trials=1):
+        """What TFX's Tuner executor writes for the Trainer: `settings_unless_beaten`."""
+        return settings_unless_beaten(self.oracle, self.noise, num_trials)
+
+
+def settings_unless_beaten(oracle: SettingsFirstOracle, noise: float, num_trials: int = 1) -> list:
+    """The best trials' hyper-parameters, best first, except that the settings' trial comes first
+    unless the best beats it by more than `noise`."""
+    best = [t.hyperparameters for t in oracle.get_best_trials(num_trials)]
+    settings = oracle.trials.get(oracle.settings_trial_id)
+    if not best or settings is None or settings.score is None or oracle.get_best_trials(1)[0].score - settings.score > noise:
+        return best
+    return [settings.hyperparameters, *(hp for hp in best if hp.values != settings.hyperparameters.values)][:num_trials]
 
     def run_trial(self, trial, *args, **kwargs):
         settings = self.trainer.with_hyperparameters(trial.hyperparameters.values)

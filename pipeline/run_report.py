@@ -246,8 +246,9 @@ def _values_text(values: dict, only=None) -> str:
 
 
 def tuning_text(out_dir: str, model: str) -> str | None:
-    """What the model's Tuner chose, the runner-up and the margin on the holdout, and whether the
-    search ran today or was reused (components/tuner); None without a Tuner."""
+    """What the model's Tuner chose, the runner-up and the margin on the holdout (or, where the
+    settings were kept, the best other trial and the holdout's noise it did not clear), and
+    whether the search ran today or was reused (components/tuner); None without a Tuner."""
     from hap.components.tuner import executor as tuner_executor
 
     try:
@@ -255,19 +256,25 @@ def tuning_text(out_dir: str, model: str) -> str | None:
     except FileNotFoundError:
         return None
     props = best.custom_properties
+    reason = props[tuner_executor.REASON].string_value
     trials = json.loads(props[tuner_executor.TRIALS].string_value or "[]") if tuner_executor.TRIALS in props else []
     if not trials:
-        return f"  tuning: no completed trial ({props[tuner_executor.REASON].string_value})"
-    chosen = trials[0]
-    text = f"  tuned: {_values_text(chosen['values'])} (holdout AUC {chosen['score']:.4f}"
-    if len(trials) > 1:
-        runner_up = trials[1]
-        differs = {k for k in {**chosen["values"], **runner_up["values"]}
-                   if chosen["values"].get(k) != runner_up["values"].get(k)}
-        text += (f"; runner-up {_values_text(runner_up['values'], differs)} {runner_up['score']:.4f}, "
-                 f"margin {chosen['score'] - runner_up['score']:.4f}")
+        return f"  tuning: no completed trial ({reason})"
+    chosen = next((t for t in trials if t.get("chosen")), trials[0])
+    others = [t for t in trials if t is not chosen]
     count = f"{len(trials)} trial{'s' if len(trials) > 1 else ''}"
-    return f"{text}; {count}; {props[tuner_executor.REASON].string_value})"
+    text = f"  tuned: {_values_text(chosen['values'])} (holdout AUC {chosen['score']:.4f}"
+    if others:
+        other = others[0]
+        differs = {k for k in {**chosen["values"], **other["values"]} if chosen["values"].get(k) != other["values"].get(k)}
+        if other["score"] > chosen["score"]:
+            noise = props[tuner_executor.NOISE].double_value if tuner_executor.NOISE in props else 0.0
+            text += (f", the settings, kept: the best other trial, {_values_text(other['values'], differs)}, scored "
+                     f"{other['score']:.4f}, within the holdout's noise {noise:.4f}")
+        else:
+            text += (f"; runner-up {_values_text(other['values'], differs)} {other['score']:.4f}, "
+                     f"margin {chosen['score'] - other['score']:.4f}")
+    return f"{text}; {count}; {reason})"
 
 
 def blessing_failures(out_dir: str, model: str) -> list[dict]:

@@ -3,6 +3,7 @@ Trainer's settings with the chosen values. Its component's reuse: components/tun
 search inside the pipeline: the session's `hap run` (conftest.TUNED_RUN, tests/test_console.py)."""
 import dataclasses
 import json
+import math
 
 import keras_tuner
 import pytest
@@ -67,6 +68,39 @@ def test_the_first_trial_is_the_settings_and_the_next_are_drawn_from_the_space(t
     for values in later:
         assert values != first
         assert all(value in choices[name] for name, value in values.items())
+
+
+def _searched(tmp_path, scores: list[float]) -> tuner_module.SettingsFirstOracle:
+    """An oracle whose trials (the settings' first) scored `scores` on the holdout."""
+    oracle = tuner_module.SettingsFirstOracle(objective=keras_tuner.Objective(tuner_module.OBJECTIVE, "max"),
+                                              max_trials=len(scores), seed=0,
+                                              hyperparameters=tuner_module.search_space(_trainer(), TUNING))
+    oracle._set_project_dir(str(tmp_path), "search")
+    for i, score in enumerate(scores):
+        trial = oracle.create_trial(f"tuner{i}")
+        oracle.update_trial(trial.trial_id, {tuner_module.OBJECTIVE: score})
+        oracle.end_trial(trial)
+    return oracle
+
+
+@pytest.mark.parametrize("scores, noise, settings_kept", [
+    ([0.80, 0.805, 0.79], 0.01, True),    # the best other is within the noise of the settings
+    ([0.80, 0.815, 0.79], 0.01, False),   # ... and beyond it
+    ([0.80, 0.70, 0.79], 0.01, True),     # the settings scored best
+])
+def test_another_trial_replaces_the_settings_only_beyond_the_holdouts_noise(tmp_path, scores, noise, settings_kept):
+    oracle = _searched(tmp_path, scores)
+    chosen = tuner_module.settings_unless_beaten(oracle, noise, 2)
+    settings = oracle.trials[oracle.settings_trial_id].hyperparameters.values
+    assert (chosen[0].values == settings) is settings_kept
+    assert len(chosen) == 2 and chosen[0].values != chosen[1].values
+
+
+def test_the_holdouts_noise_is_the_random_scorers_auc_error_averaged_over_the_contrasts():
+    counts = {"EP": 100, "EN": 300, "RN": 0, "PRN": 100, "GN": 100}
+    expected = (math.sqrt(401 / (12 * 100 * 300)) + 2 * math.sqrt(201 / (12 * 100 * 100))) / 3
+    assert tuner_module.holdout_noise(counts, ("EN", "RN", "PRN", "GN")) == pytest.approx(expected)
+    assert tuner_module.holdout_noise({**counts, "EP": 0}, ("EN",)) == math.inf
 
 
 def test_the_trainer_trains_the_chosen_values_and_keeps_the_rest():

@@ -3,9 +3,9 @@ they still hold (`reuse_decision`).
 
 `best_hyperparameters` holds TFX's `best_hyperparameters.txt` (KerasTuner's config, the one file
 the Trainer reads there). Its properties: `trials`, every completed trial of the search best
-first ({"trial_id", "score", "values"}, JSON), so a reused choice keeps the search it came from
+first ({"trial_id", "score", "values", "chosen", "settings"}, JSON), so a reused choice keeps the search it came from
 (the run's summary names the runner-up and the margin from it); `tuned_day` (the newest day of the
-run that searched); `statistics` (the URI of that run's StatisticsGen output); `search` (a hash of the
+run that searched); `noise` (the holdout's, models/tuner_module.py `holdout_noise`); `statistics` (the URI of that run's StatisticsGen output); `search` (a hash of the
 Tuner's custom_config: settings, search space, features and model code); `reused` and `reason`.
 `tuner_results` holds TFX's `tuner_results.json` of that search.
 
@@ -31,8 +31,8 @@ from tfx.utils import io_utils
 from hap.components.contract_example_gen.executor import EVAL
 
 RETUNE_DAYS, DRIFT_COMPARATORS = "retune_days", "drift_comparators"
-TRIALS, TUNED_DAY, STATISTICS, SEARCH, REUSED, REASON = (
-    "trials", "tuned_day", "statistics", "search", "reused", "reason")
+TRIALS, NOISE, TUNED_DAY, STATISTICS, SEARCH, REUSED, REASON = (
+    "trials", "noise", "tuned_day", "statistics", "search", "reused", "reason")
 RESULTS_FILE = "tuner_results.json"
 
 
@@ -80,8 +80,12 @@ def drifted_features(schema_uri: str, statistics_uri: str, tuned_statistics_uri:
 
 
 def completed_trials(tuner) -> list[dict]:
-    """Every completed trial of a search, best first."""
-    return [{"trial_id": t.trial_id, "score": t.score, "values": t.hyperparameters.values}
+    """Every completed trial of a search, best first; the one the Trainer trains (the tuner's
+    `get_best_hyperparameters`) marked `chosen`, the Trainer's own settings `settings`."""
+    chosen = tuner.get_best_hyperparameters()[0].values
+    settings_id = getattr(tuner.oracle, "settings_trial_id", None)
+    return [{"trial_id": t.trial_id, "score": t.score, "values": t.hyperparameters.values,
+             "chosen": t.hyperparameters.values == chosen, "settings": t.trial_id == settings_id}
             for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials))
             if t.status == trial_module.TrialStatus.COMPLETED]
 
@@ -108,11 +112,13 @@ class Executor(tuner_executor.Executor):
         if reuse:
             io_utils.copy_dir(previous.uri, best.uri)
             tuned_day, trials = previous.get_int_custom_property(TUNED_DAY), read_trials(previous)
+            best.set_float_custom_property(NOISE, previous.get_float_custom_property(NOISE))
             statistics = previous.get_string_custom_property(STATISTICS)
         else:
             tuner = tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
             tuner_executor.write_best_hyperparameters(tuner, output_dict)
             tuned_day, trials = today, completed_trials(tuner)
+            best.set_float_custom_property(NOISE, getattr(tuner, "noise", 0.0))
         # TFX's format (a row per trial), which a search has written already and a reuse copies.
         io_utils.write_string_file(os.path.join(results.uri, RESULTS_FILE), json.dumps(
             [{"trial_id": t["trial_id"], "score": t["score"], **t["values"]} for t in trials]))
