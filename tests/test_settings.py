@@ -90,7 +90,8 @@ def test_mappings_merge_and_an_empty_one_replaces():
     ("warm_start=maybe", "setting warm_start: 'maybe' is not true or false"),
     ("data.window_days=[1]", "setting data.window_days: [1] is not an integer or null"),
     ("cascade.routing.fraction=1.5", "route fraction must be in (0, 1], got 1.5"),
-    ("cascade.routing.kind=random", "routing policy must be one of ('top_k', 'band', 'adaptive', 'learned')"),
+    ("cascade.routing.kind=random", "routing policy must be one of ('top_k', 'band', 'adaptive', 'learned', "
+                                    "'light_only')"),
     ("light.trainer.loss=ghcl_fast", "loss must be one of"),
     ("light.auc_floors.EN=2", "auc_floors.EN must be a number in [0, 1], got 2.0"),
     ("drift.comparators.click.comparator=l2", "comparator must be one of ('infinity_norm', "),

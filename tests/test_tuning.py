@@ -79,6 +79,7 @@ def _searched(tmp_path, scores: list[float]) -> tuner_module.SettingsFirstOracle
     for i, score in enumerate(scores):
         trial = oracle.create_trial(f"tuner{i}")
         oracle.update_trial(trial.trial_id, {tuner_module.OBJECTIVE: score})
+        trial.status = keras_tuner.engine.trial.TrialStatus.COMPLETED  # as KerasTuner's search loop sets it
         oracle.end_trial(trial)
     return oracle
 
