@@ -105,6 +105,13 @@ class RequestTuner(keras_tuner.engine.base_tuner.BaseTuner):
         """What TFX's Tuner executor writes for the Trainer: `settings_unless_beaten`."""
         return settings_unless_beaten(self.oracle, self.noise, num_trials)
 
+    def run_trial(self, trial, *args, **kwargs):
+        settings = self.trainer.with_hyperparameters(trial.hyperparameters.values)
+        log_dir = os.path.join(self.project_dir, f"trial_{trial.trial_id}")
+        _, history = trainer_module.train(settings, self.model_inputs, self.fit, self.holdout, log_dir, fit_router=False)
+        tf.keras.backend.clear_session()  # each trial builds its own model; the last ones' graphs would pile up
+        return {OBJECTIVE: history["per_source_auc"][history["chosen_epoch"] - 1][MEAN_AUC]}
+
 
 def settings_unless_beaten(oracle: SettingsFirstOracle, noise: float, num_trials: int = 1) -> list:
     """The best trials' hyper-parameters, best first, except that the settings' trial comes first
@@ -114,13 +121,6 @@ def settings_unless_beaten(oracle: SettingsFirstOracle, noise: float, num_trials
     if not best or settings is None or settings.score is None or oracle.get_best_trials(1)[0].score - settings.score > noise:
         return best
     return [settings.hyperparameters, *(hp for hp in best if hp.values != settings.hyperparameters.values)][:num_trials]
-
-    def run_trial(self, trial, *args, **kwargs):
-        settings = self.trainer.with_hyperparameters(trial.hyperparameters.values)
-        log_dir = os.path.join(self.project_dir, f"trial_{trial.trial_id}")
-        _, history = trainer_module.train(settings, self.model_inputs, self.fit, self.holdout, log_dir, fit_router=False)
-        tf.keras.backend.clear_session()  # each trial builds its own model; the last ones' graphs would pile up
-        return {OBJECTIVE: history["per_source_auc"][history["chosen_epoch"] - 1][MEAN_AUC]}
 
 
 def tuner_settings(custom_config: dict) -> tuple[TrainerSettings, TuningSettings]:

@@ -192,7 +192,7 @@ def test_one_settings_file_builds_the_same_pipeline_for_every_orchestrator(dagba
         node_id: sorted(up.id for up in node.upstream_nodes) for node_id, node in nodes.items()}
 
     tasks = _kubeflow_tasks(config, tiny_csv, tmp_path)
-    resolvers = {node_id for node_id, node in nodes.items() if node_id.startswith(("LatestBlessed", "LastAccepted",
+    resolvers = {node_id for node_id, node in nodes.items() if node_id.startswith(("LatestBlessed", "LastAccepted", "LastTuned",
                                                                                    "WarmStart"))}
     assert {t for t in tasks if t not in resolvers and not t.startswith(tuple(resolvers))} == set(nodes) - resolvers
     assert all(any(t.startswith(r) for t in tasks) for r in resolvers)

@@ -116,6 +116,11 @@ class Executor(tuner_executor.Executor):
             statistics = previous.get_string_custom_property(STATISTICS)
         else:
             tuner = tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
+            failed = [t for t in tuner.oracle.trials.values() if t.status != trial_module.TrialStatus.COMPLETED]
+            if len(failed) == len(tuner.oracle.trials):
+                # KerasTuner records a failed trial and goes on; with none completed there is no choice.
+                raise RuntimeError(f"every trial of the search failed; the first: {failed[0].message}"
+                                   if failed else "the search ran no trial")
             tuner_executor.write_best_hyperparameters(tuner, output_dict)
             tuned_day, trials = today, completed_trials(tuner)
             best.set_float_custom_property(NOISE, getattr(tuner, "noise", 0.0))
