@@ -12,7 +12,7 @@ from hap.data import contract as c
 from hap.data import reader
 from hap.pipeline import local_runner, run_report
 from hap.serving import request as rq
-from conftest import role_mismatches
+from conftest import RESOLVED_ROLES, TUNED_RUN, role_mismatches
 
 EVERY_COMPONENT = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
                    "Transform", "RequestGrouper", "Trainer_light", "Trainer_heavy", "Evaluator_light", "Evaluator_heavy",
@@ -46,18 +46,20 @@ def test_pipeline_runs_caches_and_pushes_only_blessed_models(e2e_data, pipeline_
         assert any(d.endswith("per_source_auc") for d in written), written
 
     # The artifacts the resolvers read carry the role a compiled Kubeflow query selects them by.
-    assert role_mismatches(out) == {}
+    assert role_mismatches(out, RESOLVED_ROLES + ("Tuner_light.best_hyperparameters",
+                                                  "Tuner_heavy.best_hyperparameters")) == {}
 
-    # Re-run with unchanged data: the baselines are models trained on other data, so the first
-    # run's blessed models are not today's baselines, and the whole run is served from cache.
-    run_pipeline(e2e_data, out, floor=0.0)
+    # Re-run with unchanged data (and the session run's tuning): the baselines are models trained
+    # on other data, so the first run's blessed models are not today's baselines, the last search
+    # is not one made from today's data, and the whole run is served from cache.
+    run_pipeline(e2e_data, out, floor=0.0, **TUNED_RUN)
     second = run_report.latest_by_node(out)
-    assert {second[n]["state"] for n in EVERY_COMPONENT} == {"CACHED"}, second
+    assert {second[n]["state"] for n in EVERY_COMPONENT | {"Tuner_light", "Tuner_heavy"}} == {"CACHED"}, second
     pushed = _pushed(out)
 
     # A floor no model can clear: the Evaluators re-run on the cached models and bless nothing,
     # so the cascade of those models is assembled but not pushed.
-    run_pipeline(e2e_data, out, floor=1.0)
+    run_pipeline(e2e_data, out, floor=1.0, **TUNED_RUN)
     fourth = run_report.latest_by_node(out)
     assert fourth["Trainer_light"]["state"] == "CACHED" and fourth["Evaluator_light"]["state"] == "COMPLETE"
     assert fourth["CascadeAssembler"]["state"] == "COMPLETE"
@@ -66,7 +68,7 @@ def test_pipeline_runs_caches_and_pushes_only_blessed_models(e2e_data, pipeline_
     # Blessed models again (cached), but a cascade that must beat item popularity by more than
     # any GAUC can: the baseline of a cascade of today's models is popularity, not the first
     # run's cascade; it is not blessed, nothing is pushed, and the summary says why.
-    run_pipeline(e2e_data, out, floor=0.0, **{"cascade.popularity_margin": 1.0})
+    run_pipeline(e2e_data, out, floor=0.0, **TUNED_RUN, **{"cascade.popularity_margin": 1.0})
     fifth = run_report.latest_by_node(out)
     assert fifth["Evaluator_light"]["state"] == "CACHED" and fifth["CascadeAssembler"]["state"] == "COMPLETE"
     assert _pushed(out) == pushed
